@@ -1,0 +1,70 @@
+"""Shared fixtures: one real control plane per test session, kubernetes clients, per-test namespaces."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+from netns import sweep_stale
+from testenv import ControlPlane
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # SIGTERM (CI timeouts, kill) becomes Ctrl-C, so fixtures' clean-up still runs.
+    signal.signal(signal.SIGTERM, _interrupt)
+    if os.geteuid() == 0:
+        sweep_stale()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="needs root for network namespaces")
+        for item in items:
+            if "root" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="l3lb-test-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def control_plane(workdir: Path) -> Iterator[ControlPlane]:
+    with ControlPlane(workdir / "cp") as cp:
+        yield cp
+
+
+@pytest.fixture(scope="session")
+def api(control_plane: ControlPlane) -> client.ApiClient:
+    return config.new_client_from_config(str(control_plane.admin_kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def core(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture(scope="session")
+def discovery(api: client.ApiClient) -> client.DiscoveryV1Api:
+    return client.DiscoveryV1Api(api)
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (the namespace controller empties it)."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)

@@ -1,0 +1,136 @@
+"""Network namespaces for tests: uniquely named, ``lo`` up, processes run inside, addresses read back,
+and always removed again.
+
+Names are ``l3lb-<pid>-<random>``, so ``sweep_stale()`` can remove namespaces whose creating process is
+gone (a test run killed with SIGKILL). Nothing here changes the root namespace's addresses or routes.
+
+A process inside a namespace cannot reach the root namespace's 127.0.0.1. ``ApiRelay`` bridges that
+without touching the root namespace's network: socat in the root namespace listens on a unix socket and
+connects to the apiserver; socat in each namespace listens on 127.0.0.1 at the apiserver's port and
+connects to that socket. A kubeconfig for ``https://127.0.0.1:PORT`` then works inside and outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import subprocess
+from pathlib import Path
+
+from testenv import pid_alive, spawn, stop_pid
+
+PREFIX = "l3lb-"
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+def sweep_stale() -> list[str]:
+    """Removes namespaces of this naming scheme whose creating process no longer runs."""
+    removed = []
+    for line in ip("netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        m = re.fullmatch(rf"{PREFIX}(\d+)-[0-9a-f]+", name)
+        if m and not pid_alive(int(m.group(1))):
+            ip("netns", "del", name, check=False)
+            removed.append(name)
+    return removed
+
+
+class NetNS:
+    """One network namespace. ``with NetNS() as ns:`` guarantees its removal and its processes' end."""
+
+    def __init__(self, logdir: str | os.PathLike[str] | None = None) -> None:
+        self.name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        self.logdir = Path(logdir) if logdir else None
+        self.procs: list[subprocess.Popen] = []
+        ip("netns", "add", self.name)
+        try:
+            ip("-n", self.name, "link", "set", "lo", "up")
+            self.sysctl("net.ipv6.conf.all.accept_dad", "0")
+            self.sysctl("net.ipv6.conf.default.accept_dad", "0")
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> NetNS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def run(
+        self, argv: list[str], *, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(argv), check=check, capture_output=True, text=True, timeout=timeout)
+
+    def sysctl(self, key: str, value: str) -> None:
+        self.run(["sysctl", "-qw", f"{key}={value}"])
+
+    def popen(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Starts ``argv`` inside the namespace, logging to ``<logdir>/<ns>-<name>.log``; stopped on close."""
+        logdir = self.logdir or Path("/tmp")
+        proc = spawn(self.argv(argv), logdir / f"{self.name}-{name}.log", detach=False, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+        stop_pid(proc.pid, proc, timeout)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def addresses(self, dev: str = "lo") -> list[dict]:
+        """``ip -j addr`` entries of ``dev``: each with local, prefixlen, family, valid_life_time, ..."""
+        out = ip("-j", "-n", self.name, "addr", "show", "dev", dev).stdout
+        data = json.loads(out or "[]")
+        return data[0]["addr_info"] if data else []
+
+    def host_addresses(self, dev: str = "lo") -> set[str]:
+        """The /32 and /128 addresses on ``dev``, loopback's own excluded."""
+        return {
+            a["local"]
+            for a in self.addresses(dev)
+            if a["prefixlen"] in (32, 128) and a["local"] not in ("127.0.0.1", "::1")
+        }
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            stop_pid(proc.pid, proc)
+        self.procs.clear()
+        ip("netns", "del", self.name, check=False)
+
+
+class ApiRelay:
+    """Gives namespaces a path to an apiserver on the root namespace's 127.0.0.1:``port``."""
+
+    def __init__(self, port: int, workdir: str | os.PathLike[str]) -> None:
+        self.port = port
+        self.workdir = Path(workdir)
+        self.socket = self.workdir / f"api-{port}.sock"
+        self.socket.unlink(missing_ok=True)
+        self.proc = spawn(
+            ["socat", f"UNIX-LISTEN:{self.socket},fork,mode=600", f"TCP:127.0.0.1:{port}"],
+            self.workdir / "relay-root.log",
+            detach=False,
+        )
+
+    def attach(self, ns: NetNS) -> subprocess.Popen:
+        """Starts the namespace's end: 127.0.0.1:``port`` inside ``ns`` leads to the apiserver."""
+        proc = ns.popen(
+            ["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{self.socket}"],
+            "relay",
+        )
+        ns.run(["socat", "-u", "OPEN:/dev/null", f"TCP:127.0.0.1:{self.port},retry=100,interval=0.05"])
+        return proc
+
+    def close(self) -> None:
+        stop_pid(self.proc.pid, self.proc)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
