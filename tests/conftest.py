@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
-from netns import sweep_stale
+from agents import Lab
+from kubernetes import client, config, utils
+from netns import ApiRelay, sweep_stale
 from testenv import ControlPlane
 
 
@@ -68,3 +69,34 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def agent_kubeconfig(control_plane: ControlPlane, api: client.ApiClient) -> Path:
+    """A kubeconfig for the agents' identity, bound by deploy/rbac.yaml and nothing else."""
+    utils.create_from_yaml(api, str(REPO / "deploy" / "rbac.yaml"))
+    return control_plane.identity("l3lb-agent", ["l3lb:agents"])
+
+
+@pytest.fixture(scope="session")
+def relay(control_plane: ControlPlane, workdir: Path) -> Iterator[ApiRelay]:
+    r = ApiRelay(control_plane.state.apiserver_port, workdir)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def lab(
+    core: client.CoreV1Api, relay: ApiRelay, agent_kubeconfig: Path, workdir: Path, namespace: str
+) -> Iterator[Lab]:
+    """Simulated nodes for one test; every namespace and agent is gone afterwards."""
+    logs = workdir / "logs" / namespace
+    logs.mkdir(parents=True)
+    lab = Lab(core, relay, agent_kubeconfig, logs, namespace)
+    try:
+        yield lab
+    finally:
+        lab.close()

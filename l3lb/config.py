@@ -1,0 +1,63 @@
+"""The agent's configuration: one frozen snapshot, built once from the command line and read by every sync."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DEFAULT_CLASS = "l3lb.io/l3lb"
+
+
+def parse_prefixes(values: Iterable[str]) -> tuple[Network, ...]:
+    """Parses and checks the configured prefixes: valid CIDRs (host bits clear), none overlapping.
+
+    Raises ValueError with a message that names the bad value.
+    """
+    nets: list[Network] = []
+    for raw in values:
+        for part in raw.split(","):
+            text = part.strip()
+            if not text:
+                continue
+            try:
+                net = ipaddress.ip_network(text, strict=True)
+            except ValueError as err:
+                raise ValueError(f"invalid prefix {text!r}: {err}") from None
+            for other in nets:
+                if net.version == other.version and net.overlaps(other):
+                    raise ValueError(f"prefixes {other} and {net} overlap")
+            nets.append(net)
+    if not nets:
+        raise ValueError("at least one prefix is required")
+    return tuple(nets)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    prefixes: tuple[Network, ...]
+    node_name: str
+    interface: str = "lo"
+    load_balancer_class: str = DEFAULT_CLASS
+    default_class: bool = True
+    address_lifetime: int = 60
+    dry_run: bool = False
+    keep_on_exit: bool = False
+
+    def in_prefix(self, ip: str | Address) -> bool:
+        """Whether ``ip`` lies inside one of our prefixes: the only addresses l3lb may ever touch."""
+        addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+        return any(addr.version == net.version and addr in net for net in self.prefixes)
+
+    def owns_class(self, lb_class: str | None) -> bool:
+        if lb_class is None:
+            return self.default_class
+        return lb_class == self.load_balancer_class
+
+    @property
+    def renew_after(self) -> float:
+        """Seconds after which an address's lifetime is renewed: a third of it, so two renewals may fail."""
+        return self.address_lifetime / 3 if self.address_lifetime else 0.0

@@ -1,0 +1,135 @@
+"""The decision: which Service IPs this node announces, and why, as pure functions of cluster state.
+
+Every outcome carries a short reason token (``localReadyEndpoints``, ``noLocalReadyEndpoint``,
+``nodeCordoned``, ...) that logs, Events, metrics and ``l3lb status`` share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .config import Config
+from .model import Key, Node, Service
+
+# Reasons to announce.
+LOCAL_READY = "localReadyEndpoints"
+READY = "readyEndpoints"
+# Reasons not to.
+NO_LOCAL_READY = "noLocalReadyEndpoint"
+NO_READY = "noReadyEndpoint"
+NO_INGRESS_IP = "noIngressIP"
+OUTSIDE_PREFIX = "outsidePrefix"
+NODE_MISSING = "nodeMissing"
+NODE_NOT_READY = "nodeNotReady"
+NODE_EXCLUDED = "nodeExcluded"
+NODE_CORDONED = "nodeCordoned"
+NODE_TO_BE_DELETED = "nodeToBeDeleted"
+NOT_WANTED = "notWanted"  # no Service of ours has the IP any more (deleted, other class, IP changed)
+
+NODE_DETAILS = {
+    NODE_MISSING: "this node has no Node object",
+    NODE_NOT_READY: "this node is not Ready",
+    NODE_EXCLUDED: "this node is labelled node.kubernetes.io/exclude-from-external-load-balancers",
+    NODE_CORDONED: "this node is cordoned",
+    NODE_TO_BE_DELETED: "this node is tainted ToBeDeletedByClusterAutoscaler",
+}
+
+
+def node_reason(node: Node | None) -> str | None:
+    """Why this node may not announce anything, or None when it is eligible."""
+    if node is None:
+        return NODE_MISSING
+    if not node.ready:
+        return NODE_NOT_READY
+    if node.excluded:
+        return NODE_EXCLUDED
+    if node.cordoned:
+        return NODE_CORDONED
+    if node.to_be_deleted:
+        return NODE_TO_BE_DELETED
+    return None
+
+
+def is_ours(svc: Service, config: Config) -> bool:
+    return svc.is_load_balancer and config.owns_class(svc.load_balancer_class)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Ready, non-terminating endpoints of one Service: anywhere, and on this node."""
+
+    ready: int = 0
+    local_ready: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDecision:
+    ips: tuple[str, ...]
+    """Ingress IPs inside our prefixes: announced together, or not at all."""
+    outside: tuple[str, ...]
+    """Ingress IPs outside every prefix: never put on the interface."""
+    announce: bool
+    reason: str
+    detail: str
+
+
+def _plural(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def decide_service(svc: Service, counts: Counts, node_why: str | None, config: Config) -> ServiceDecision:
+    """The decision for one of our Services, given its endpoint counts and this node's eligibility."""
+    ips = tuple(ip for ip in svc.ingress_ips if config.in_prefix(ip))
+    outside = tuple(ip for ip in svc.ingress_ips if ip not in ips)
+    if not ips:
+        reason, detail = (
+            (OUTSIDE_PREFIX, "its IPs are outside every prefix")
+            if outside
+            else (NO_INGRESS_IP, "no IP in status.loadBalancer.ingress")
+        )
+        return ServiceDecision(ips, outside, False, reason, detail)
+    if node_why is not None:
+        return ServiceDecision(ips, outside, False, node_why, NODE_DETAILS[node_why])
+    if svc.local_policy:
+        if counts.local_ready:
+            return ServiceDecision(
+                ips, outside, True, LOCAL_READY, _plural(counts.local_ready, "local ready endpoint")
+            )
+        return ServiceDecision(ips, outside, False, NO_LOCAL_READY, "no local ready endpoint")
+    if counts.ready:
+        return ServiceDecision(ips, outside, True, READY, _plural(counts.ready, "ready endpoint"))
+    return ServiceDecision(ips, outside, False, NO_READY, "no ready endpoint")
+
+
+@dataclass(frozen=True, slots=True)
+class IPDecision:
+    announce: bool
+    reason: str
+    detail: str
+    services: tuple[Key, ...]
+    """Every Service of ours that has this IP, sorted; the reason is the first announcing one's."""
+
+
+def combine(ip_services: Mapping[str, Mapping[Key, ServiceDecision]]) -> dict[str, IPDecision]:
+    """Per IP: announced while any Service having it wants it (reference counting for shared IPs)."""
+    out = {}
+    for ip, by_key in ip_services.items():
+        keys = tuple(sorted(by_key))
+        chosen = next((by_key[k] for k in keys if by_key[k].announce), by_key[keys[0]])
+        out[ip] = IPDecision(chosen.announce, chosen.reason, chosen.detail, keys)
+    return out
+
+
+def decide(
+    services: Mapping[Key, Service], counts: Mapping[Key, Counts], node: Node | None, config: Config
+) -> dict[str, IPDecision]:
+    """Every in-prefix IP of our Services with its decision; those with ``announce`` go on the interface."""
+    why = node_reason(node)
+    by_ip: dict[str, dict[Key, ServiceDecision]] = {}
+    for key, svc in services.items():
+        if is_ours(svc, config):
+            d = decide_service(svc, counts.get(key, Counts()), why, config)
+            for ip in d.ips:
+                by_ip.setdefault(ip, {})[key] = d
+    return combine(by_ip)

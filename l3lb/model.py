@@ -1,0 +1,137 @@
+"""Small typed values parsed from Kubernetes API objects (plain JSON dicts as the watch delivers them).
+
+Only what the decision needs is kept, so trackers can drop no-op updates by comparing values and the agent
+holds no raw API objects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+
+IPS_ANNOTATION = "l3lb.io/load-balancer-ips"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+AUTOSCALER_TAINT = "ToBeDeletedByClusterAutoscaler"
+
+
+def key_of(obj: dict[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (meta.get("namespace") or "", meta.get("name") or "")
+
+
+def fmt_key(key: Key) -> str:
+    return f"{key[0]}/{key[1]}" if key[0] else key[1]
+
+
+def canonical_ip(text: str) -> str:
+    """The canonical text of an IP address (compressed IPv6), or ValueError."""
+    return str(ipaddress.ip_address(text.strip()))
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    key: Key
+    uid: str
+    is_load_balancer: bool
+    load_balancer_class: str | None
+    local_policy: bool
+    ingress_ips: tuple[str, ...]
+    """``status.loadBalancer.ingress[].ip``: what kube-proxy routes, so what we announce."""
+    requested_ips: tuple[str, ...]
+    """From the ``l3lb.io/load-balancer-ips`` annotation, else the deprecated ``spec.loadBalancerIP``."""
+    request_error: str | None = None
+
+
+def parse_requested(annotations: dict[str, str], spec: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
+    """The requested IPs and, if the request is malformed, why."""
+    raw = annotations.get(IPS_ANNOTATION)
+    source = f"annotation {IPS_ANNOTATION}"
+    if raw is None:
+        raw, source = spec.get("loadBalancerIP") or "", "spec.loadBalancerIP"
+    ips: list[str] = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        try:
+            ip = canonical_ip(part)
+        except ValueError:
+            return (), f"{source}: {part.strip()!r} is not an IP address"
+        if ip not in ips:
+            ips.append(ip)
+    return tuple(ips), None
+
+
+def parse_service(obj: dict[str, Any]) -> Service:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    ips = []
+    for entry in ingress:
+        try:
+            ips.append(canonical_ip(entry.get("ip") or ""))
+        except ValueError:
+            continue  # hostname-only ingress entries carry no IP
+    requested, error = parse_requested(meta.get("annotations") or {}, spec)
+    return Service(
+        key=key_of(obj),
+        uid=meta.get("uid") or "",
+        is_load_balancer=spec.get("type") == "LoadBalancer",
+        load_balancer_class=spec.get("loadBalancerClass"),
+        local_policy=spec.get("externalTrafficPolicy") == "Local",
+        ingress_ips=tuple(ips),
+        requested_ips=requested,
+        request_error=error,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SliceSummary:
+    """What one EndpointSlice contributes: ready, non-terminating endpoints anywhere and on this node."""
+
+    service: Key | None
+    ready: int
+    local_ready: int
+
+
+def parse_slice(obj: dict[str, Any], node_name: str) -> SliceSummary:
+    meta = obj.get("metadata") or {}
+    svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    ready = local = 0
+    for ep in obj.get("endpoints") or []:
+        cond = ep.get("conditions") or {}
+        # As kube-proxy: an unset ready means ready. Terminating endpoints never count, even when
+        # publishNotReadyAddresses keeps them "ready", so routes go before pods stop.
+        if cond.get("ready", True) is not False and not cond.get("terminating", False):
+            ready += 1
+            if ep.get("nodeName") == node_name:
+                local += 1
+    return SliceSummary(
+        service=(meta.get("namespace") or "", svc) if svc else None, ready=ready, local_ready=local
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    name: str
+    ready: bool
+    excluded: bool
+    cordoned: bool
+    to_be_deleted: bool
+
+
+def parse_node(obj: dict[str, Any]) -> Node:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return Node(
+        name=meta.get("name") or "",
+        ready=ready,
+        excluded=EXCLUDE_LABEL in (meta.get("labels") or {}),
+        cordoned=bool(spec.get("unschedulable")),
+        to_be_deleted=any(t.get("key") == AUTOSCALER_TAINT for t in spec.get("taints") or []),
+    )

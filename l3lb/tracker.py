@@ -1,0 +1,158 @@
+"""Change trackers: the cluster state the decision needs, updated from watch events, O(change) each.
+
+Handlers only record: a no-op update (one that leaves the parsed value equal) costs a comparison and marks
+nothing. ``update()`` then re-decides just the Services marked dirty (all of them only when this node's
+eligibility flips) and keeps, per IP, which Services have it, so a shared IP stays announced while any
+of them wants it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .config import Config
+from .decide import Counts, IPDecision, ServiceDecision, combine, decide_service, is_ours, node_reason
+from .model import Key, Node, Service, SliceSummary, key_of, parse_node, parse_service, parse_slice
+
+
+class Tracker:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.services: dict[Key, Service] = {}  # ours only
+        self.slices: dict[Key, SliceSummary] = {}
+        self.counts: dict[Key, Counts] = {}
+        self.node: Node | None = None
+        self.node_why: str | None = node_reason(None)
+        self.decisions: dict[Key, ServiceDecision] = {}
+        self.by_ip: dict[str, dict[Key, ServiceDecision]] = {}
+        self.announced: set[str] = set()
+        self.released: dict[str, Key] = {}
+        """IPs that lost their last Service in the latest update(), with that Service: for log lines."""
+        self._dirty: set[Key] = set()
+        self._all_dirty = False
+
+    # ---- recording (watch handlers)
+    def set_service(self, obj: dict[str, Any]) -> bool:
+        """Records an added or modified Service; True if it changed anything we track."""
+        svc = parse_service(obj)
+        if not is_ours(svc, self.config):
+            return self.delete_service(svc.key)
+        if self.services.get(svc.key) == svc:
+            return False
+        self.services[svc.key] = svc
+        self._dirty.add(svc.key)
+        return True
+
+    def delete_service(self, key: Key) -> bool:
+        if self.services.pop(key, None) is None:
+            return False
+        self._dirty.add(key)
+        return True
+
+    def replace_services(self, objs: Iterable[dict[str, Any]]) -> None:
+        """A relist: the full set of Services, diffed against what we hold."""
+        seen = set()
+        for obj in objs:
+            seen.add(key_of(obj))
+            self.set_service(obj)
+        for key in self.services.keys() - seen:
+            self.delete_service(key)
+
+    def set_slice(self, obj: dict[str, Any]) -> bool:
+        key = key_of(obj)
+        new = parse_slice(obj, self.config.node_name)
+        old = self.slices.get(key)
+        if old == new:
+            return False
+        self.slices[key] = new
+        self._count(old, -1)
+        self._count(new, +1)
+        return True
+
+    def delete_slice(self, key: Key) -> bool:
+        old = self.slices.pop(key, None)
+        self._count(old, -1)
+        return old is not None
+
+    def replace_slices(self, objs: Iterable[dict[str, Any]]) -> None:
+        seen = set()
+        for obj in objs:
+            seen.add(key_of(obj))
+            self.set_slice(obj)
+        for key in self.slices.keys() - seen:
+            self.delete_slice(key)
+
+    def _count(self, s: SliceSummary | None, sign: int) -> None:
+        if s is None or s.service is None or not (s.ready or s.local_ready):
+            return
+        c = self.counts.get(s.service, Counts())
+        c = Counts(c.ready + sign * s.ready, c.local_ready + sign * s.local_ready)
+        if c.ready or c.local_ready:
+            self.counts[s.service] = c
+        else:
+            self.counts.pop(s.service, None)
+        if s.service in self.services:
+            self._dirty.add(s.service)
+
+    def set_node(self, obj: dict[str, Any] | None) -> bool:
+        node = parse_node(obj) if obj is not None else None
+        if node == self.node:
+            return False
+        self.node = node
+        why = node_reason(node)
+        if why != self.node_why:
+            self.node_why = why
+            self._all_dirty = True
+        return True
+
+    # ---- deciding
+    @property
+    def pending(self) -> bool:
+        return self._all_dirty or bool(self._dirty)
+
+    def update(self) -> set[Key]:
+        """Re-decides what changed; returns the Services whose decision changed. Updates ``announced``."""
+        keys = self._dirty | (self.services.keys() | self.decisions.keys() if self._all_dirty else set())
+        self._dirty = set()
+        self._all_dirty = False
+        self.released = {}
+        changed: set[Key] = set()
+        touched: set[str] = set()
+        for key in keys:
+            svc = self.services.get(key)
+            new = (
+                decide_service(svc, self.counts.get(key, Counts()), self.node_why, self.config)
+                if svc
+                else None
+            )
+            old = self.decisions.get(key)
+            if old == new:
+                continue
+            changed.add(key)
+            if old is not None:
+                del self.decisions[key]
+                for ip in old.ips:
+                    holders = self.by_ip[ip]
+                    del holders[key]
+                    if not holders:
+                        del self.by_ip[ip]
+                        self.released[ip] = key
+                    touched.add(ip)
+            if new is not None:
+                self.decisions[key] = new
+                for ip in new.ips:
+                    self.by_ip.setdefault(ip, {})[key] = new
+                    self.released.pop(ip, None)
+                    touched.add(ip)
+        for ip in touched:
+            holders = self.by_ip.get(ip)
+            if holders and any(d.announce for d in holders.values()):
+                self.announced.add(ip)
+            else:
+                self.announced.discard(ip)
+        return changed
+
+    def explain(self, ip: str) -> IPDecision | None:
+        holders = self.by_ip.get(ip)
+        return combine({ip: holders})[ip] if holders else None

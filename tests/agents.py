@@ -1,0 +1,126 @@
+"""Simulated nodes for integration tests: a network namespace per node, a real Node object, and a real
+``l3lb run`` agent inside the namespace, under the least-privilege identity from ``deploy/rbac.yaml``.
+
+Each test gets its own prefix and load-balancer class, so agents of one test never act on another test's
+Services even while an old namespace is still being deleted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubelet import create_node, wait_for
+from kubernetes import client
+from netns import ApiRelay, NetNS
+
+_prefixes = itertools.count(1)
+
+
+@dataclass
+class SimNode:
+    name: str
+    ns: NetNS
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+
+    def start(self, *extra: str) -> SimNode:
+        assert self.proc is None or self.proc.poll() is not None, "agent already running"
+        self.proc = self.ns.popen([*self.argv, *extra], "agent")
+        return self
+
+    def signal(self, sig: signal.Signals, timeout: float = 15.0) -> int | None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.ns.procs.remove(self.proc) if self.proc in self.ns.procs else None
+
+    def addresses(self) -> set[str]:
+        return self.ns.host_addresses()
+
+    def log(self) -> str:
+        assert self.ns.logdir is not None
+        return (self.ns.logdir / f"{self.ns.name}-agent.log").read_text()
+
+
+@dataclass
+class Lab:
+    """The nodes of one test, all watching one prefix and one class."""
+
+    core: client.CoreV1Api
+    relay: ApiRelay
+    kubeconfig: Path
+    workdir: Path
+    namespace: str
+    index: int = field(default_factory=lambda: next(_prefixes))
+    nodes: list[SimNode] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return f"10.{100 + self.index // 256}.{self.index % 256}.0/24"
+
+    def ip(self, host: int) -> str:
+        return self.prefix.rsplit(".", 1)[0] + f".{host}"
+
+    @property
+    def lb_class(self) -> str:
+        return f"l3lb.io/{self.namespace}"
+
+    def node(
+        self,
+        suffix: str,
+        *,
+        ready: bool = True,
+        labels: dict[str, str] | None = None,
+        start: bool = True,
+        args: tuple[str, ...] = ("--address-lifetime", "30"),
+    ) -> SimNode:
+        """A new node ``<namespace>-<suffix>``: its Node object, namespace and (unless start=False) agent."""
+        name = f"{self.namespace}-{suffix}"
+        create_node(self.core, name, ready=ready, labels=labels)
+        ns = NetNS(self.workdir)
+        self.relay.attach(ns)
+        argv = [
+            sys.executable,
+            "-m",
+            "l3lb",
+            "run",
+            "--prefix",
+            self.prefix,
+            "--node-name",
+            name,
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--load-balancer-class",
+            self.lb_class,
+            "--no-default-class",
+            "--log-level",
+            "debug",
+            *args,
+        ]
+        node = SimNode(name, ns, argv)
+        self.nodes.append(node)
+        return node.start() if start else node
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.ns.close()
+        for node in self.nodes:
+            self.core.delete_node(node.name)
+
+
+def wait_addresses(node: SimNode, expected: set[str], timeout: float = 15.0) -> None:
+    """Waits until ``node`` holds exactly ``expected`` (host-length addresses on lo)."""
+    try:
+        wait_for(lambda: node.addresses() == expected, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"{node.name} holds {sorted(node.addresses())}, expected {sorted(expected)}; "
+            f"agent log:\n{node.log()[-3000:]}"
+        ) from None

@@ -1,0 +1,247 @@
+"""The node agent end to end: real control plane, real EndpointSlice controller, real netlink, one network
+namespace per simulated node, several agents at once, all under the least-privilege identity."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+from agents import Lab, SimNode, wait_addresses
+from kubelet import (
+    cordon,
+    create_lb_service,
+    create_pod,
+    delete_pod_now,
+    set_node_label,
+    set_node_ready,
+    set_node_taints,
+    set_pod_ready,
+    terminate_pod,
+    wait_for,
+)
+from kubernetes import client
+from testenv import ControlPlane
+
+pytestmark = [pytest.mark.root, pytest.mark.cluster]
+
+APP = {"app": "web"}
+
+
+def _service(lab: Lab, name: str = "web", *, ip: str | None = None, policy: str = "Local", **kw) -> str:
+    ip = ip or lab.ip(10)
+    create_lb_service(
+        lab.core, lab.namespace, name, selector=APP, policy=policy, lb_class=lab.lb_class, ips=ip, **kw
+    )
+    return ip
+
+
+def _pod(lab: Lab, node: SimNode, n: int, ready: bool = True) -> str:
+    name = f"web-{n}"
+    create_pod(lab.core, lab.namespace, name, node.name, f"10.244.0.{n}", labels=APP, ready=ready)
+    return name
+
+
+def _events(core: client.CoreV1Api, namespace: str, reason: str) -> list:
+    return [e for e in core.list_namespaced_event(namespace).items if e.reason == reason]
+
+
+def test_local_policy_follows_local_readiness(lab: Lab) -> None:
+    a, b, c = lab.node("a"), lab.node("b"), lab.node("c")
+    ip = _service(lab)
+    pa, pb = _pod(lab, a, 1), _pod(lab, b, 2)
+    wait_addresses(a, {ip})
+    wait_addresses(b, {ip})
+    wait_addresses(c, set())
+    status = lab.core.read_namespaced_service_status("web", lab.namespace).status.load_balancer.ingress
+    assert [(i.ip, i.ip_mode) for i in status] == [(ip, "VIP")]
+
+    set_pod_ready(lab.core, lab.namespace, pa, False)  # only a forfeits
+    wait_addresses(a, set())
+    wait_addresses(b, {ip})
+    assert "forfeiting" in a.log() and "no local ready endpoint" in a.log()
+
+    terminate_pod(lab.core, lab.namespace, pb)  # a terminating pod forfeits before it stops
+    wait_addresses(b, set())
+    delete_pod_now(lab.core, lab.namespace, pb)
+
+
+def test_cluster_policy_every_eligible_node_while_any_endpoint_is_ready(lab: Lab) -> None:
+    a, b = lab.node("a"), lab.node("b")
+    lab.node("notready", ready=False)
+    ip = _service(lab, policy="Cluster")
+    time.sleep(1)
+    assert a.addresses() == b.addresses() == set()  # no ready endpoint anywhere yet
+    pod = _pod(lab, a, 1)
+    wait_addresses(a, {ip})
+    wait_addresses(b, {ip})
+    wait_addresses(lab.nodes[2], set())
+    set_node_ready(lab.core, lab.nodes[2].name, True)
+    wait_addresses(lab.nodes[2], {ip})
+    set_pod_ready(lab.core, lab.namespace, pod, False)
+    for node in lab.nodes:
+        wait_addresses(node, set())
+
+
+@pytest.mark.parametrize("how", ["exclude-label", "cordon", "autoscaler-taint", "not-ready"])
+def test_an_ineligible_node_withdraws_everything(lab: Lab, how: str) -> None:
+    a = lab.node("a")
+    ip1 = _service(lab, "local")
+    ip2 = _service(lab, "cluster", ip=lab.ip(11), policy="Cluster")
+    _pod(lab, a, 1)
+    wait_addresses(a, {ip1, ip2})
+    if how == "exclude-label":
+        set_node_label(lab.core, a.name, "node.kubernetes.io/exclude-from-external-load-balancers", "true")
+    elif how == "cordon":
+        cordon(lab.core, a.name)
+    elif how == "autoscaler-taint":
+        set_node_taints(
+            lab.core,
+            a.name,
+            [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}],
+        )
+    else:
+        set_node_ready(lab.core, a.name, False)
+    wait_addresses(a, set())
+    if how == "cordon":
+        cordon(lab.core, a.name, False)
+        wait_addresses(a, {ip1, ip2})
+
+
+def test_class_filtering(lab: Lab) -> None:
+    ours = lab.node("ours")
+    classless = lab.node("classless", args=("--address-lifetime", "30"), start=False)
+    # This agent also takes class-less Services: the default, unless --no-default-class.
+    classless.argv.remove("--no-default-class")
+    classless.start()
+    mine = _service(lab, "mine", policy="Cluster")
+    create_lb_service(
+        lab.core,
+        lab.namespace,
+        "other",
+        selector=APP,
+        policy="Cluster",
+        lb_class="example.com/other",
+        ips=lab.ip(20),
+    )
+    create_lb_service(lab.core, lab.namespace, "noclass", selector=APP, policy="Cluster", ips=lab.ip(21))
+    create_lb_service(lab.core, lab.namespace, "plain", selector=APP, service_type="ClusterIP")
+    _pod(lab, ours, 1)
+    wait_addresses(ours, {mine})
+    wait_addresses(classless, {mine, lab.ip(21)})
+    time.sleep(1)
+    assert ours.addresses() == {mine}
+    other = lab.core.read_namespaced_service_status("other", lab.namespace).status.load_balancer.ingress
+    assert not other, "a Service of another class is never touched"
+
+
+def test_strays_collected_foreign_addresses_left_alone_and_deletions_repaired(lab: Lab) -> None:
+    a = lab.node("a", start=False)
+    stray, ip = lab.ip(99), lab.ip(10)
+    foreign = ["10.250.0.1/32", f"{lab.prefix.rsplit('.', 1)[0]}.128/25", "fd00:beef::1/128"]
+    a.ns.run(["ip", "addr", "add", f"{stray}/32", "dev", "lo"])
+    for cidr in foreign:
+        a.ns.run(["ip", "addr", "add", cidr, "dev", "lo"])
+    a.start()
+    _service(lab)
+    _pod(lab, a, 1)
+    wait_addresses(a, {ip, "10.250.0.1", "fd00:beef::1"})
+    assert any(x["local"].endswith(".128") and x["prefixlen"] == 25 for x in a.ns.addresses())
+    assert f"collecting stray {stray}" in a.log()
+
+    a.ns.run(["ip", "addr", "add", f"{lab.ip(98)}/32", "dev", "lo"])  # a person adds one: collected
+    a.ns.run(["ip", "addr", "del", f"{ip}/32", "dev", "lo"])  # a person removes ours: restored
+    start = time.monotonic()
+    wait_addresses(a, {ip, "10.250.0.1", "fd00:beef::1"}, timeout=5)
+    assert time.monotonic() - start < 1.5
+    assert f"restoring {ip}" in a.log()
+
+
+def test_requests_outside_the_prefix_and_malformed_ones_get_warning_events(lab: Lab) -> None:
+    a = lab.node("a")
+    create_lb_service(
+        lab.core,
+        lab.namespace,
+        "outside",
+        selector=APP,
+        policy="Cluster",
+        lb_class=lab.lb_class,
+        ips="192.0.2.7",
+    )
+    create_lb_service(
+        lab.core,
+        lab.namespace,
+        "bad",
+        selector=APP,
+        policy="Cluster",
+        lb_class=lab.lb_class,
+        ips="10.0.0.1,banana",
+    )
+    _pod(lab, a, 1)
+    wait_for(lambda: _events(lab.core, lab.namespace, "IPOutsidePrefix"), what="an IPOutsidePrefix event")
+    (bad,) = wait_for(
+        lambda: _events(lab.core, lab.namespace, "InvalidLoadBalancerIPs"), what="an invalid-IPs event"
+    )
+    assert "banana" in bad.message and bad.type == "Warning" and bad.involved_object.name == "bad"
+    assert a.addresses() == set()
+    assert a.proc.poll() is None, "bad input never crashes the agent"
+
+
+def test_apiserver_outage_holds_addresses_then_catches_up(lab: Lab, control_plane: ControlPlane) -> None:
+    a = lab.node("a")
+    ip = _service(lab)
+    pod = _pod(lab, a, 1)
+    wait_addresses(a, {ip})
+    control_plane.stop_apiserver()
+    try:
+        time.sleep(10)
+        assert a.addresses() == {ip}, "addresses are held while the apiserver is down"
+    finally:
+        control_plane.start_apiserver()
+    set_pod_ready(lab.core, lab.namespace, pod, False)
+    wait_addresses(a, set(), timeout=30)
+
+
+def test_sigkill_and_restart_adopts_without_a_delete(lab: Lab) -> None:
+    a = lab.node("a")
+    ip = _service(lab)
+    _pod(lab, a, 1)
+    wait_addresses(a, {ip})
+    monitor = subprocess.Popen(a.ns.argv(["ip", "monitor", "address"]), stdout=subprocess.PIPE, text=True)
+    try:
+        a.signal(signal.SIGKILL)
+        a.start()
+        wait_for(lambda: "adopting" in a.log(), what="the restarted agent to adopt the address")
+        time.sleep(0.5)
+    finally:
+        monitor.terminate()
+    out = monitor.communicate(timeout=5)[0]
+    assert "Deleted" not in out, out
+    assert a.addresses() == {ip}
+
+
+def test_sigterm_withdraws_and_keep_on_exit_keeps(lab: Lab) -> None:
+    a = lab.node("a")
+    ip = _service(lab, policy="Cluster")
+    _pod(lab, a, 1)
+    wait_addresses(a, {ip})
+    assert a.signal(signal.SIGTERM) == 0
+    assert a.addresses() == set()
+    a.start("--keep-on-exit")
+    wait_addresses(a, {ip})
+    assert a.signal(signal.SIGINT) == 0
+    assert a.addresses() == {ip}
+
+
+def test_sigkill_without_restart_expires_with_the_lifetime(lab: Lab) -> None:
+    a = lab.node("a", args=("--address-lifetime", "3"))
+    ip = _service(lab)
+    _pod(lab, a, 1)
+    wait_addresses(a, {ip})
+    (entry,) = [x for x in a.ns.addresses() if x["local"] == ip]
+    assert 0 < entry["valid_life_time"] <= 3
+    time.sleep(4)  # renewed: still there
+    assert a.addresses() == {ip}
+    a.signal(signal.SIGKILL)
+    wait_addresses(a, set(), timeout=5)

@@ -1,0 +1,280 @@
+"""Unit and property tests of the pure parts: parsing, the decision, the trackers and the address plan."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from l3lb.apply import MemoryTable, Present, plan
+from l3lb.config import Config, parse_prefixes
+from l3lb.decide import (
+    LOCAL_READY,
+    NO_LOCAL_READY,
+    NO_READY,
+    NODE_CORDONED,
+    NODE_MISSING,
+    OUTSIDE_PREFIX,
+    READY,
+    Counts,
+    decide,
+    decide_service,
+    node_reason,
+)
+from l3lb.model import Node, parse_node, parse_requested, parse_service, parse_slice
+from l3lb.tracker import Tracker
+
+CFG = Config(prefixes=parse_prefixes(["10.0.100.0/24", "fd00:100::/64"]), node_name="n1")
+NODE_OK = Node("n1", ready=True, excluded=False, cordoned=False, to_be_deleted=False)
+
+
+def svc_obj(
+    name: str,
+    ips: list[str],
+    *,
+    policy: str = "Local",
+    lb_class: str | None = None,
+    svc_type: str = "LoadBalancer",
+    ns: str = "default",
+    ann: str | None = None,
+) -> dict:
+    spec = {"type": svc_type, "externalTrafficPolicy": policy}
+    if lb_class:
+        spec["loadBalancerClass"] = lb_class
+    return {
+        "metadata": {
+            "namespace": ns,
+            "name": name,
+            "uid": f"uid-{name}",
+            "annotations": {"l3lb.io/load-balancer-ips": ann} if ann is not None else {},
+        },
+        "spec": spec,
+        "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}},
+    }
+
+
+def slice_obj(
+    name: str, svc: str, endpoints: list[tuple[str, bool | None, bool]], ns: str = "default"
+) -> dict:
+    eps = []
+    for node, ready, terminating in endpoints:
+        cond: dict = {"terminating": terminating}
+        if ready is not None:
+            cond["ready"] = ready
+        eps.append({"addresses": ["10.244.0.1"], "nodeName": node, "conditions": cond})
+    return {
+        "metadata": {"namespace": ns, "name": name, "labels": {"kubernetes.io/service-name": svc}},
+        "endpoints": eps,
+    }
+
+
+def node_obj(
+    *, ready: bool = True, labels: dict | None = None, unschedulable: bool = False, taints: list | None = None
+) -> dict:
+    return {
+        "metadata": {"name": "n1", "labels": labels or {}},
+        "spec": {"unschedulable": unschedulable, "taints": taints or []},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+# ---- config and parsing
+def test_prefixes_are_checked() -> None:
+    assert [str(p) for p in parse_prefixes(["10.0.0.0/24, fd00::/64"])] == ["10.0.0.0/24", "fd00::/64"]
+    for bad, msg in [
+        (["10.0.0.0/8", "10.1.0.0/16"], "overlap"),
+        (["10.0.0.1/24"], "host bits"),
+        (["banana"], "invalid prefix"),
+        ([], "at least one"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            parse_prefixes(bad)
+
+
+def test_requested_ips() -> None:
+    assert parse_requested({"l3lb.io/load-balancer-ips": " 10.0.100.5, fd00:100:0::5 "}, {}) == (
+        ("10.0.100.5", "fd00:100::5"),
+        None,
+    )
+    assert parse_requested({}, {"loadBalancerIP": "10.0.100.6"}) == (("10.0.100.6",), None)
+    ips, err = parse_requested(
+        {"l3lb.io/load-balancer-ips": "10.0.100.5,nope"}, {"loadBalancerIP": "10.0.100.6"}
+    )
+    assert ips == () and "'nope' is not an IP address" in err and "annotation" in err
+
+
+def test_slice_counts_only_ready_non_terminating_endpoints() -> None:
+    s = parse_slice(
+        slice_obj(
+            "s",
+            "web",
+            [
+                ("n1", True, False),
+                ("n1", None, False),
+                ("n1", True, True),
+                ("n2", True, False),
+                ("n2", False, False),
+            ],
+        ),
+        "n1",
+    )
+    assert (s.service, s.ready, s.local_ready) == (("default", "web"), 3, 2)
+
+
+def test_node_eligibility() -> None:
+    assert node_reason(None) == NODE_MISSING
+    assert node_reason(parse_node(node_obj())) is None
+    assert node_reason(parse_node(node_obj(ready=False))) == "nodeNotReady"
+    assert (
+        node_reason(
+            parse_node(node_obj(labels={"node.kubernetes.io/exclude-from-external-load-balancers": ""}))
+        )
+        == "nodeExcluded"
+    )
+    assert node_reason(parse_node(node_obj(unschedulable=True))) == NODE_CORDONED
+    assert (
+        node_reason(parse_node(node_obj(taints=[{"key": "ToBeDeletedByClusterAutoscaler"}])))
+        == "nodeToBeDeleted"
+    )
+
+
+# ---- the decision
+@pytest.mark.parametrize(
+    ("policy", "counts", "announce", "reason", "detail"),
+    [
+        ("Local", Counts(3, 2), True, LOCAL_READY, "2 local ready endpoints"),
+        ("Local", Counts(3, 0), False, NO_LOCAL_READY, "no local ready endpoint"),
+        ("Cluster", Counts(1, 0), True, READY, "1 ready endpoint"),
+        ("Cluster", Counts(0, 0), False, NO_READY, "no ready endpoint"),
+    ],
+)
+def test_decide_service(policy: str, counts: Counts, announce: bool, reason: str, detail: str) -> None:
+    svc = parse_service(svc_obj("web", ["10.0.100.5", "192.0.2.1"], policy=policy))
+    d = decide_service(svc, counts, None, CFG)
+    assert (d.announce, d.reason, d.detail, d.ips, d.outside) == (
+        announce,
+        reason,
+        detail,
+        ("10.0.100.5",),
+        ("192.0.2.1",),
+    )
+    assert decide_service(svc, counts, NODE_CORDONED, CFG).announce is False
+
+
+def test_ips_outside_the_prefix_are_never_announced() -> None:
+    svc = parse_service(svc_obj("web", ["192.0.2.1"], policy="Cluster"))
+    d = decide_service(svc, Counts(5, 5), None, CFG)
+    assert (d.announce, d.reason) == (False, OUTSIDE_PREFIX)
+    assert decide({svc.key: svc}, {svc.key: Counts(5, 5)}, NODE_OK, CFG) == {}
+
+
+def test_shared_ip_is_announced_while_any_sharer_wants_it() -> None:
+    a = parse_service(svc_obj("a", ["10.0.100.5"]))
+    b = parse_service(svc_obj("b", ["10.0.100.5"]))
+    out = decide({a.key: a, b.key: b}, {b.key: Counts(1, 1)}, NODE_OK, CFG)
+    assert out["10.0.100.5"].announce and out["10.0.100.5"].services == (a.key, b.key)
+    out = decide({a.key: a, b.key: b}, {}, NODE_OK, CFG)
+    assert not out["10.0.100.5"].announce
+
+
+# ---- trackers against the full decision (property)
+IPS = ["10.0.100.1", "10.0.100.2", "fd00:100::3", "192.0.2.9"]
+SVC_NAMES = ["a", "b", "c"]
+event = st.one_of(
+    st.tuples(
+        st.just("svc"),
+        st.sampled_from(SVC_NAMES),
+        st.lists(st.sampled_from(IPS), max_size=2, unique=True),
+        st.sampled_from(["Local", "Cluster"]),
+        st.sampled_from([None, "l3lb.io/l3lb", "other"]),
+        st.sampled_from(["LoadBalancer", "ClusterIP"]),
+    ),
+    st.tuples(st.just("delsvc"), st.sampled_from(SVC_NAMES)),
+    st.tuples(
+        st.just("slice"),
+        st.sampled_from(["s1", "s2", "s3", "s4"]),
+        st.sampled_from(SVC_NAMES),
+        st.lists(
+            st.tuples(st.sampled_from(["n1", "n2"]), st.sampled_from([True, False, None]), st.booleans()),
+            max_size=3,
+        ),
+    ),
+    st.tuples(st.just("delslice"), st.sampled_from(["s1", "s2", "s3", "s4"])),
+    st.tuples(st.just("node"), st.sampled_from([None, "ok", "notready", "cordoned"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(event, max_size=40))
+def test_incremental_tracker_matches_the_full_decision(events: list) -> None:
+    t = Tracker(CFG)
+    raw_services: dict = {}
+    for ev in events:
+        if ev[0] == "svc":
+            _, name, ips, policy, cls, typ = ev
+            obj = svc_obj(name, ips, policy=policy, lb_class=cls, svc_type=typ)
+            raw_services[("default", name)] = parse_service(obj)
+            t.set_service(obj)
+        elif ev[0] == "delsvc":
+            raw_services.pop(("default", ev[1]), None)
+            t.delete_service(("default", ev[1]))
+        elif ev[0] == "slice":
+            t.set_slice(slice_obj(ev[1], ev[2], ev[3]))
+        elif ev[0] == "delslice":
+            t.delete_slice(("default", ev[1]))
+        else:
+            kind = ev[1]
+            t.set_node(
+                None if kind is None else node_obj(ready=kind != "notready", unschedulable=kind == "cordoned")
+            )
+        t.update()
+        counts: dict = {}
+        for s in t.slices.values():
+            if s.service:
+                c = counts.get(s.service, Counts())
+                counts[s.service] = Counts(c.ready + s.ready, c.local_ready + s.local_ready)
+        full = decide(raw_services, counts, t.node, CFG)
+        assert t.announced == {ip for ip, d in full.items() if d.announce}
+        assert {ip: t.explain(ip) for ip in t.by_ip} == full
+
+
+# ---- the address plan (property)
+ip_text = st.one_of(
+    st.integers(0, 300).map(lambda i: str(ipaddress.ip_address("10.0.99.200") + i)),
+    st.integers(0, 5).map(lambda i: f"fd00:100::{i}"),
+    st.integers(0, 5).map(lambda i: f"fd00:200::{i}"),
+)
+present_map = st.dictionaries(ip_text, st.one_of(st.none(), st.floats(-10, 100)).map(Present), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sets(ip_text, max_size=12), present_map, st.sampled_from([0, 3, 60]))
+def test_plan_converges_and_never_leaves_the_prefixes(desired: set, present: dict, lifetime: int) -> None:
+    cfg = Config(prefixes=CFG.prefixes, node_name="n1", address_lifetime=lifetime)
+    p = plan(desired, present, cfg, now=0.0)
+    touched = p.add + p.renew + p.remove
+    assert all(cfg.in_prefix(ip) for ip in touched)
+    assert not set(p.remove) & desired
+    table = MemoryTable(clock=lambda: 0.0)
+    table.addresses = dict(present)
+    for ip in p.add + p.renew:
+        table.set(ip, lifetime)
+    for ip in p.remove:
+        table.remove(ip)
+    after = table.dump()
+    assert {ip for ip in after if cfg.in_prefix(ip)} == {ip for ip in desired if cfg.in_prefix(ip)}
+    assert {ip: v for ip, v in after.items() if not cfg.in_prefix(ip)} == {
+        ip: v for ip, v in present.items() if not cfg.in_prefix(ip)
+    }
+    assert not plan(desired, after, cfg, now=0.0), "a second plan right after is empty"
+
+
+def test_renewal_happens_after_a_third_of_the_lifetime() -> None:
+    cfg = Config(prefixes=CFG.prefixes, node_name="n1", address_lifetime=60)
+    assert plan({"10.0.100.1"}, {"10.0.100.1": Present(45.0)}, cfg, now=0.0).renew == []
+    assert plan({"10.0.100.1"}, {"10.0.100.1": Present(39.0)}, cfg, now=0.0).renew == ["10.0.100.1"]
+    assert plan({"10.0.100.1"}, {"10.0.100.1": Present(None)}, cfg, now=0.0).renew == ["10.0.100.1"]
+    permanent = Config(prefixes=CFG.prefixes, node_name="n1", address_lifetime=0)
+    assert plan({"10.0.100.1"}, {"10.0.100.1": Present(None)}, permanent, now=0.0).renew == []
