@@ -18,7 +18,7 @@ from typing import Any
 from .apply import AddressTable, NetlinkTable, Plan, Present, plan
 from .config import Config
 from .decide import NOT_WANTED
-from .model import Key, fmt_key, key_of
+from .model import Key, fmt_key
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -114,16 +114,16 @@ class Agent:
             elif resource == SLICES:
                 t.replace_slices(obj)
             else:
-                t.set_node(obj[0] if obj else None)
+                t.set_node(obj[0][1] if obj else None)
             if resource not in self.synced:
                 log.info("initial list of %s done (%d objects)", resource, len(obj))
             self.synced.add(resource)
         elif resource == SERVICES:
-            t.delete_service(key_of(obj)) if kind == "DELETED" else t.set_service(obj)
+            t.delete_service(obj) if kind == "DELETE" else t.set_service(obj[1])
         elif resource == SLICES:
-            t.delete_slice(key_of(obj)) if kind == "DELETED" else t.set_slice(obj)
+            t.delete_slice(obj) if kind == "DELETE" else t.set_slice(*obj)
         elif resource == NODE:
-            t.set_node(None if kind == "DELETED" else obj)
+            t.set_node(None if kind == "DELETE" else obj[1])
 
     def sync(self) -> None:
         """Brings the interface to the decision. Before the first full picture, only renews what is there."""

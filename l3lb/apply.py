@@ -16,6 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pyroute2 import IPRoute, NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
+
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -110,8 +113,6 @@ class NetlinkTable:
     """The real interface, through rtnetlink."""
 
     def __init__(self, ifname: str) -> None:
-        from pyroute2 import IPRoute
-
         self.ipr = IPRoute()
         found = self.ipr.link_lookup(ifname=ifname)
         if not found:
@@ -134,8 +135,6 @@ class NetlinkTable:
         self.ipr.addr("replace", index=self.index, address=ip, prefixlen=host_len(ip), **lifetimes)
 
     def remove(self, ip: str) -> None:
-        from pyroute2 import NetlinkError
-
         try:
             self.ipr.addr("del", index=self.index, address=ip, prefixlen=host_len(ip))
         except NetlinkError as err:
@@ -154,9 +153,6 @@ class NetlinkTable:
         return thread
 
     def _monitor(self, on_change: Callable[[str, str, Present | None], None]) -> None:
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
-
         while True:
             try:
                 with IPRoute() as ipr:

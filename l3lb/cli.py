@@ -141,16 +141,16 @@ def run(
         " dry-run" if dry_run else "",
         " keep-on-exit" if keep_on_exit else "",
     )
-    from kubernetes import client
-
-    from .kube import Writer, load_client
+    from .kube import Api, load_client
+    from .model import node_entry, service_entry, slice_entry
     from .watch import Reflector
+    from .writer import Writer
 
     try:
         table = MemoryTable() if dry_run else NetlinkTable(interface)
     except InterfaceMissing as err:
         raise click.ClickException(f"{err}; pass --interface with an existing one") from None
-    api = load_client(kubeconfig)
+    api = Api(load_client(kubeconfig))
     writer = None if dry_run else Writer(api, node_name)
     agent = Agent(config, table, writer=writer)
     stop = threading.Event()
@@ -162,21 +162,26 @@ def run(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    core, discovery = client.CoreV1Api(api), client.DiscoveryV1Api(api)
     reflectors = [
         Reflector(
             SERVICES,
-            core.list_service_for_all_namespaces,
+            api,
+            "/api/v1/services",
+            service_entry,
             agent.sink,
             field_selector="spec.type=LoadBalancer",
         ),
         Reflector(
             SLICES,
-            discovery.list_endpoint_slice_for_all_namespaces,
+            api,
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            slice_entry(node_name),
             agent.sink,
             label_selector="kubernetes.io/service-name",
         ),
-        Reflector(NODE, core.list_node, agent.sink, field_selector=f"metadata.name={node_name}"),
+        Reflector(
+            NODE, api, "/api/v1/nodes", node_entry, agent.sink, field_selector=f"metadata.name={node_name}"
+        ),
     ]
     for r in reflectors:
         r.start(stop)

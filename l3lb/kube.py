@@ -1,33 +1,19 @@
-"""Talking to the Kubernetes API beyond watches: the client, Service status writes and Events.
+"""The Kubernetes API as the agent uses it: the official client's ApiClient for configuration, auth and
+TLS, and a few raw JSON requests on top.
 
-Writes go through one background thread, so the sync loop never waits on the apiserver. Status is
-latest-wins per Service; Events are deduplicated and aggregated (a repeat bumps ``count``, written at most
-once a minute), so a flapping input can never flood the API.
+The client's generated API classes are not used: each builds pydantic validators worth about 20 MiB on
+instantiation, and the agent parses JSON into its own small values anyway.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import logging
-import secrets
-import threading
-import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
-
-from .model import Key, fmt_key
-
-log = logging.getLogger(__name__)
-
-COMPONENT = "l3lb"
-EVENT_REPEAT_WINDOW = 600.0
-EVENT_PATCH_INTERVAL = 60.0
 
 
 def load_client(kubeconfig: str | None) -> client.ApiClient:
@@ -42,144 +28,62 @@ def load_client(kubeconfig: str | None) -> client.ApiClient:
         return config.new_client_from_config()
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def path(template: str, **parts: str) -> str:
+    return template.format(**{k: quote(v, safe="") for k, v in parts.items()})
 
 
-@dataclass
-class _Seen:
-    name: str
-    count: int
-    first: str
-    written: float
-    last: float
+class Api:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.client = api_client
 
+    def request(
+        self,
+        method: str,
+        url_path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        timeout: float | tuple[float, float] = 10.0,
+    ) -> Any:
+        """One request; returns the urllib3 response, unread (stream it, or ``json(resp)``).
 
-class Writer:
-    """Background writer of Service status and Events."""
+        Raises ApiException for any status other than 2xx.
+        """
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        params = [(k, v) for k, v in (query or {}).items() if v is not None]
+        serialized = self.client.param_serialize(
+            method,
+            url_path,
+            query_params=params,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        resp = self.client.call_api(*serialized, _request_timeout=timeout).response
+        if not 200 <= resp.status < 300:
+            err = ApiException(status=resp.status, reason=resp.reason)
+            err.body = resp.data
+            resp.release_conn()
+            raise err
+        return resp
 
-    def __init__(self, api: client.ApiClient, node_name: str) -> None:
-        self.core = client.CoreV1Api(api)
-        self.node_name = node_name
-        self._cond = threading.Condition()
-        self._status: dict[Key, tuple[str, ...]] = {}
-        self._events: deque[tuple[Key, str, str, str, str]] = deque(maxlen=1000)
-        self._seen: dict[tuple[Key, str, str], _Seen] = {}
-        self._denied: set[str] = set()
-        self.errors = 0
+    def get_json(self, url_path: str, **kw: Any) -> Any:
+        return json.loads(self.request("GET", url_path, **kw).data)
 
-    # ---- requests from the sync loop (never block)
-    def status(self, key: Key, ips: tuple[str, ...]) -> None:
-        """Asks for ``status.loadBalancer.ingress`` of ``key`` to become ``ips`` (ipMode VIP)."""
-        with self._cond:
-            self._status[key] = ips
-            self._cond.notify()
+    def merge_patch(self, url_path: str, body: Any) -> Any:
+        return json.loads(
+            self.request("PATCH", url_path, body=body, content_type="application/merge-patch+json").data
+        )
 
-    def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None:
-        with self._cond:
-            self._events.append((key, uid, kind, reason, message))
-            self._cond.notify()
-
-    # ---- the writer thread
-    def start(self, stop: threading.Event) -> threading.Thread:
-        thread = threading.Thread(target=self.run, args=(stop,), name="api-writer", daemon=True)
-        thread.start()
-        return thread
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            with self._cond:
-                while not (self._status or self._events or stop.is_set()):
-                    self._cond.wait(1.0)
-                status = self._status
-                self._status = {}
-                events = list(self._events)
-                self._events.clear()
-            for key, ips in status.items():
-                self._write_status(key, ips)
-            for ev in events:
-                self._write_event(*ev)
-
-    def _write_status(self, key: Key, ips: tuple[str, ...]) -> None:
-        body = {"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ips]}}}
-        try:
-            self.core.patch_namespaced_service_status(key[1], key[0], body, _request_timeout=10)
-            log.info("published %s for %s in status.loadBalancer.ingress", ", ".join(ips), fmt_key(key))
-        except ApiException as err:
-            self._failed("patch services/status", err, key)
-        except Exception as err:  # apiserver unreachable: the next event retries
-            self.errors += 1
-            log.warning("could not publish status of %s: %s", fmt_key(key), err)
-
-    def _write_event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None:
-        now = time.monotonic()
-        seen_key = (key, reason, message)
-        seen = self._seen.get(seen_key)
-        try:
-            if seen is not None and now - seen.last < EVENT_REPEAT_WINDOW:
-                seen.count += 1
-                seen.last = now
-                if now - seen.written >= EVENT_PATCH_INTERVAL:
-                    self.core.patch_namespaced_event(
-                        seen.name, key[0], {"count": seen.count, "lastTimestamp": _now()}, _request_timeout=10
-                    )
-                    seen.written = now
-                return
-            name = f"{key[1]}.{secrets.token_hex(8)}"
-            stamp = _now()
-            self.core.create_namespaced_event(
-                key[0],
-                {
-                    "metadata": {"name": name, "namespace": key[0]},
-                    "involvedObject": {
-                        "apiVersion": "v1",
-                        "kind": "Service",
-                        "namespace": key[0],
-                        "name": key[1],
-                        "uid": uid,
-                    },
-                    "type": kind,
-                    "reason": reason,
-                    "message": message,
-                    "count": 1,
-                    "firstTimestamp": stamp,
-                    "lastTimestamp": stamp,
-                    "source": {"component": COMPONENT, "host": self.node_name},
-                    "reportingComponent": f"{COMPONENT}.io/agent",
-                    "reportingInstance": self.node_name,
-                },
-                _request_timeout=10,
-            )
-            self._seen[seen_key] = _Seen(name, 1, stamp, now, now)
-            if len(self._seen) > 5000:
-                self._seen = {k: v for k, v in self._seen.items() if now - v.last < EVENT_REPEAT_WINDOW}
-        except ApiException as err:
-            self._failed("create events", err, key)
-        except Exception as err:  # apiserver unreachable: Events are best effort
-            self.errors += 1
-            log.debug("could not write event for %s: %s", fmt_key(key), err)
-
-    def _failed(self, what: str, err: ApiException, key: Key) -> None:
-        self.errors += 1
-        if err.status == 404:
-            return  # the Service is gone; its deletion event follows
-        if err.status == 403:
-            if what not in self._denied:
-                self._denied.add(what)
-                log.error(
-                    "permission denied to %s (for %s): %s. Grant it to the agent's identity "
-                    "(see deploy/rbac.yaml)",
-                    what,
-                    fmt_key(key),
-                    api_message(err),
-                )
-            return
-        log.warning("could not %s for %s: %s %s", what, fmt_key(key), err.status, api_message(err))
+    def post(self, url_path: str, body: Any) -> Any:
+        return json.loads(self.request("POST", url_path, body=body, content_type="application/json").data)
 
 
 def api_message(err: ApiException) -> str:
     try:
-        body: Any = json.loads(err.body)
-        return str(body["message"])
+        return str(json.loads(err.body)["message"])
     except (TypeError, ValueError, KeyError):
         return str(err.reason)

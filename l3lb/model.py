@@ -7,6 +7,7 @@ holds no raw API objects.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,3 +136,17 @@ def parse_node(obj: dict[str, Any]) -> Node:
         cordoned=bool(spec.get("unschedulable")),
         to_be_deleted=any(t.get("key") == AUTOSCALER_TAINT for t in spec.get("taints") or []),
     )
+
+
+# Entries as the watch threads deliver them: (key, value).
+def service_entry(obj: dict[str, Any]) -> tuple[Key, Service]:
+    svc = parse_service(obj)
+    return svc.key, svc
+
+
+def slice_entry(node_name: str) -> Callable[[dict[str, Any]], tuple[Key, SliceSummary]]:
+    return lambda obj: (key_of(obj), parse_slice(obj, node_name))
+
+
+def node_entry(obj: dict[str, Any]) -> tuple[Key, Node]:
+    return key_of(obj), parse_node(obj)

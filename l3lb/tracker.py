@@ -9,11 +9,10 @@ of them wants it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from .config import Config
 from .decide import Counts, IPDecision, ServiceDecision, combine, decide_service, is_ours, node_reason
-from .model import Key, Node, Service, SliceSummary, key_of, parse_node, parse_service, parse_slice
+from .model import Key, Node, Service, SliceSummary
 
 
 class Tracker:
@@ -33,9 +32,8 @@ class Tracker:
         self._all_dirty = False
 
     # ---- recording (watch handlers)
-    def set_service(self, obj: dict[str, Any]) -> bool:
+    def set_service(self, svc: Service) -> bool:
         """Records an added or modified Service; True if it changed anything we track."""
-        svc = parse_service(obj)
         if not is_ours(svc, self.config):
             return self.delete_service(svc.key)
         if self.services.get(svc.key) == svc:
@@ -50,18 +48,16 @@ class Tracker:
         self._dirty.add(key)
         return True
 
-    def replace_services(self, objs: Iterable[dict[str, Any]]) -> None:
+    def replace_services(self, entries: Iterable[tuple[Key, Service]]) -> None:
         """A relist: the full set of Services, diffed against what we hold."""
         seen = set()
-        for obj in objs:
-            seen.add(key_of(obj))
-            self.set_service(obj)
+        for key, svc in entries:
+            seen.add(key)
+            self.set_service(svc)
         for key in self.services.keys() - seen:
             self.delete_service(key)
 
-    def set_slice(self, obj: dict[str, Any]) -> bool:
-        key = key_of(obj)
-        new = parse_slice(obj, self.config.node_name)
+    def set_slice(self, key: Key, new: SliceSummary) -> bool:
         old = self.slices.get(key)
         if old == new:
             return False
@@ -75,11 +71,11 @@ class Tracker:
         self._count(old, -1)
         return old is not None
 
-    def replace_slices(self, objs: Iterable[dict[str, Any]]) -> None:
+    def replace_slices(self, entries: Iterable[tuple[Key, SliceSummary]]) -> None:
         seen = set()
-        for obj in objs:
-            seen.add(key_of(obj))
-            self.set_slice(obj)
+        for key, summary in entries:
+            seen.add(key)
+            self.set_slice(key, summary)
         for key in self.slices.keys() - seen:
             self.delete_slice(key)
 
@@ -95,8 +91,7 @@ class Tracker:
         if s.service in self.services:
             self._dirty.add(s.service)
 
-    def set_node(self, obj: dict[str, Any] | None) -> bool:
-        node = parse_node(obj) if obj is not None else None
+    def set_node(self, node: Node | None) -> bool:
         if node == self.node:
             return False
         self.node = node

@@ -22,13 +22,16 @@ import urllib3
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from .kube import api_message
+from .kube import Api, api_message
 
 log = logging.getLogger(__name__)
 
-# A reflector tells its sink (resource, "REPLACE", [objects]) after a (re)list,
-# else (resource, ADDED|MODIFIED|DELETED, object).
+Parse = Callable[[dict[str, Any]], tuple[Any, Any]]
+"""Turns an API object into (key, small value) in the watch thread, so raw objects never reach the loop."""
 Sink = Callable[[str, str, Any], None]
+"""Receives (resource, "REPLACE", [(key, value), ...]) after each (re)list,
+then (resource, "SET", (key, value)) or (resource, "DELETE", key) per event."""
+PAGE_SIZE = 100  # small pages keep the transient peak of a relist, and so the RSS, low
 
 
 @dataclass
@@ -53,12 +56,14 @@ class Gone(Exception):
 
 
 class Reflector:
-    """Keeps one resource (a list function of the client, with selectors) flowing into ``sink``."""
+    """Keeps one resource (a collection path with selectors) flowing into ``sink`` as parsed values."""
 
     def __init__(
         self,
         resource: str,
-        list_fn: Callable[..., Any],
+        api: Api,
+        url_path: str,
+        parse: Parse,
         sink: Sink,
         *,
         field_selector: str | None = None,
@@ -69,11 +74,11 @@ class Reflector:
         on_error: Callable[[str, Exception], None] | None = None,
     ) -> None:
         self.resource = resource
-        self.list_fn = list_fn
+        self.api = api
+        self.url_path = url_path
+        self.parse = parse
         self.sink = sink
-        self.selectors = {
-            k: v for k, v in (("field_selector", field_selector), ("label_selector", label_selector)) if v
-        }
+        self.selectors = {"fieldSelector": field_selector, "labelSelector": label_selector}
         self.watch_timeout = watch_timeout
         self.connect_timeout = connect_timeout
         self.backoff = backoff or Backoff()
@@ -133,24 +138,34 @@ class Reflector:
             log.warning("%s: cannot reach the apiserver (%s); retrying", self.resource, type(err).__name__)
 
     def _list(self) -> None:
-        resp = self.list_fn(
-            _preload_content=False, _request_timeout=(self.connect_timeout, 60), **self.selectors
-        )
-        data = json.loads(resp.data)
+        """A paginated list: only one page of raw objects is in memory at a time."""
+        values = []
+        cont = None
+        while True:
+            data = self.api.get_json(
+                self.url_path,
+                query={**self.selectors, "limit": PAGE_SIZE, "continue": cont},
+                timeout=(self.connect_timeout, 60),
+            )
+            values.extend(self.parse(obj) for obj in data.get("items") or [])
+            cont = data["metadata"].get("continue")
+            if not cont:
+                break
         self.resource_version = data["metadata"]["resourceVersion"]
         self.last_progress = time.monotonic()
-        self.sink(self.resource, "REPLACE", data.get("items") or [])
+        self.sink(self.resource, "REPLACE", values)
 
     def _watch(self, stop: threading.Event) -> None:
         timeout = random.randint(*self.watch_timeout)
-        resp = self.list_fn(
-            watch=True,
-            resource_version=self.resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=timeout,
-            _preload_content=False,
-            _request_timeout=(self.connect_timeout, timeout + 15),
+        query = {
             **self.selectors,
+            "watch": "true",
+            "resourceVersion": self.resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout,
+        }
+        resp = self.api.request(
+            "GET", self.url_path, query=query, timeout=(self.connect_timeout, timeout + 15)
         )
         self._response = resp
         self.last_progress = time.monotonic()
@@ -174,9 +189,13 @@ class Reflector:
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise Gone()
-            raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+            err = ApiException(status=obj.get("code"), reason=obj.get("message"))
+            err.body = json.dumps(obj)
+            raise err
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:
             self.resource_version = rv
-        if kind in ("ADDED", "MODIFIED", "DELETED"):
-            self.sink(self.resource, kind, obj)
+        if kind in ("ADDED", "MODIFIED"):
+            self.sink(self.resource, "SET", self.parse(obj))
+        elif kind == "DELETED":
+            self.sink(self.resource, "DELETE", self.parse(obj)[0])

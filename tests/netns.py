@@ -13,11 +13,14 @@ connects to that socket. A kubeconfig for ``https://127.0.0.1:PORT`` then works 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
 import secrets
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 from testenv import pid_alive, spawn, stop_pid
@@ -134,3 +137,63 @@ class ApiRelay:
         stop_pid(self.proc.pid, self.proc)
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
+
+
+class AddressEvents:
+    """Address events on a namespace's interfaces with their arrival times (``time.monotonic()``).
+
+    A thread enters the namespace (setns affects only the calling thread) and opens a netlink socket
+    there, so the observer needs no process inside the namespace and adds no delay of its own.
+    """
+
+    def __init__(self, ns: NetNS) -> None:
+        self.events: list[tuple[float, str, str]] = []  # (time, "add"|"del", ip)
+        self._cond = threading.Condition()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(ns.name,), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10) or self._error:
+            raise RuntimeError(f"could not watch addresses in {ns.name}: {self._error}")
+
+    def _run(self, name: str) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
+
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                    raise OSError(ctypes.get_errno(), "setns failed")
+            finally:
+                os.close(fd)
+            ipr = IPRoute()
+            ipr.bind(groups=RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+        except BaseException as err:
+            self._error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        while True:
+            for msg in ipr.get():
+                now = time.monotonic()
+                ip = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+                kind = {"RTM_NEWADDR": "add", "RTM_DELADDR": "del"}.get(msg.get("event"))
+                if ip and kind:
+                    with self._cond:
+                        self.events.append((now, kind, ip))
+                        self._cond.notify_all()
+
+    def wait(self, kind: str, ip: str, after: float, timeout: float = 10.0) -> float:
+        """The time of the first ``kind`` event for ``ip`` at or after ``after``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for t, k, a in self.events:
+                    if t >= after and k == kind and a == ip:
+                        return t
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no {kind} of {ip} within {timeout}s")
+                self._cond.wait(left)

@@ -198,7 +198,7 @@ def test_apiserver_outage_holds_addresses_then_catches_up(lab: Lab, control_plan
         time.sleep(10)
         assert a.addresses() == {ip}, "addresses are held while the apiserver is down"
     finally:
-        control_plane.start_apiserver()
+        control_plane.restart_apiserver()
     set_pod_ready(lab.core, lab.namespace, pod, False)
     wait_addresses(a, set(), timeout=30)
 

@@ -7,7 +7,9 @@ from test_decide import node_obj, slice_obj, svc_obj
 from l3lb.agent import NODE, SERVICES, SLICES, Agent
 from l3lb.apply import MemoryTable
 from l3lb.config import Config, parse_prefixes
+from l3lb.model import node_entry, service_entry, slice_entry
 
+slice_e = slice_entry("n1")
 CFG = Config(prefixes=parse_prefixes(["10.0.100.0/24"]), node_name="n1", address_lifetime=60)
 
 
@@ -39,7 +41,7 @@ def test_nothing_is_removed_before_every_resource_is_listed() -> None:
     assert set(table.dump()) == {"10.0.100.7", "10.0.100.8", "192.0.2.1"}
     # ... but what is there gets a lifetime, so it would still expire if the agent died now
     assert table.dump()["10.0.100.7"].expires is not None
-    feed(agent, (NODE, "REPLACE", [node_obj()]))
+    feed(agent, (NODE, "REPLACE", [node_entry(node_obj())]))
     assert set(table.dump()) == {"192.0.2.1"}, "strays collected, foreign address untouched"
     assert agent.ready
 
@@ -49,9 +51,9 @@ def test_adopts_restores_and_renews() -> None:
     svc = svc_obj("web", ["10.0.100.7"])
     feed(
         agent,
-        (SERVICES, "REPLACE", [svc]),
-        (SLICES, "REPLACE", [slice_obj("s", "web", [("n1", True, False)])]),
-        (NODE, "REPLACE", [node_obj()]),
+        (SERVICES, "REPLACE", [service_entry(svc)]),
+        (SLICES, "REPLACE", [slice_e(slice_obj("s", "web", [("n1", True, False)]))]),
+        (NODE, "REPLACE", [node_entry(node_obj())]),
     )
     assert set(table.dump()) == {"10.0.100.7"}
     assert agent.repairs == 0
@@ -67,8 +69,13 @@ def test_adopts_restores_and_renews() -> None:
 def test_burst_of_no_op_updates_costs_no_decision() -> None:
     agent = make_agent()[0]
     svc = svc_obj("web", ["10.0.100.7"])
-    feed(agent, (SERVICES, "REPLACE", [svc]), (SLICES, "REPLACE", []), (NODE, "REPLACE", [node_obj()]))
+    feed(
+        agent,
+        (SERVICES, "REPLACE", [service_entry(svc)]),
+        (SLICES, "REPLACE", []),
+        (NODE, "REPLACE", [node_entry(node_obj())]),
+    )
     for _ in range(100):
-        agent._record(SERVICES, "MODIFIED", svc)
-        agent._record(SLICES, "MODIFIED", slice_obj("s", "other", [("n2", True, False)]))
+        agent._record(SERVICES, "SET", service_entry(svc))
+        agent._record(SLICES, "SET", slice_e(slice_obj("s", "other", [("n2", True, False)])))
     assert not agent.tracker.pending

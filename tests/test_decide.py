@@ -216,18 +216,20 @@ def test_incremental_tracker_matches_the_full_decision(events: list) -> None:
             _, name, ips, policy, cls, typ = ev
             obj = svc_obj(name, ips, policy=policy, lb_class=cls, svc_type=typ)
             raw_services[("default", name)] = parse_service(obj)
-            t.set_service(obj)
+            t.set_service(parse_service(obj))
         elif ev[0] == "delsvc":
             raw_services.pop(("default", ev[1]), None)
             t.delete_service(("default", ev[1]))
         elif ev[0] == "slice":
-            t.set_slice(slice_obj(ev[1], ev[2], ev[3]))
+            t.set_slice(("default", ev[1]), parse_slice(slice_obj(ev[1], ev[2], ev[3]), "n1"))
         elif ev[0] == "delslice":
             t.delete_slice(("default", ev[1]))
         else:
             kind = ev[1]
             t.set_node(
-                None if kind is None else node_obj(ready=kind != "notready", unschedulable=kind == "cordoned")
+                None
+                if kind is None
+                else parse_node(node_obj(ready=kind != "notready", unschedulable=kind == "cordoned"))
             )
         t.update()
         counts: dict = {}

@@ -53,7 +53,7 @@ def test_endpointslice_follows_pod_readiness(core, discovery, namespace: str) ->
 
 
 def test_an_identity_without_bindings_is_refused(control_plane: ControlPlane) -> None:
-    path = control_plane.identity("nobody-agent", ["l3lb:agents"])
+    path = control_plane.identity("nobody-agent", ["example:unbound"])
     core = client.CoreV1Api(config.new_client_from_config(str(path)))
     with pytest.raises(ApiException) as err:
         core.list_service_for_all_namespaces()
@@ -90,3 +90,16 @@ def test_shell_interface_runs_a_second_control_plane(tmp_path: Path, control_pla
     from testenv import pid_alive
 
     assert not [name for name, pid in pids.items() if pid_alive(pid)]
+
+
+def test_the_agent_identity_gets_exactly_what_rbac_grants(agent_kubeconfig: Path, namespace: str) -> None:
+    core = client.CoreV1Api(config.new_client_from_config(str(agent_kubeconfig)))
+    core.list_service_for_all_namespaces(field_selector="spec.type=LoadBalancer")
+    for refused in (
+        lambda: core.list_secret_for_all_namespaces(),
+        lambda: core.delete_collection_namespaced_service(namespace),
+        lambda: core.create_namespaced_service(namespace, {"metadata": {"name": "x"}}),
+    ):
+        with pytest.raises(ApiException) as err:
+            refused()
+        assert err.value.status == 403

@@ -141,9 +141,11 @@ class State:
 class ControlPlane:
     """One throwaway control plane rooted at ``dir``. Use as a context manager or with start()/stop()."""
 
-    def __init__(self, dir: str | os.PathLike[str], *, detach: bool = False) -> None:
+    def __init__(self, dir: str | os.PathLike[str], *, detach: bool = False, audit: bool = False) -> None:
         self.dir = Path(dir).resolve()
         self.detach = detach
+        self.audit = audit
+        """Write an audit log (``audit.log``, one JSON line per request) so benchmarks can count requests."""
         self.procs: dict[str, subprocess.Popen] = {}
         self.state: State | None = None
 
@@ -179,18 +181,7 @@ class ControlPlane:
         try:
             self._start_etcd(bins["etcd"])
             self.start_apiserver(bins["kube-apiserver"])
-            self._start(
-                "kube-controller-manager",
-                [
-                    str(bins["kube-controller-manager"]),
-                    f"--kubeconfig={self.dir / 'kcm.kubeconfig'}",
-                    f"--controllers={CONTROLLERS}",
-                    "--leader-elect=false",
-                    "--use-service-account-credentials=false",
-                    "--secure-port=0",
-                    "--concurrent-service-endpoint-syncs=10",
-                ],
-            )
+            self.start_controller_manager(bins["kube-controller-manager"])
         except BaseException:
             self.stop()
             raise
@@ -225,8 +216,32 @@ class ControlPlane:
         )
         self._wait(lambda: self._http_ok(f"{client}/health"), "etcd", 30)
 
+    def start_controller_manager(self, binary: Path | None = None) -> None:
+        self._start(
+            "kube-controller-manager",
+            [
+                str(binary or binaries()["kube-controller-manager"]),
+                f"--kubeconfig={self.dir / 'kcm.kubeconfig'}",
+                f"--controllers={CONTROLLERS}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                "--secure-port=0",
+                "--concurrent-service-endpoint-syncs=10",
+            ],
+        )
+
+    def restart_apiserver(self) -> None:
+        """Starts the apiserver again after ``stop_apiserver()``, on the same port and data.
+
+        kube-controller-manager is restarted with it: its client-go informers would otherwise sit in
+        their reconnect backoff (up to 30 s) and make EndpointSlice updates late in tests.
+        """
+        self._stop_one("kube-controller-manager")
+        self.start_apiserver()
+        self.start_controller_manager()
+
     def start_apiserver(self, binary: Path | None = None) -> None:
-        """Starts (or restarts, on the same port and data) the apiserver and waits until it is ready."""
+        """Starts the apiserver and waits until it is ready."""
         assert self.state is not None
         pki = self.pki
         self._start(
@@ -249,9 +264,30 @@ class ControlPlane:
                 "--disable-admission-plugins=ServiceAccount",
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                *self._audit_flags(),
             ],
         )
         self._wait(self._apiserver_ready, "kube-apiserver", 90)
+
+    @property
+    def audit_log(self) -> Path:
+        return self.dir / "audit.log"
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.dir / "audit-policy.json"
+        policy.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived"],
+                    "rules": [{"level": "Metadata"}],
+                }
+            )
+        )
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}"]
 
     def stop_apiserver(self) -> None:
         self._stop_one("kube-apiserver")

@@ -1,0 +1,163 @@
+"""Writes to the API from one background thread, so the sync loop never waits on the apiserver: Service
+status (latest wins per Service) and Events (deduplicated and aggregated: a repeat bumps ``count``, written
+at most once a minute, so a flapping input can never flood the API).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from kubernetes.client.rest import ApiException
+
+from .kube import Api, api_message, path
+from .model import Key, fmt_key
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "l3lb"
+EVENT_REPEAT_WINDOW = 600.0
+EVENT_PATCH_INTERVAL = 60.0
+STATUS_PATH = "/api/v1/namespaces/{ns}/services/{name}/status"
+EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
+EVENT_PATH = "/api/v1/namespaces/{ns}/events/{name}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Seen:
+    name: str
+    count: int
+    first: str
+    written: float
+    last: float
+
+
+class Writer:
+    """Background writer of Service status and Events."""
+
+    def __init__(self, api: Api, node_name: str) -> None:
+        self.api = api
+        self.node_name = node_name
+        self._cond = threading.Condition()
+        self._status: dict[Key, tuple[str, ...]] = {}
+        self._events: deque[tuple[Key, str, str, str, str]] = deque(maxlen=1000)
+        self._seen: dict[tuple[Key, str, str], _Seen] = {}
+        self._denied: set[str] = set()
+        self.errors = 0
+
+    # ---- requests from the sync loop (never block)
+    def status(self, key: Key, ips: tuple[str, ...]) -> None:
+        """Asks for ``status.loadBalancer.ingress`` of ``key`` to become ``ips`` (ipMode VIP)."""
+        with self._cond:
+            self._status[key] = ips
+            self._cond.notify()
+
+    def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None:
+        with self._cond:
+            self._events.append((key, uid, kind, reason, message))
+            self._cond.notify()
+
+    # ---- the writer thread
+    def start(self, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(stop,), name="api-writer", daemon=True)
+        thread.start()
+        return thread
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._cond:
+                while not (self._status or self._events or stop.is_set()):
+                    self._cond.wait(1.0)
+                status = self._status
+                self._status = {}
+                events = list(self._events)
+                self._events.clear()
+            for key, ips in status.items():
+                self._write_status(key, ips)
+            for ev in events:
+                self._write_event(*ev)
+
+    def _write_status(self, key: Key, ips: tuple[str, ...]) -> None:
+        body = {"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ips]}}}
+        try:
+            self.api.merge_patch(path(STATUS_PATH, ns=key[0], name=key[1]), body)
+            log.info("published %s for %s in status.loadBalancer.ingress", ", ".join(ips), fmt_key(key))
+        except ApiException as err:
+            self._failed("patch services/status", err, key)
+        except Exception as err:  # apiserver unreachable: the next event retries
+            self.errors += 1
+            log.warning("could not publish status of %s: %s", fmt_key(key), err)
+
+    def _write_event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None:
+        now = time.monotonic()
+        seen_key = (key, reason, message)
+        seen = self._seen.get(seen_key)
+        try:
+            if seen is not None and now - seen.last < EVENT_REPEAT_WINDOW:
+                seen.count += 1
+                seen.last = now
+                if now - seen.written >= EVENT_PATCH_INTERVAL:
+                    self.api.merge_patch(
+                        path(EVENT_PATH, ns=key[0], name=seen.name),
+                        {"count": seen.count, "lastTimestamp": _now()},
+                    )
+                    seen.written = now
+                return
+            name = f"{key[1]}.{secrets.token_hex(8)}"
+            stamp = _now()
+            self.api.post(
+                path(EVENTS_PATH, ns=key[0]),
+                {
+                    "metadata": {"name": name, "namespace": key[0]},
+                    "involvedObject": {
+                        "apiVersion": "v1",
+                        "kind": "Service",
+                        "namespace": key[0],
+                        "name": key[1],
+                        "uid": uid,
+                    },
+                    "type": kind,
+                    "reason": reason,
+                    "message": message,
+                    "count": 1,
+                    "firstTimestamp": stamp,
+                    "lastTimestamp": stamp,
+                    "source": {"component": COMPONENT, "host": self.node_name},
+                    "reportingComponent": f"{COMPONENT}.io/agent",
+                    "reportingInstance": self.node_name,
+                },
+            )
+            self._seen[seen_key] = _Seen(name, 1, stamp, now, now)
+            if len(self._seen) > 5000:
+                self._seen = {k: v for k, v in self._seen.items() if now - v.last < EVENT_REPEAT_WINDOW}
+        except ApiException as err:
+            self._failed("create events", err, key)
+        except Exception as err:  # apiserver unreachable: Events are best effort
+            self.errors += 1
+            log.debug("could not write event for %s: %s", fmt_key(key), err)
+
+    def _failed(self, what: str, err: ApiException, key: Key) -> None:
+        self.errors += 1
+        if err.status == 404:
+            return  # the Service is gone; its deletion event follows
+        if err.status == 403:
+            if what not in self._denied:
+                self._denied.add(what)
+                log.error(
+                    "permission denied to %s (for %s): %s. Grant it to the agent's identity "
+                    "(see deploy/rbac.yaml)",
+                    what,
+                    fmt_key(key),
+                    api_message(err),
+                )
+            return
+        log.warning("could not %s for %s: %s %s", what, fmt_key(key), err.status, api_message(err))
