@@ -38,6 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="l3lb-test-") as d:
+        os.chmod(d, 0o755)  # FRR in the lab runs as user frr and must reach its folders
         yield Path(d)
 
 

@@ -139,61 +139,96 @@ class ApiRelay:
             self.socket.unlink()
 
 
-class AddressEvents:
-    """Address events on a namespace's interfaces with their arrival times (``time.monotonic()``).
+def enter_netns(name: str) -> None:
+    """Moves the calling thread (only it) into network namespace ``name``."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+    finally:
+        os.close(fd)
 
-    A thread enters the namespace (setns affects only the calling thread) and opens a netlink socket
+
+class NetlinkWatch:
+    """Netlink messages of a namespace, handled with their arrival time (``time.monotonic()``).
+
+    A thread enters the namespace (setns affects only the calling thread) and opens netlink sockets
     there, so the observer needs no process inside the namespace and adds no delay of its own.
+    Subclasses implement ``handle(msg, now, ipr)``; ``ipr`` is a second socket for queries.
     """
 
+    groups = 0
+
     def __init__(self, ns: NetNS) -> None:
-        self.events: list[tuple[float, str, str]] = []  # (time, "add"|"del", ip)
         self._cond = threading.Condition()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(ns.name,), daemon=True)
         self._thread.start()
         if not self._ready.wait(10) or self._error:
-            raise RuntimeError(f"could not watch addresses in {ns.name}: {self._error}")
+            raise RuntimeError(f"could not watch netlink in {ns.name}: {self._error}")
 
     def _run(self, name: str) -> None:
         from pyroute2 import IPRoute
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
         try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-                    raise OSError(ctypes.get_errno(), "setns failed")
-            finally:
-                os.close(fd)
-            ipr = IPRoute()
-            ipr.bind(groups=RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+            enter_netns(name)
+            events, query = IPRoute(), IPRoute()
+            events.bind(groups=self.groups)
+            self.setup(query)
         except BaseException as err:
             self._error = err
             self._ready.set()
             return
         self._ready.set()
         while True:
-            for msg in ipr.get():
+            for msg in events.get():
                 now = time.monotonic()
-                ip = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-                kind = {"RTM_NEWADDR": "add", "RTM_DELADDR": "del"}.get(msg.get("event"))
-                if ip and kind:
-                    with self._cond:
-                        self.events.append((now, kind, ip))
-                        self._cond.notify_all()
+                with self._cond:
+                    self.handle(msg, now, query)
+                    self._cond.notify_all()
 
-    def wait(self, kind: str, ip: str, after: float, timeout: float = 10.0) -> float:
-        """The time of the first ``kind`` event for ``ip`` at or after ``after``."""
+    def setup(self, query: object) -> None:
+        """Runs once in the namespace before events flow."""
+
+    def handle(self, msg: dict, now: float, query: object) -> None:
+        raise NotImplementedError
+
+    def wait_until(self, check, timeout: float):  # type: ignore[no-untyped-def]
+        """Waits until ``check()`` (called under the lock) returns something other than None; returns it."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                for t, k, a in self.events:
-                    if t >= after and k == kind and a == ip:
-                        return t
+                found = check()
+                if found is not None:
+                    return found
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"no {kind} of {ip} within {timeout}s")
+                    raise TimeoutError(f"timed out after {timeout}s")
                 self._cond.wait(left)
+
+
+class AddressEvents(NetlinkWatch):
+    """Address additions and removals in a namespace: ``events`` holds (time, "add"|"del", ip)."""
+
+    def __init__(self, ns: NetNS) -> None:
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
+
+        self.groups = RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+        self.events: list[tuple[float, str, str]] = []
+        super().__init__(ns)
+
+    def handle(self, msg: dict, now: float, query: object) -> None:
+        ip = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+        kind = {"RTM_NEWADDR": "add", "RTM_DELADDR": "del"}.get(msg.get("event"))
+        if ip and kind:
+            self.events.append((now, kind, ip))
+
+    def wait(self, kind: str, ip: str, after: float, timeout: float = 10.0) -> float:
+        """The time of the first ``kind`` event for ``ip`` at or after ``after``."""
+
+        def first() -> float | None:
+            return next((t for t, k, a in self.events if t >= after and k == kind and a == ip), None)
+
+        return self.wait_until(first, timeout)

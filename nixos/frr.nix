@@ -1,0 +1,41 @@
+# The FRR configuration l3lb needs on a node: a prefix-list per address family that matches only
+# host routes (/32, /128) inside l3lb's prefixes, a route-map over it, and `redistribute connected`
+# through that route-map under `router bgp ASN`. Appended to services.frr.config by the module; a
+# second `router bgp ASN` block with the same ASN merges into the user's own.
+#
+# Pure: only builtins, so it evaluates without nixpkgs (tests feed its output to a real FRR).
+{ prefixes, asn, name ? "L3LB" }:
+let
+  isV6 = p: builtins.match ".*:.*" p != null;
+  len = p: builtins.fromJSON (builtins.elemAt (builtins.match ".*/([0-9]+)" p) 0);
+  family = v6: {
+    list = if v6 then "ipv6 prefix-list" else "ip prefix-list";
+    match = if v6 then "ipv6 address" else "ip address";
+    af = if v6 then "ipv6 unicast" else "ipv4 unicast";
+    host = if v6 then 128 else 32;
+    rm = "${name}-${if v6 then "V6" else "V4"}";
+    members = builtins.filter (p: isV6 p == v6) prefixes;
+  };
+  families = builtins.filter (f: f.members != [ ]) [ (family false) (family true) ];
+  entry = f: i: p:
+    "${f.list} ${f.rm} seq ${toString ((i + 1) * 10)} permit ${p}"
+    + (if len p < f.host then " ge ${toString f.host}" else "");
+  imap = fn: l: builtins.genList (i: fn i (builtins.elemAt l i)) (builtins.length l);
+  policy = f: imap (entry f) f.members ++ [
+    "route-map ${f.rm} permit 10"
+    " match ${f.match} prefix-list ${f.rm}"
+    "exit"
+    "!"
+  ];
+  redistribute = f: [
+    " address-family ${f.af}"
+    "  redistribute connected route-map ${f.rm}"
+    " exit-address-family"
+  ];
+  lines = [ "! l3lb: advertise Service IPs held on this node" ]
+    ++ builtins.concatLists (map policy families)
+    ++ [ "router bgp ${toString asn}" ]
+    ++ builtins.concatLists (map redistribute families)
+    ++ [ "exit" ];
+in
+builtins.concatStringsSep "\n" lines + "\n"

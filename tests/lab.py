@@ -1,0 +1,497 @@
+"""The whole path on one machine: a real control plane, N nodes each running FRR (zebra + bgpd) and an l3lb
+agent, a router that peers BGP unnumbered with every node, and a client behind the router.
+
+    client C (192.0.2.2) -- R (AS 65000, 192.0.2.1) -- eth-n1 / eth-r -- node 1 (AS 65101): FRR + l3lb + "pod"
+                                                    -- eth-n2 / eth-r -- node 2 (AS 65102): ...
+
+Used by the integration tests, the convergence benchmark and ``make demo``. Each node's FRR config is the
+lab's own peering lines plus exactly what the NixOS module generates, evaluated from ``nixos/frr.nix``
+with ``nix-instantiate``. "Pods" are small HTTP servers in the node namespaces answering with their node's
+name; the lab makes the matching Pod objects Ready or not in the API.
+
+FRR settings (both sides): ``frr defaults datacenter``; ``coalesce-time 100`` (the default 1000 ms
+update-group coalescing delays the first change after a session comes up by ~1 s); explicit router-ids (else
+zebra's follows the highest lo address: a service VIP); ``ipv6 nd ra-lifetime 0`` (no default routes from
+RAs); IPv6 DAD off in every namespace (tentative link-locals delay BGP by 2-3 s). The router has
+``bgp bestpath as-path multipath-relax`` and ``maximum-paths 16`` for ECMP across nodes of different ASNs,
+and ``fib_multipath_hash_policy=1`` to spread flows by L4 hash. ``zebra work-queue`` stays at its default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubelet import cordon, create_lb_service, create_node, create_pod, set_pod_ready
+from kubernetes import client, config, utils
+from netns import ApiRelay, NetlinkWatch, NetNS, ip
+from testenv import ControlPlane
+
+REPO = Path(__file__).resolve().parent.parent
+FRR = Path("/usr/lib/frr")
+PREFIX = "10.0.100.0/24"
+VIP = "10.0.100.5"
+ROUTER_ASN = 65000
+NAMESPACE = "lab"
+APP = {"app": "echo"}
+HTTP_PORT = 80
+CLIENT_IP, ROUTER_CLIENT_IP = "192.0.2.2", "192.0.2.1"
+PY = "/usr/bin/python3"  # inside namespaces: the system Python, not a user-level shim
+
+POD_SERVER = """
+import http.server, socketserver, sys
+name = sys.argv[1].encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("Content-Length", str(len(name))); self.end_headers()
+        self.wfile.write(name)
+    def log_message(self, *a): pass
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[2])), H).serve_forever()
+"""
+
+CLIENT = """
+import collections, http.client, json, sys
+ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+seen = collections.Counter()
+for _ in range(n):
+    try:
+        c = http.client.HTTPConnection(ip, port, timeout=2); c.request("GET", "/")
+        seen[c.getresponse().read().decode()] += 1; c.close()
+    except OSError as e:
+        seen["error: " + type(e).__name__] += 1
+print(json.dumps(seen))
+"""
+
+
+def frr_snippet(prefixes: list[str], asn: int) -> str:
+    """What the NixOS module appends to services.frr.config, from its pure Nix function."""
+    expr = f"import {REPO / 'nixos' / 'frr.nix'} {{ prefixes = {_nix_list(prefixes)}; asn = {asn}; }}"
+    out = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out)
+
+
+def _nix_list(items: list[str]) -> str:
+    return "[ " + " ".join(json.dumps(i) for i in items) + " ]"
+
+
+def _interface_ra(name: str) -> str:
+    return (
+        f"interface {name}\n ipv6 nd ra-interval 3\n ipv6 nd ra-lifetime 0\n no ipv6 nd suppress-ra\nexit\n"
+    )
+
+
+@dataclass
+class Frr:
+    """zebra and bgpd in one namespace, as children we can wait on (no daemonising, no zombies)."""
+
+    ns: NetNS
+    dir: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, zebra_conf: str, bgpd_conf: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "vtysh.conf").write_text("")
+        (self.dir / "zebra.conf").write_text(zebra_conf)
+        (self.dir / "bgpd.conf").write_text(bgpd_conf)
+        frr = pwd.getpwnam("frr")
+        for path in [self.dir, *self.dir.iterdir()]:
+            os.chown(path, frr.pw_uid, frr.pw_gid)
+        common = ["-z", str(self.dir / "zserv.api"), "--vty_socket", str(self.dir), "-P", "0"]
+        for daemon in ("zebra", "bgpd"):
+            self.procs.append(
+                self.ns.popen(
+                    [
+                        str(FRR / daemon),
+                        "-f",
+                        str(self.dir / f"{daemon}.conf"),
+                        "-i",
+                        str(self.dir / f"{daemon}.pid"),
+                        *common,
+                    ],
+                    daemon,
+                )
+            )
+            if daemon == "zebra":
+                _wait(lambda: (self.dir / "zserv.api").exists(), 10, "zebra's zserv socket")
+
+    def vtysh(self, *commands: str) -> str:
+        argv = ["vtysh", "--config_dir", str(self.dir), "--vty_socket", str(self.dir)]
+        for c in commands:
+            argv += ["-c", c]
+        return self.ns.run(argv).stdout
+
+    def vtysh_json(self, command: str) -> dict:
+        return json.loads(self.vtysh(command) or "{}")
+
+    def established(self) -> int:
+        try:
+            peers = self.vtysh_json("show bgp ipv4 unicast summary json").get("peers", {})
+        except (subprocess.CalledProcessError, json.JSONDecodeError):
+            return 0
+        return sum(p.get("state") == "Established" for p in peers.values())
+
+
+@dataclass
+class LabNode:
+    name: str
+    index: int
+    ns: NetNS
+    frr: Frr
+    uplink: str  # the router's interface towards this node
+    argv: list[str]
+    agent: subprocess.Popen | None = None
+    pod_server: subprocess.Popen | None = None
+
+    @property
+    def asn(self) -> int:
+        return 65100 + self.index
+
+    @property
+    def pod(self) -> str:
+        return f"echo-{self.name}"
+
+    def start_agent(self) -> None:
+        self.agent = self.ns.popen(self.argv, "agent")
+
+    def agent_log(self) -> str:
+        assert self.ns.logdir is not None
+        return (self.ns.logdir / f"{self.ns.name}-agent.log").read_text()
+
+
+class RouterRoutes(NetlinkWatch):
+    """The router's kernel routes to Service IPs: ``state[ip]`` = the set of nodes it sends traffic to,
+    updated on every route or nexthop change, with ``changes`` = [(time, ip, nodes)]."""
+
+    def __init__(self, ns: NetNS, uplinks: dict[str, str]) -> None:
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
+
+        self.groups = RTMGRP_IPV4_ROUTE | (1 << 31)  # RTNLGRP_NEXTHOP = 32
+        self.uplinks = uplinks  # router interface -> node name
+        self.state: dict[str, frozenset[str]] = {}
+        self.changes: list[tuple[float, str, frozenset[str]]] = []
+        self.names: dict[int, str] = {}
+        super().__init__(ns)
+
+    def setup(self, query) -> None:  # type: ignore[no-untyped-def]
+        self.handle({}, time.monotonic(), query)
+
+    def handle(self, msg: dict, now: float, query) -> None:  # type: ignore[no-untyped-def]
+        if not self.names:
+            self.names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in query.get_links()}
+        current: dict[str, frozenset[str]] = {}
+        for route in query.get_routes(family=socket.AF_INET, table=254):
+            dst = route.get_attr("RTA_DST")
+            if route["dst_len"] != 32 or not dst or not dst.startswith("10.0."):
+                continue
+            multipath = route.get_attr("RTA_MULTIPATH")
+            oifs = [nh["oif"] for nh in multipath] if multipath else [route.get_attr("RTA_OIF")]
+            current[dst] = frozenset(self.uplinks.get(self.names.get(o, ""), f"?{o}") for o in oifs if o)
+        for dst in current.keys() | self.state.keys():
+            nodes = current.get(dst, frozenset())
+            if self.state.get(dst, frozenset()) != nodes:
+                self.changes.append((now, dst, nodes))
+        self.state = current
+
+    def nodes(self, ip: str) -> frozenset[str]:
+        with self._cond:
+            return self.state.get(ip, frozenset())
+
+    def wait_for(self, ip: str, nodes: set[str], after: float, timeout: float = 30.0) -> float:
+        """The time at which the route to ``ip`` first went to exactly ``nodes``, at or after ``after``."""
+        want = frozenset(nodes)
+
+        def found() -> float | None:
+            if self.state.get(ip, frozenset()) != want:
+                return None
+            return next((t for t, d, n in reversed(self.changes) if d == ip and n == want), after)
+
+        return max(self.wait_until(found, timeout), after)
+
+
+class Lab:
+    """Build with ``with Lab(...) as lab:``; everything (namespaces, processes, temp files) goes on exit."""
+
+    def __init__(
+        self,
+        nodes: int = 3,
+        *,
+        address_lifetime: int = 10,
+        workdir: Path | None = None,
+        control_plane: ControlPlane | None = None,
+        log=print,
+    ) -> None:  # type: ignore[no-untyped-def]
+        self.n = nodes
+        self.address_lifetime = address_lifetime
+        self._own_tmp = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="l3lb-lab-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o755)  # FRR drops to user frr and must reach its folders
+        self.cp = control_plane
+        self._own_cp = control_plane is None
+        self.log = log
+        self.nodes: list[LabNode] = []
+        self.namespaces: list[NetNS] = []
+        self.relay: ApiRelay | None = None
+        self.router: NetNS
+        self.client: NetNS
+        self.routes: RouterRoutes
+
+    # ---- building
+    def __enter__(self) -> Lab:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def up(self) -> None:
+        t0 = time.monotonic()
+        if self.cp is None:
+            self.cp = ControlPlane(self.workdir / "cp").start()
+        api = config.new_client_from_config(str(self.cp.admin_kubeconfig))
+        self.core = client.CoreV1Api(api)
+        with contextlib.suppress(utils.FailToCreateError):
+            utils.create_from_yaml(api, str(REPO / "deploy" / "rbac.yaml"))
+        kubeconfig = self.cp.identity("l3lb-agent", ["l3lb:agents"])
+        with contextlib.suppress(client.ApiException):
+            self.core.create_namespace({"metadata": {"name": NAMESPACE}})
+        self.relay = ApiRelay(self.cp.state.apiserver_port, self.workdir)
+        self.log(f"control plane ready ({time.monotonic() - t0:.1f}s)")
+
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        self.router = self._netns(logs)
+        self.client = self._netns(logs)
+        r = self.router.name
+        ip(
+            "-n",
+            r,
+            "link",
+            "add",
+            "eth-c",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth-r",
+            "netns",
+            self.client.name,
+        )
+        ip("-n", r, "link", "set", "eth-c", "up")
+        ip("-n", self.client.name, "link", "set", "eth-r", "up")
+        ip("-n", r, "addr", "add", f"{ROUTER_CLIENT_IP}/24", "dev", "eth-c")
+        ip("-n", self.client.name, "addr", "add", f"{CLIENT_IP}/24", "dev", "eth-r")
+        ip("-n", self.client.name, "route", "add", "default", "via", ROUTER_CLIENT_IP)
+        self.router.sysctl("net.ipv4.ip_forward", "1")
+        self.router.sysctl("net.ipv4.fib_multipath_hash_policy", "1")
+
+        for i in range(1, self.n + 1):
+            self._add_node(i, logs, kubeconfig)
+        router_frr = Frr(self.router, self.workdir / "frr-r")
+        router_frr.start(self._router_zebra(), self._router_bgpd())
+        self.router_frr = router_frr
+        self.routes = RouterRoutes(self.router, {n.uplink: n.name for n in self.nodes})
+        _wait(lambda: router_frr.established() == self.n, 30, "BGP sessions to every node")
+        self.log(f"{self.n} nodes peering BGP unnumbered with the router ({time.monotonic() - t0:.1f}s)")
+        for node in self.nodes:
+            node.start_agent()
+
+    def _netns(self, logs: Path) -> NetNS:
+        ns = NetNS(logs)
+        self.namespaces.append(ns)
+        return ns
+
+    def _add_node(self, i: int, logs: Path, kubeconfig: Path) -> None:
+        name = f"node{i}"
+        ns = self._netns(logs)
+        uplink = f"eth-n{i}"
+        ip(
+            "-n",
+            self.router.name,
+            "link",
+            "add",
+            uplink,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth-r",
+            "netns",
+            ns.name,
+        )
+        ip("-n", self.router.name, "link", "set", uplink, "up")
+        ip("-n", ns.name, "link", "set", "eth-r", "up")
+        assert self.relay is not None
+        self.relay.attach(ns)
+        argv = [
+            sys.executable,
+            "-m",
+            "l3lb",
+            "run",
+            "--prefix",
+            PREFIX,
+            "--node-name",
+            name,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--address-lifetime",
+            str(self.address_lifetime),
+        ]
+        node = LabNode(name, i, ns, Frr(ns, self.workdir / f"frr-{name}"), uplink, argv)
+        bgpd = (
+            f"frr defaults datacenter\nhostname {name}\n!\nrouter bgp {node.asn}\n"
+            f" bgp router-id 10.255.0.{100 + i}\n no bgp ebgp-requires-policy\n coalesce-time 100\n"
+            " neighbor eth-r interface remote-as external\nexit\n!\n"
+        ) + frr_snippet([PREFIX], node.asn)
+        node.frr.start(f"frr defaults datacenter\nhostname {name}\n" + _interface_ra("eth-r"), bgpd)
+        create_node(self.core, name)
+        node.pod_server = ns.popen([PY, "-c", POD_SERVER, name, str(HTTP_PORT)], "pod")
+        self.nodes.append(node)
+
+    def _router_zebra(self) -> str:
+        return "frr defaults datacenter\nhostname router\n" + "".join(
+            _interface_ra(n.uplink) for n in self.nodes
+        )
+
+    def _router_bgpd(self) -> str:
+        neighbors = "".join(f" neighbor {n.uplink} interface peer-group NODES\n" for n in self.nodes)
+        return f"""frr defaults datacenter
+hostname router
+!
+ip prefix-list FROM-NODES seq 10 permit {PREFIX} ge 32
+ip prefix-list TO-NODES seq 10 permit 192.0.2.0/24
+route-map FROM-NODES permit 10
+ match ip address prefix-list FROM-NODES
+exit
+route-map TO-NODES permit 10
+ match ip address prefix-list TO-NODES
+exit
+!
+router bgp {ROUTER_ASN}
+ bgp router-id 10.255.0.1
+ no bgp ebgp-requires-policy
+ coalesce-time 100
+ bgp bestpath as-path multipath-relax
+ neighbor NODES peer-group
+ neighbor NODES remote-as external
+{neighbors} !
+ address-family ipv4 unicast
+  redistribute connected route-map TO-NODES
+  neighbor NODES route-map FROM-NODES in
+  neighbor NODES route-map TO-NODES out
+  maximum-paths 16
+ exit-address-family
+exit
+"""
+
+    def down(self) -> None:
+        for ns in reversed(self.namespaces):
+            ns.close()
+        self.namespaces.clear()
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
+        if self._own_cp and self.cp is not None:
+            self.cp.stop()
+            self.cp = None
+        if self._own_tmp:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- acting as users and kubelets
+    def node(self, name: str) -> LabNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def create_service(self, name: str = "echo", ip: str = VIP, policy: str = "Local") -> None:
+        create_lb_service(
+            self.core,
+            NAMESPACE,
+            name,
+            selector=APP,
+            policy=policy,
+            ips=ip,
+            port=HTTP_PORT,
+            target_port=HTTP_PORT,
+        )
+
+    def set_ready(self, node: str, ready: bool) -> None:
+        """Makes the pod on ``node`` Ready or not (creating it the first time)."""
+        n = self.node(node)
+        try:
+            set_pod_ready(self.core, NAMESPACE, n.pod, ready)
+        except client.ApiException as err:
+            if err.status != 404:
+                raise
+            create_pod(
+                self.core,
+                NAMESPACE,
+                n.pod,
+                node,
+                f"10.244.{n.index}.10",
+                labels=APP,
+                ready=ready,
+                port=HTTP_PORT,
+            )
+
+    def cordon(self, node: str, on: bool = True) -> None:
+        cordon(self.core, node, on)
+
+    def signal_agent(self, node: str, sig: signal.Signals) -> int | None:
+        n = self.node(node)
+        assert n.agent is not None
+        n.agent.send_signal(sig)
+        code = n.agent.wait(15)
+        n.ns.procs.remove(n.agent)
+        return code
+
+    # ---- observing
+    def announcing(self, ip: str = VIP) -> list[str]:
+        return [n.name for n in self.nodes if ip in n.ns.host_addresses()]
+
+    def router_nexthops(self, ip: str = VIP) -> set[str]:
+        """From the router's kernel table, read with ``ip -j route``."""
+        out = json.loads(ip_json(self.router, "route", "show", f"{ip}/32") or "[]")
+        if not out:
+            return set()
+        hops = out[0].get("nexthops") or [out[0]]
+        names = {n.uplink: n.name for n in self.nodes}
+        return {names.get(h.get("dev", ""), h.get("dev", "?")) for h in hops}
+
+    def curl(self, ip: str = VIP, flows: int = 1) -> Counter[str]:
+        """``flows`` HTTP requests from the client, each on a new connection (a new source port)."""
+        out = self.client.run([PY, "-c", CLIENT, ip, str(HTTP_PORT), str(flows)], timeout=60).stdout
+        return Counter(json.loads(out))
+
+
+def ip_json(ns: NetNS, *args: str) -> str:
+    return ip("-j", "-n", ns.name, *args).stdout
+
+
+def _wait(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,108 @@
+"""End to end through real FRR: the router learns each Service IP over BGP unnumbered from exactly the
+nodes that should serve it, and a client behind the router is served."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from lab import VIP, Lab
+from testenv import ControlPlane
+
+pytestmark = [pytest.mark.root, pytest.mark.cluster]
+LIFETIME = 6
+
+
+@pytest.fixture(scope="module")
+def lab(control_plane: ControlPlane, workdir: Path) -> Iterator[Lab]:
+    with Lab(
+        3, address_lifetime=LIFETIME, workdir=workdir / "lab", control_plane=control_plane, log=lambda _: None
+    ) as lab:
+        lab.create_service()
+        yield lab
+
+
+@pytest.fixture(autouse=True)
+def fresh(lab: Lab) -> Iterator[None]:
+    """Each scenario starts with every agent running, no node cordoned and no pod ready: no route."""
+    for node in lab.nodes:
+        if node.agent is None or node.agent.poll() is not None:
+            node.start_agent()
+        lab.cordon(node.name, False)
+        lab.set_ready(node.name, False)
+    lab.routes.wait_for(VIP, set(), time.monotonic() - 1, timeout=30)
+    yield
+
+
+def settle(lab: Lab, nodes: set[str], timeout: float = 30.0) -> None:
+    lab.routes.wait_for(VIP, nodes, time.monotonic() - 1, timeout=timeout)
+    assert lab.router_nexthops() == nodes, "ip -j route agrees with the netlink view"
+
+
+def test_one_ready_endpoint_routes_to_its_node(lab: Lab) -> None:
+    lab.set_ready("node1", True)
+    settle(lab, {"node1"})
+    assert lab.announcing() == ["node1"]
+    assert lab.curl(flows=3) == {"node1": 3}
+
+
+def test_second_node_gives_ecmp_and_both_serve(lab: Lab) -> None:
+    lab.set_ready("node1", True)
+    lab.set_ready("node2", True)
+    settle(lab, {"node1", "node2"})
+    served = lab.curl(flows=40)
+    assert set(served) == {"node1", "node2"}, served
+
+
+def test_not_ready_endpoint_drops_its_next_hop_and_traffic_goes_on(lab: Lab) -> None:
+    lab.set_ready("node1", True)
+    lab.set_ready("node2", True)
+    settle(lab, {"node1", "node2"})
+    lab.set_ready("node1", False)
+    settle(lab, {"node2"})
+    assert lab.curl(flows=10) == {"node2": 10}
+    lab.set_ready("node2", False)
+    settle(lab, set())  # all endpoints gone: the route is gone
+    assert lab.announcing() == []
+
+
+def test_cordoned_node_drops_its_next_hop(lab: Lab) -> None:
+    lab.set_ready("node1", True)
+    lab.set_ready("node3", True)
+    settle(lab, {"node1", "node3"})
+    lab.cordon("node3")
+    settle(lab, {"node1"})
+    assert lab.curl(flows=5) == {"node1": 5}
+
+
+def test_sigterm_withdraws_the_agents_routes(lab: Lab) -> None:
+    lab.set_ready("node1", True)
+    lab.set_ready("node2", True)
+    settle(lab, {"node1", "node2"})
+    assert lab.signal_agent("node2", signal.SIGTERM) == 0
+    settle(lab, {"node1"}, timeout=5)
+
+
+def test_sigkilled_agent_routes_expire_with_the_address_lifetime(lab: Lab) -> None:
+    lab.set_ready("node1", True)
+    lab.set_ready("node2", True)
+    settle(lab, {"node1", "node2"})
+    killed = time.monotonic()
+    lab.signal_agent("node2", signal.SIGKILL)
+    t = lab.routes.wait_for(VIP, {"node1"}, killed, timeout=LIFETIME + 5)
+    assert t - killed <= LIFETIME + 1
+
+
+def test_apiserver_down_keeps_the_routes(lab: Lab, control_plane: ControlPlane) -> None:
+    lab.set_ready("node1", True)
+    settle(lab, {"node1"})
+    control_plane.stop_apiserver()
+    try:
+        time.sleep(LIFETIME + 2)  # longer than the address lifetime: renewals keep them
+        assert lab.router_nexthops() == {"node1"}
+        assert lab.curl(flows=3) == {"node1": 3}
+    finally:
+        control_plane.restart_apiserver()
