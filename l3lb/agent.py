@@ -68,6 +68,11 @@ class Agent:
     def on_netlink(self, kind: str, ip: str, present: Present | None) -> None:
         self.queue.put(("netlink", kind, (ip, present)))
 
+    def stop(self, stop: threading.Event) -> None:
+        """Ends ``run()`` now (from a signal handler): sets ``stop`` and wakes the loop."""
+        stop.set()
+        self.queue.put(("stop", "", None))
+
     # ---- the loop
     def run(self, stop: threading.Event) -> None:
         if isinstance(self.table, NetlinkTable):
@@ -96,6 +101,8 @@ class Agent:
 
     def _record(self, resource: str, kind: str, obj: Any) -> None:
         t = self.tracker
+        if resource == "stop":
+            return
         if resource == "netlink":
             ip, present = obj
             if kind == "resync":

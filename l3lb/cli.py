@@ -157,7 +157,7 @@ def run(
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
+        agent.stop(stop)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -188,12 +188,12 @@ def run(
     if writer is not None:
         writer.start(stop)
     agent.run(stop)
-    for r in reflectors:
-        r.stop()
     if keep_on_exit or dry_run:
         log.info("leaving the addresses in place")
     else:
         agent.withdraw_all()
+    for r in reflectors:
+        r.stop()
     table.close()
     log.info("stopped")
 

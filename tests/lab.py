@@ -236,9 +236,11 @@ class Lab:
         address_lifetime: int = 10,
         workdir: Path | None = None,
         control_plane: ControlPlane | None = None,
+        agents: bool = True,
         log=print,
     ) -> None:  # type: ignore[no-untyped-def]
         self.n = nodes
+        self.agents = agents
         self.address_lifetime = address_lifetime
         self._own_tmp = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="l3lb-lab-"))
@@ -315,6 +317,10 @@ class Lab:
         self.routes = RouterRoutes(self.router, {n.uplink: n.name for n in self.nodes})
         _wait(lambda: router_frr.established() == self.n, 30, "BGP sessions to every node")
         self.log(f"{self.n} nodes peering BGP unnumbered with the router ({time.monotonic() - t0:.1f}s)")
+        if self.agents:
+            self.start_agents()
+
+    def start_agents(self) -> None:
         for node in self.nodes:
             node.start_agent()
 
