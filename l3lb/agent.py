@@ -12,19 +12,48 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .apply import AddressTable, NetlinkTable, Plan, Present, plan
 from .config import Config
 from .decide import NOT_WANTED
+from .metrics import Metrics
 from .model import Key, fmt_key
+from .systemd import Notifier
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
 
 SERVICES, SLICES, NODE = "services", "endpointslices", "node"
 RETRY_INTERVAL = 1.0
+LOOP_STUCK_AFTER = 30.0
+STRAY = "stray"
+REPAIR = "repair"
+
+
+class Writer(Protocol):
+    def status(self, key: Key, ips: tuple[str, ...]) -> None: ...
+    def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None: ...
+
+
+class Watched(Protocol):
+    resource: str
+    last_progress: float
+    stuck_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class Why:
+    """Why an IP is (or is no longer) held: the Service that decides it, a reason token and the detail."""
+
+    key: Key | None
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f" for {fmt_key(self.key)}: {self.detail}" if self.key else f": {self.detail}"
 
 
 class Agent:
@@ -33,24 +62,31 @@ class Agent:
         config: Config,
         table: AddressTable,
         *,
-        writer: Any = None,
+        writer: Writer | None = None,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.table = table
         self.writer = writer
+        self.metrics = metrics or Metrics()
+        self.notifier = notifier or Notifier({})
         self.clock = clock
         self.tracker = Tracker(config)
-        self.queue: queue.Queue[tuple[str, str, Any]] = queue.Queue()
+        self.queue: queue.Queue[tuple[str, str, Any, float]] = queue.Queue()
         self.synced: set[str] = set()
         self.present: dict[str, Present] = {}
         self.held: set[str] = set()
-        """IPs this agent put on or adopted and still wants: re-adding one is a repair."""
-        self.repairs = 0
+        """IPs this agent holds and still wants: re-adding one is a repair."""
         self.sync_count = 0
+        self.watched: Sequence[Watched] = ()
+        self.last_loop = clock()
         self._needs_sync = False
         self._needs_dump = True
         self._next_resync = 0.0
+        self._next_ping = 0.0
+        self._batch_start: float | None = None
         self._warned: dict[Key, tuple[str, ...]] = {}
 
     @property
@@ -61,24 +97,36 @@ class Agent:
     def ready(self) -> bool:
         return len(self.synced) == 3 and self.sync_count > 0
 
+    def health(self) -> str | None:
+        """None when healthy; else what is wrong (for /healthz)."""
+        now = self.clock()
+        if now - self.last_loop > LOOP_STUCK_AFTER:
+            return f"sync loop stuck for {now - self.last_loop:.0f}s"
+        for w in self.watched:
+            if now - w.last_progress > w.stuck_after:
+                return f"watch of {w.resource} without progress for {now - w.last_progress:.0f}s"
+        return None
+
     # ---- inputs (called from other threads)
     def sink(self, resource: str, kind: str, obj: Any) -> None:
-        self.queue.put((resource, kind, obj))
+        self.queue.put((resource, kind, obj, self.clock()))
 
     def on_netlink(self, kind: str, ip: str, present: Present | None) -> None:
-        self.queue.put(("netlink", kind, (ip, present)))
+        self.queue.put(("netlink", kind, (ip, present), self.clock()))
 
     def stop(self, stop: threading.Event) -> None:
         """Ends ``run()`` now (from a signal handler): sets ``stop`` and wakes the loop."""
         stop.set()
-        self.queue.put(("stop", "", None))
+        self.queue.put(("stop", "", None, self.clock()))
 
     # ---- the loop
     def run(self, stop: threading.Event) -> None:
         if isinstance(self.table, NetlinkTable):
             self.table.monitor(self.on_netlink)
         while not stop.is_set():
-            timeout = max(0.0, self._next_resync - self.clock())
+            self.last_loop = now = self.clock()
+            self._ping(now)
+            timeout = max(0.0, self._next_resync - now)
             try:
                 item = self.queue.get(timeout=min(timeout, 0.5))
             except queue.Empty:
@@ -92,17 +140,25 @@ class Agent:
                         break
             if stop.is_set():
                 break
-            now = self.clock()
-            if now >= self._next_resync:
+            if self.clock() >= self._next_resync:
                 self._needs_dump = True
                 self._needs_sync = True
             if self._needs_sync or self.tracker.pending:
                 self.sync()
+        self.notifier.send("STOPPING=1")
 
-    def _record(self, resource: str, kind: str, obj: Any) -> None:
+    def _ping(self, now: float) -> None:
+        interval = self.notifier.watchdog_interval
+        if interval is not None and now >= self._next_ping:
+            self.notifier.send("WATCHDOG=1")
+            self._next_ping = now + interval
+
+    def _record(self, resource: str, kind: str, obj: Any, at: float) -> None:
         t = self.tracker
         if resource == "stop":
             return
+        if self._batch_start is None:
+            self._batch_start = at
         if resource == "netlink":
             ip, present = obj
             if kind == "resync":
@@ -134,7 +190,7 @@ class Agent:
 
     def sync(self) -> None:
         """Brings the interface to the decision. Before the first full picture, only renews what is there."""
-        now = self.clock()
+        started = now = self.clock()
         self._next_resync = now + self.resync_interval
         self._needs_sync = False
         try:
@@ -159,7 +215,6 @@ class Agent:
                     log.info("adopting %s%s; already on the interface", ip, self._why(ip))
             self._apply(plan(wanted, self.present, self.config, now))
             self.held = wanted & self.present.keys()
-            self.sync_count += 1
         except Exception:
             log.exception("sync failed; retrying in %.0fs", RETRY_INTERVAL)
             self._needs_dump = True
@@ -167,6 +222,23 @@ class Agent:
             return
         for key in examined:
             self._publish(key)
+        self._account(started)
+
+    def _account(self, started: float) -> None:
+        m = self.metrics
+        end = self.clock()
+        m.reconcile.observe(end - started)
+        if self._batch_start is not None:
+            m.event_to_apply.observe(end - self._batch_start)
+            self._batch_start = None
+        v6 = sum(1 for ip in self.held if ":" in ip)
+        m.addresses.labels("ipv4").set(len(self.held) - v6)
+        m.addresses.labels("ipv6").set(v6)
+        m.last_sync.set(time.time())
+        self.sync_count += 1
+        if self.sync_count == 1:
+            log.info("initial sync done: holding %d addresses", len(self.held))
+            self.notifier.send("READY=1", f"STATUS=holding {len(self.held)} addresses")
 
     def _apply(self, p: Plan) -> None:
         lifetime = self.config.address_lifetime
@@ -174,30 +246,42 @@ class Agent:
             self.table.set(ip, lifetime)
             self.present[ip] = Present(self.clock() + lifetime if lifetime else None)
         for ip in p.add:
+            why = self._why(ip)
             if ip in self.held:
-                self.repairs += 1
-                log.warning("restoring %s%s; it was removed by someone else", ip, self._why(ip))
+                self.metrics.repairs.inc()
+                self.metrics.announcements.labels(REPAIR).inc()
+                log.warning("restoring %s%s; it was removed by someone else", ip, why)
             else:
-                log.info("assuming %s%s", ip, self._why(ip))
+                self.metrics.announcements.labels(why.reason).inc()
+                log.info("assuming %s%s", ip, why)
+                self._event(why, "Announced", f"{self.config.node_name} announces {ip}: {why.detail}")
         for ip in p.remove:
             self.table.remove(ip)
             self.present.pop(ip, None)
             if ip in self.held:
-                log.info("forfeiting %s%s", ip, self._why(ip))
+                why = self._why(ip)
+                self.metrics.withdrawals.labels(why.reason).inc()
+                log.info("forfeiting %s%s", ip, why)
+                self._event(why, "Withdrawn", f"{self.config.node_name} withdrew {ip}: {why.detail}")
             else:
+                self.metrics.withdrawals.labels(STRAY).inc()
                 log.info("collecting stray %s: no Service of ours wants it", ip)
 
-    def _why(self, ip: str) -> str:
-        d = self.tracker.explain(ip)
+    def _why(self, ip: str) -> Why:
+        t = self.tracker
+        d = t.explain(ip)
         if d is not None:
-            key = next(
-                (k for k in d.services if self.tracker.decisions[k].announce == d.announce), d.services[0]
-            )
-            return f" for {fmt_key(key)}: {d.detail}"
-        gone = self.tracker.released.get(ip)
+            key = next((k for k in d.services if t.decisions[k].announce == d.announce), d.services[0])
+            return Why(key, d.reason, d.detail)
+        gone = t.released.get(ip)
         if gone is not None:
-            return f" for {fmt_key(gone)}: {NOT_WANTED} (the Service is gone, not ours, or has another IP)"
-        return ""
+            return Why(gone, NOT_WANTED, "the Service is gone, not ours, or has another IP")
+        return Why(None, STRAY, "no Service of ours wants it")
+
+    def _event(self, why: Why, reason: str, message: str) -> None:
+        svc = self.tracker.services.get(why.key) if why.key else None
+        if self.writer is not None and svc is not None:
+            self.writer.event(svc.key, svc.uid, "Normal", reason, message)
 
     def _publish(self, key: Key) -> None:
         """Publishes requested in-prefix IPs to status and warns about IPs we will never announce."""
@@ -222,6 +306,7 @@ class Agent:
         if signature and self._warned.get(key) != signature:
             for reason, message in warnings:
                 log.warning("%s: %s", fmt_key(key), message)
+                self.metrics.conflicts.labels(reason).inc()
                 if self.writer is not None:
                     self.writer.event(key, svc.uid, "Warning", reason, message)
         self._warned[key] = signature
@@ -242,6 +327,7 @@ class Agent:
             if self.config.in_prefix(ip):
                 try:
                     self.table.remove(ip)
+                    self.metrics.withdrawals.labels("stopping").inc()
                     log.info("withdrawing %s: the agent is stopping", ip)
                 except Exception:
                     log.exception("could not withdraw %s", ip)

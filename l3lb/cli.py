@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import signal
 import socket
-import sys
-import threading
 from collections.abc import Sequence
 
 import click
 
 from . import __version__
 from .config import DEFAULT_CLASS, Config, parse_prefixes
+from .logs import setup_logging
 
 log = logging.getLogger("l3lb")
 
@@ -22,15 +20,6 @@ def _prefixes(ctx: click.Context, param: click.Parameter, values: Sequence[str])
         return parse_prefixes(values)
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.ERROR)
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -96,11 +85,25 @@ def cli() -> None:
     help="Leave the addresses in place on SIGTERM/SIGINT.",
 )
 @click.option(
+    "--metrics-address",
+    envvar="L3LB_METRICS_ADDRESS",
+    default="127.0.0.1:9655",
+    show_default=True,
+    help="HOST:PORT for /metrics, /healthz and /readyz; 'off' disables them.",
+)
+@click.option(
     "--log-level",
     envvar="L3LB_LOG_LEVEL",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+@click.option(
+    "--log-format",
+    envvar="L3LB_LOG_FORMAT",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
 )
 def run(
     prefixes: tuple,
@@ -112,13 +115,15 @@ def run(
     address_lifetime: int,
     dry_run: bool,
     keep_on_exit: bool,
+    metrics_address: str,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the node agent: keep exactly the right Service IPs on the interface."""
-    from .agent import NODE, SERVICES, SLICES, Agent
-    from .apply import InterfaceMissing, MemoryTable, NetlinkTable
+    from .daemon import serve
 
-    setup_logging(log_level)
+    listen = None if metrics_address == "off" else _host_port(metrics_address)
+    setup_logging(log_level, log_format)
     config = Config(
         prefixes=prefixes,
         node_name=node_name,
@@ -130,7 +135,7 @@ def run(
         keep_on_exit=keep_on_exit,
     )
     log.info(
-        "l3lb %s starting: node=%s interface=%s prefixes=%s class=%s%s lifetime=%ss%s%s",
+        "l3lb %s starting: node=%s interface=%s prefixes=%s class=%s%s lifetime=%ss metrics=%s%s%s",
         __version__,
         node_name,
         interface,
@@ -138,64 +143,18 @@ def run(
         load_balancer_class,
         " (and class-less)" if default_class else "",
         address_lifetime,
+        metrics_address,
         " dry-run" if dry_run else "",
         " keep-on-exit" if keep_on_exit else "",
     )
-    from .kube import Api, load_client
-    from .model import node_entry, service_entry, slice_entry
-    from .watch import Reflector
-    from .writer import Writer
+    serve(config, kubeconfig, listen)
 
-    try:
-        table = MemoryTable() if dry_run else NetlinkTable(interface)
-    except InterfaceMissing as err:
-        raise click.ClickException(f"{err}; pass --interface with an existing one") from None
-    api = Api(load_client(kubeconfig))
-    writer = None if dry_run else Writer(api, node_name)
-    agent = Agent(config, table, writer=writer)
-    stop = threading.Event()
 
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        agent.stop(stop)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    reflectors = [
-        Reflector(
-            SERVICES,
-            api,
-            "/api/v1/services",
-            service_entry,
-            agent.sink,
-            field_selector="spec.type=LoadBalancer",
-        ),
-        Reflector(
-            SLICES,
-            api,
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            slice_entry(node_name),
-            agent.sink,
-            label_selector="kubernetes.io/service-name",
-        ),
-        Reflector(
-            NODE, api, "/api/v1/nodes", node_entry, agent.sink, field_selector=f"metadata.name={node_name}"
-        ),
-    ]
-    for r in reflectors:
-        r.start(stop)
-    if writer is not None:
-        writer.start(stop)
-    agent.run(stop)
-    if keep_on_exit or dry_run:
-        log.info("leaving the addresses in place")
-    else:
-        agent.withdraw_all()
-    for r in reflectors:
-        r.stop()
-    table.close()
-    log.info("stopped")
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"{text!r} is not HOST:PORT or 'off'", param_hint="--metrics-address")
+    return host.strip("[]"), int(port)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

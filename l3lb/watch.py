@@ -71,7 +71,7 @@ class Reflector:
         watch_timeout: tuple[int, int] = (60, 120),
         connect_timeout: float = 5.0,
         backoff: Backoff | None = None,
-        on_error: Callable[[str, Exception], None] | None = None,
+        on_restart: Callable[[str, Exception | None], None] | None = None,
     ) -> None:
         self.resource = resource
         self.api = api
@@ -82,12 +82,17 @@ class Reflector:
         self.watch_timeout = watch_timeout
         self.connect_timeout = connect_timeout
         self.backoff = backoff or Backoff()
-        self.on_error = on_error
+        self.on_restart = on_restart
+        """Called on every restart of the loop, with the error (None for a 410 relist): for metrics."""
         self.resource_version: str | None = None
         self.last_progress = time.monotonic()
         """When the loop last heard from the apiserver or finished a backoff: for /healthz."""
-        self.restarts = 0
         self._response: Any = None
+
+    @property
+    def stuck_after(self) -> float:
+        """Seconds without progress after which the loop counts as stuck: longer than any healthy silence."""
+        return self.watch_timeout[1] + 15 + self.backoff.maximum + 30
 
     def start(self, stop: threading.Event) -> threading.Thread:
         thread = threading.Thread(target=self.run, args=(stop,), name=f"watch-{self.resource}", daemon=True)
@@ -104,9 +109,9 @@ class Reflector:
             except Gone:
                 log.info("%s: resourceVersion %s is gone, relisting", self.resource, self.resource_version)
                 self.resource_version = None
-                self.restarts += 1
+                if self.on_restart is not None:
+                    self.on_restart(self.resource, None)
             except Exception as err:  # any failure: report, back off, retry
-                self.restarts += 1
                 self._report(err)
                 if isinstance(err, ApiException) and err.status == 410:
                     self.resource_version = None
@@ -122,8 +127,8 @@ class Reflector:
                 resp.shutdown()
 
     def _report(self, err: Exception) -> None:
-        if self.on_error is not None:
-            self.on_error(self.resource, err)
+        if self.on_restart is not None:
+            self.on_restart(self.resource, err)
         if isinstance(err, ApiException) and err.status == 403:
             log.error(
                 "%s: permission denied: %s. Grant the agent's identity list and watch on %s "

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 COMPONENT = "l3lb"
 EVENT_REPEAT_WINDOW = 600.0
 EVENT_PATCH_INTERVAL = 60.0
+NORMAL_EVENT_BURST = 5
+NORMAL_EVENT_REFILL = 30.0  # seconds per token: a flapping Service gets at most 2 Normal Events a minute
 STATUS_PATH = "/api/v1/namespaces/{ns}/services/{name}/status"
 EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
 EVENT_PATH = "/api/v1/namespaces/{ns}/events/{name}"
@@ -52,7 +54,9 @@ class Writer:
         self._events: deque[tuple[Key, str, str, str, str]] = deque(maxlen=1000)
         self._seen: dict[tuple[Key, str, str], _Seen] = {}
         self._denied: set[str] = set()
+        self._tokens: dict[Key, tuple[float, float]] = {}
         self.errors = 0
+        self.dropped = 0
 
     # ---- requests from the sync loop (never block)
     def status(self, key: Key, ips: tuple[str, ...]) -> None:
@@ -62,9 +66,25 @@ class Writer:
             self._cond.notify()
 
     def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None:
+        """Queues an Event. Normal ones pass a token bucket per Service; Warnings are deduplicated later."""
+        if kind == "Normal" and not self._take_token(key):
+            self.dropped += 1
+            return
         with self._cond:
             self._events.append((key, uid, kind, reason, message))
             self._cond.notify()
+
+    def _take_token(self, key: Key) -> bool:
+        now = time.monotonic()
+        tokens, last = self._tokens.get(key, (NORMAL_EVENT_BURST, now))
+        tokens = min(NORMAL_EVENT_BURST, tokens + (now - last) / NORMAL_EVENT_REFILL)
+        ok = tokens >= 1
+        self._tokens[key] = (tokens - 1 if ok else tokens, now)
+        if len(self._tokens) > 10000:  # forget Services whose buckets are full again
+            self._tokens = {
+                k: v for k, v in self._tokens.items() if now - v[1] < NORMAL_EVENT_BURST * NORMAL_EVENT_REFILL
+            }
+        return ok
 
     # ---- the writer thread
     def start(self, stop: threading.Event) -> threading.Thread:

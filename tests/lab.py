@@ -484,6 +484,32 @@ exit
         names = {n.uplink: n.name for n in self.nodes}
         return {names.get(h.get("dev", ""), h.get("dev", "?")) for h in hops}
 
+    def http_get(self, node: str, url: str) -> tuple[int, str]:
+        """GET ``url`` from inside ``node``'s namespace (the agent's metrics listen on its own loopback).
+
+        Returns (status, body); status 0 when nothing answers.
+        """
+        code = (
+            "import sys, urllib.request, urllib.error\n"
+            "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=5)\n"
+            ' print(r.status); print(r.read().decode(), end="")\n'
+            'except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode(), end="")\n'
+            "except OSError as e:\n print(0); print(e)\n"
+        )
+        out = self.node(node).ns.run([PY, "-c", code, url]).stdout
+        status, _, body = out.partition("\n")
+        return int(status), body
+
+    def metrics(self, node: str) -> dict[str, float]:
+        """The agent's Prometheus samples on ``node``: {'name{labels}': value}."""
+        _, body = self.http_get(node, "http://127.0.0.1:9655/metrics")
+        out = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
     def curl(self, ip: str = VIP, flows: int = 1) -> Counter[str]:
         """``flows`` HTTP requests from the client, each on a new connection (a new source port)."""
         out = self.client.run([PY, "-c", CLIENT, ip, str(HTTP_PORT), str(flows)], timeout=60).stdout

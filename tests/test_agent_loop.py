@@ -31,7 +31,7 @@ def make_agent(present: list[str] = ()) -> tuple[Agent, MemoryTable, Clock]:
 
 def feed(agent: Agent, *messages: tuple) -> None:
     for m in messages:
-        agent._record(*m)
+        agent._record(*m, 0.0)
     agent.sync()
 
 
@@ -56,10 +56,11 @@ def test_adopts_restores_and_renews() -> None:
         (NODE, "REPLACE", [node_entry(node_obj())]),
     )
     assert set(table.dump()) == {"10.0.100.7"}
-    assert agent.repairs == 0
+    assert agent.metrics.registry.get_sample_value("l3lb_netlink_repairs_total") == 0
     table.remove("10.0.100.7")  # someone else deletes it; the monitor reports it
     feed(agent, ("netlink", "del", ("10.0.100.7", None)))
-    assert set(table.dump()) == {"10.0.100.7"} and agent.repairs == 1
+    assert set(table.dump()) == {"10.0.100.7"}
+    assert agent.metrics.registry.get_sample_value("l3lb_netlink_repairs_total") == 1
     before = table.dump()["10.0.100.7"].expires
     clock.now += 25  # past a third of the lifetime
     feed(agent)
@@ -76,6 +77,6 @@ def test_burst_of_no_op_updates_costs_no_decision() -> None:
         (NODE, "REPLACE", [node_entry(node_obj())]),
     )
     for _ in range(100):
-        agent._record(SERVICES, "SET", service_entry(svc))
-        agent._record(SLICES, "SET", slice_e(slice_obj("s", "other", [("n2", True, False)])))
+        agent._record(SERVICES, "SET", service_entry(svc), 0.0)
+        agent._record(SLICES, "SET", slice_e(slice_obj("s", "other", [("n2", True, False)])), 0.0)
     assert not agent.tracker.pending

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubelet import wait_for
 from lab import VIP, Lab
 from testenv import ControlPlane
 
@@ -33,6 +34,11 @@ def fresh(lab: Lab) -> Iterator[None]:
             node.start_agent()
         lab.cordon(node.name, False)
         lab.set_ready(node.name, False)
+    for node in lab.nodes:
+        wait_for(
+            lambda n=node: lab.http_get(n.name, "http://127.0.0.1:9655/readyz")[0] == 200,
+            what=f"{node.name}'s agent to be ready",
+        )
     lab.routes.wait_for(VIP, set(), time.monotonic() - 1, timeout=30)
     yield
 
@@ -106,3 +112,29 @@ def test_apiserver_down_keeps_the_routes(lab: Lab, control_plane: ControlPlane) 
         assert lab.curl(flows=3) == {"node1": 3}
     finally:
         control_plane.restart_apiserver()
+
+
+def test_metrics_health_and_events_follow_the_scenario(lab: Lab) -> None:
+    assert lab.http_get("node1", "http://127.0.0.1:9655/readyz") == (200, "ok\n")
+    assert lab.http_get("node1", "http://127.0.0.1:9655/healthz") == (200, "ok\n")
+    before = lab.metrics("node1")
+    lab.set_ready("node1", True)
+    settle(lab, {"node1"})
+    m = lab.metrics("node1")
+    assert m['l3lb_addresses{family="ipv4"}'] == 1
+    key = 'l3lb_announcements_total{reason="localReadyEndpoints"}'
+    assert m[key] == before.get(key, 0) + 1
+    assert m["l3lb_last_sync_timestamp_seconds"] > time.time() - 60
+    assert m["l3lb_event_to_apply_seconds_count"] > before["l3lb_event_to_apply_seconds_count"]
+    assert lab.metrics("node2")['l3lb_addresses{family="ipv4"}'] == 0
+
+    lab.set_ready("node1", False)
+    settle(lab, set())
+    m = lab.metrics("node1")
+    key = 'l3lb_withdrawals_total{reason="noLocalReadyEndpoint"}'
+    assert m[key] == before.get(key, 0) + 1
+    assert m['l3lb_addresses{family="ipv4"}'] == 0
+    events = [e for e in lab.core.list_namespaced_event("lab").items if e.involved_object.name == "echo"]
+    messages = {e.message for e in events if e.reason in ("Announced", "Withdrawn")}
+    assert "node1 announces 10.0.100.5: 1 local ready endpoint" in messages
+    assert "node1 withdrew 10.0.100.5: no local ready endpoint" in messages

@@ -1,0 +1,102 @@
+"""Wiring of the daemon: the interface, the API client, the watches, the writer, the health server and
+systemd notification around one Agent loop, and the orderly stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import click
+
+from .agent import NODE, SERVICES, SLICES, Agent
+from .apply import InterfaceMissing, MemoryTable, NetlinkTable
+from .config import Config
+from .kube import Api, load_client
+from .metrics import HealthServer, Metrics
+from .model import node_entry, service_entry, slice_entry
+from .systemd import Notifier
+from .watch import Reflector
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+def serve(config: Config, kubeconfig: str | None, listen: tuple[str, int] | None) -> None:
+    try:
+        table = MemoryTable() if config.dry_run else NetlinkTable(config.interface)
+    except InterfaceMissing as err:
+        raise click.ClickException(f"{err}; pass --interface with an existing one") from None
+    api = Api(load_client(kubeconfig))
+    metrics = Metrics()
+    writer = None if config.dry_run else Writer(api, config.node_name)
+    agent = Agent(config, table, writer=writer, metrics=metrics, notifier=Notifier())
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        agent.stop(stop)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def on_restart(resource: str, err: Exception | None) -> None:
+        metrics.watch_restarts.labels(resource).inc()
+        if err is not None:
+            metrics.api_errors.labels(resource).inc()
+
+    reflectors = [
+        Reflector(
+            SERVICES,
+            api,
+            "/api/v1/services",
+            service_entry,
+            agent.sink,
+            field_selector="spec.type=LoadBalancer",
+            on_restart=on_restart,
+        ),
+        Reflector(
+            SLICES,
+            api,
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            slice_entry(config.node_name),
+            agent.sink,
+            label_selector="kubernetes.io/service-name",
+            on_restart=on_restart,
+        ),
+        Reflector(
+            NODE,
+            api,
+            "/api/v1/nodes",
+            node_entry,
+            agent.sink,
+            field_selector=f"metadata.name={config.node_name}",
+            on_restart=on_restart,
+        ),
+    ]
+    agent.watched = reflectors
+    health = None
+    if listen is not None:
+        try:
+            health = HealthServer(*listen, metrics, agent.health, lambda: agent.ready)
+        except OSError as err:
+            raise click.ClickException(
+                f"cannot listen on {listen[0]}:{listen[1]} for metrics: {err}"
+            ) from None
+        health.start()
+        log.info("metrics and health on http://%s:%d/ (metrics, healthz, readyz)", listen[0], health.port)
+    for r in reflectors:
+        r.start(stop)
+    if writer is not None:
+        writer.start(stop)
+    agent.run(stop)
+    if config.keep_on_exit or config.dry_run:
+        log.info("leaving the addresses in place")
+    else:
+        agent.withdraw_all()
+    for r in reflectors:
+        r.stop()
+    if health is not None:
+        health.close()
+    table.close()
+    log.info("stopped")

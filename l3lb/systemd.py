@@ -1,0 +1,31 @@
+"""systemd's notify protocol (one datagram per message, no dependency): READY=1, WATCHDOG=1, STOPPING=1."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class Notifier:
+    """Talks to ``$NOTIFY_SOCKET`` when systemd set it (Type=notify); does nothing otherwise."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        path = env.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + path[1:] if path.startswith("@") else path
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        wanted = usec.isdigit() and (not pid or pid == str(os.getpid()))
+        self.watchdog_interval = int(usec) / 2e6 if wanted else None
+        """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or None without a watchdog."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def send(self, *fields: str) -> None:
+        if not self.address:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(self.address)
+            s.sendall("\n".join(fields).encode())
