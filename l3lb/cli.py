@@ -1,10 +1,14 @@
-"""The ``l3lb`` command line. Every option of ``run`` can also be set by an ``L3LB_<NAME>`` variable."""
+"""The ``l3lb`` command line. Every option can also be set by an ``L3LB_<NAME>`` variable, so ``status`` and
+``check`` see the same configuration as the running agent."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
@@ -22,6 +26,80 @@ def _prefixes(ctx: click.Context, param: click.Parameter, values: Sequence[str])
         raise click.BadParameter(str(err)) from None
 
 
+SHARED = [
+    click.option(
+        "--prefix",
+        "prefixes",
+        multiple=True,
+        required=True,
+        envvar="L3LB_PREFIX",
+        callback=_prefixes,
+        help="CIDR that l3lb owns, IPv4 or IPv6; repeatable (or comma/space separated in L3LB_PREFIX).",
+    ),
+    click.option(
+        "--kubeconfig",
+        envvar="L3LB_KUBECONFIG",
+        type=click.Path(dir_okay=False),
+        help="Default: in-cluster config, then $KUBECONFIG, then ~/.kube/config.",
+    ),
+    click.option(
+        "--node-name",
+        envvar=["L3LB_NODE_NAME", "NODE_NAME"],
+        default=lambda: socket.gethostname().lower(),
+        show_default="$NODE_NAME, else the hostname",
+        help="This node's name, as k3s names it.",
+    ),
+    click.option("--interface", envvar="L3LB_INTERFACE", default="lo", show_default=True),
+    click.option(
+        "--load-balancer-class",
+        envvar="L3LB_LOAD_BALANCER_CLASS",
+        default=DEFAULT_CLASS,
+        show_default=True,
+        help="Services of this class are ours.",
+    ),
+    click.option(
+        "--default-class/--no-default-class",
+        envvar="L3LB_DEFAULT_CLASS",
+        default=True,
+        show_default=True,
+        help="Also take Services that set no loadBalancerClass.",
+    ),
+]
+VTY = click.option(
+    "--vty-socket",
+    envvar="L3LB_VTY_SOCKET",
+    type=click.Path(file_okay=False),
+    help="FRR's vty socket directory, if not the default.",
+)
+OUTPUT = click.option(
+    "--output", "-o", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+
+
+def shared(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(SHARED):
+        f = option(f)
+    return f
+
+
+def make_config(
+    prefixes: tuple,
+    node_name: str,
+    interface: str,
+    load_balancer_class: str,
+    default_class: bool,
+    **extra: Any,
+) -> Config:
+    return Config(
+        prefixes=prefixes,
+        node_name=node_name,
+        interface=interface,
+        load_balancer_class=load_balancer_class,
+        default_class=default_class,
+        **extra,
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="l3lb")
 def cli() -> None:
@@ -29,43 +107,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "--prefix",
-    "prefixes",
-    multiple=True,
-    required=True,
-    envvar="L3LB_PREFIX",
-    callback=_prefixes,
-    help="CIDR that l3lb owns, IPv4 or IPv6; repeatable (or comma/space separated in L3LB_PREFIX).",
-)
-@click.option(
-    "--kubeconfig",
-    envvar="L3LB_KUBECONFIG",
-    type=click.Path(dir_okay=False),
-    help="Default: in-cluster config, then $KUBECONFIG, then ~/.kube/config.",
-)
-@click.option(
-    "--node-name",
-    envvar=["L3LB_NODE_NAME", "NODE_NAME"],
-    default=lambda: socket.gethostname().lower(),
-    show_default="$NODE_NAME, else the hostname",
-    help="This node's name, as k3s names it.",
-)
-@click.option("--interface", envvar="L3LB_INTERFACE", default="lo", show_default=True)
-@click.option(
-    "--load-balancer-class",
-    envvar="L3LB_LOAD_BALANCER_CLASS",
-    default=DEFAULT_CLASS,
-    show_default=True,
-    help="Services of this class are ours.",
-)
-@click.option(
-    "--default-class/--no-default-class",
-    envvar="L3LB_DEFAULT_CLASS",
-    default=True,
-    show_default=True,
-    help="Also take Services that set no loadBalancerClass.",
-)
+@shared
 @click.option(
     "--address-lifetime",
     envvar="L3LB_ADDRESS_LIFETIME",
@@ -106,48 +148,93 @@ def cli() -> None:
     type=click.Choice(["text", "json"]),
 )
 def run(
-    prefixes: tuple,
     kubeconfig: str | None,
-    node_name: str,
-    interface: str,
-    load_balancer_class: str,
-    default_class: bool,
     address_lifetime: int,
     dry_run: bool,
     keep_on_exit: bool,
     metrics_address: str,
     log_level: str,
     log_format: str,
+    **shared_opts: Any,
 ) -> None:
     """Run the node agent: keep exactly the right Service IPs on the interface."""
     from .daemon import serve
 
     listen = None if metrics_address == "off" else _host_port(metrics_address)
     setup_logging(log_level, log_format)
-    config = Config(
-        prefixes=prefixes,
-        node_name=node_name,
-        interface=interface,
-        load_balancer_class=load_balancer_class,
-        default_class=default_class,
-        address_lifetime=address_lifetime,
-        dry_run=dry_run,
-        keep_on_exit=keep_on_exit,
+    config = make_config(
+        **shared_opts, address_lifetime=address_lifetime, dry_run=dry_run, keep_on_exit=keep_on_exit
     )
     log.info(
         "l3lb %s starting: node=%s interface=%s prefixes=%s class=%s%s lifetime=%ss metrics=%s%s%s",
         __version__,
-        node_name,
-        interface,
-        ",".join(map(str, prefixes)),
-        load_balancer_class,
-        " (and class-less)" if default_class else "",
+        config.node_name,
+        config.interface,
+        ",".join(map(str, config.prefixes)),
+        config.load_balancer_class,
+        " (and class-less)" if config.default_class else "",
         address_lifetime,
         metrics_address,
         " dry-run" if dry_run else "",
         " keep-on-exit" if keep_on_exit else "",
     )
     serve(config, kubeconfig, listen)
+
+
+@cli.command()
+@shared
+@click.option("--node", help="Another node: then from the API alone, without reading the interface or FRR.")
+@VTY
+@OUTPUT
+def status(
+    kubeconfig: str | None, node: str | None, vty_socket: str | None, output: str, **shared_opts: Any
+) -> None:
+    """Our Services on this node: IPs, local ready endpoints, announced or why not, and FRR's view."""
+    from .frr import Vtysh
+    from .kube import Api, load_client
+    from .status import as_json, collect, table
+
+    setup_logging("warning")
+    local = node is None
+    if not local:
+        shared_opts["node_name"] = node
+    config = make_config(**shared_opts)
+    present = None
+    vtysh = None
+    if local:
+        from .apply import InterfaceMissing, NetlinkTable
+
+        try:
+            t = NetlinkTable(config.interface)
+            present = set(t.dump())
+            t.close()
+        except (InterfaceMissing, OSError) as err:
+            click.echo(f"cannot read {config.interface}: {err}", err=True)
+        v = Vtysh(vty_socket)
+        vtysh = v if v.run("show version") is not None else None
+    rows = collect(Api(load_client(kubeconfig)), config, present=present, vtysh=vtysh)
+    if output == "json":
+        click.echo(json.dumps(as_json(rows, config.node_name), indent=2))
+    else:
+        click.echo(f"node {config.node_name}" + ("" if local else " (from the API alone)"))
+        click.echo(table(rows, local=present is not None, frr=vtysh is not None))
+
+
+@cli.command()
+@shared
+@VTY
+@OUTPUT
+def check(kubeconfig: str | None, vty_socket: str | None, output: str, **shared_opts: Any) -> None:
+    """Check everything the agent depends on; print a fix for each failure. Exits 1 if any check fails."""
+    from .doctor import Doctor, as_json, failed, render
+    from .frr import Vtysh
+    from .kube import Api, load_client
+
+    setup_logging("error")
+    config = make_config(**shared_opts)
+    results = Doctor(Api(load_client(kubeconfig)), config, Vtysh(vty_socket)).run()
+    click.echo(json.dumps(as_json(results), indent=2) if output == "json" else render(results))
+    sys.exit(1 if failed(results) else 0)
 
 
 def _host_port(text: str) -> tuple[str, int]:

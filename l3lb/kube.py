@@ -8,6 +8,7 @@ instantiation, and the agent parses JSON into its own small values anyway.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -80,6 +81,25 @@ class Api:
 
     def post(self, url_path: str, body: Any) -> Any:
         return json.loads(self.request("POST", url_path, body=body, content_type="application/json").data)
+
+
+def pages(
+    api: Api,
+    url_path: str,
+    query: dict[str, Any],
+    *,
+    page_size: int = 100,
+    timeout: tuple[float, float] = (5.0, 60.0),
+) -> Iterator[dict[str, Any]]:
+    """A paginated list, one page of JSON at a time (small pages keep the transient memory, and so the
+    agent's RSS, low). The last page's ``metadata.resourceVersion`` is the list's."""
+    cont = None
+    while True:
+        data = api.get_json(url_path, query={**query, "limit": page_size, "continue": cont}, timeout=timeout)
+        yield data
+        cont = data["metadata"].get("continue")
+        if not cont:
+            return
 
 
 def api_message(err: ApiException) -> str:

@@ -22,7 +22,7 @@ import urllib3
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from .kube import Api, api_message
+from .kube import Api, api_message, pages
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ Parse = Callable[[dict[str, Any]], tuple[Any, Any]]
 Sink = Callable[[str, str, Any], None]
 """Receives (resource, "REPLACE", [(key, value), ...]) after each (re)list,
 then (resource, "SET", (key, value)) or (resource, "DELETE", key) per event."""
-PAGE_SIZE = 100  # small pages keep the transient peak of a relist, and so the RSS, low
 
 
 @dataclass
@@ -143,20 +142,10 @@ class Reflector:
             log.warning("%s: cannot reach the apiserver (%s); retrying", self.resource, type(err).__name__)
 
     def _list(self) -> None:
-        """A paginated list: only one page of raw objects is in memory at a time."""
         values = []
-        cont = None
-        while True:
-            data = self.api.get_json(
-                self.url_path,
-                query={**self.selectors, "limit": PAGE_SIZE, "continue": cont},
-                timeout=(self.connect_timeout, 60),
-            )
-            values.extend(self.parse(obj) for obj in data.get("items") or [])
-            cont = data["metadata"].get("continue")
-            if not cont:
-                break
-        self.resource_version = data["metadata"]["resourceVersion"]
+        for page in pages(self.api, self.url_path, self.selectors, timeout=(self.connect_timeout, 60)):
+            values.extend(self.parse(obj) for obj in page.get("items") or [])
+        self.resource_version = page["metadata"]["resourceVersion"]
         self.last_progress = time.monotonic()
         self.sink(self.resource, "REPLACE", values)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from agents import Lab
 from kubernetes import client, config, utils
+from lab import Lab as FrrLab
 from netns import ApiRelay, sweep_stale
 from testenv import ControlPlane
 
@@ -101,3 +102,17 @@ def lab(
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture(scope="session")
+def frr_lab(control_plane: ControlPlane, workdir: Path) -> Iterator[FrrLab]:
+    """The FRR lab (3 nodes, a router, a client) on the session's control plane, with Service lab/echo."""
+    with FrrLab(
+        3,
+        address_lifetime=6,
+        workdir=workdir / "lab",
+        control_plane=control_plane,
+        log=lambda _: None,
+    ) as lab:
+        lab.create_service()
+        yield lab

@@ -276,7 +276,7 @@ class Lab:
         self.core = client.CoreV1Api(api)
         with contextlib.suppress(utils.FailToCreateError):
             utils.create_from_yaml(api, str(REPO / "deploy" / "rbac.yaml"))
-        kubeconfig = self.cp.identity("l3lb-agent", ["l3lb:agents"])
+        self.kubeconfig = kubeconfig = self.cp.identity("l3lb-agent", ["l3lb:agents"])
         with contextlib.suppress(client.ApiException):
             self.core.create_namespace({"metadata": {"name": NAMESPACE}})
         self.relay = ApiRelay(self.cp.state.apiserver_port, self.workdir)
@@ -509,6 +509,20 @@ exit
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out
+
+    def l3lb(self, node: str, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Runs the l3lb CLI inside ``node``'s namespace with that node's agent settings."""
+        n = self.node(node)
+        argv = [sys.executable, "-m", "l3lb", *args]
+        if "--prefix" not in args:
+            argv += ["--prefix", PREFIX]
+        if "--node-name" not in args:
+            argv += ["--node-name", node]
+        if "--kubeconfig" not in args:
+            argv += ["--kubeconfig", str(self.kubeconfig)]
+        if "--vty-socket" not in args and args[0] in ("status", "check"):
+            argv += ["--vty-socket", str(n.frr.dir)]
+        return n.ns.run(argv, check=check)
 
     def curl(self, ip: str = VIP, flows: int = 1) -> Counter[str]:
         """``flows`` HTTP requests from the client, each on a new connection (a new source port)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kubelet import wait_for
@@ -14,16 +13,11 @@ from lab import VIP, Lab
 from testenv import ControlPlane
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster]
-LIFETIME = 6
 
 
-@pytest.fixture(scope="module")
-def lab(control_plane: ControlPlane, workdir: Path) -> Iterator[Lab]:
-    with Lab(
-        3, address_lifetime=LIFETIME, workdir=workdir / "lab", control_plane=control_plane, log=lambda _: None
-    ) as lab:
-        lab.create_service()
-        yield lab
+@pytest.fixture
+def lab(frr_lab: Lab) -> Lab:
+    return frr_lab
 
 
 @pytest.fixture(autouse=True)
@@ -98,8 +92,8 @@ def test_sigkilled_agent_routes_expire_with_the_address_lifetime(lab: Lab) -> No
     settle(lab, {"node1", "node2"})
     killed = time.monotonic()
     lab.signal_agent("node2", signal.SIGKILL)
-    t = lab.routes.wait_for(VIP, {"node1"}, killed, timeout=LIFETIME + 5)
-    assert t - killed <= LIFETIME + 1
+    t = lab.routes.wait_for(VIP, {"node1"}, killed, timeout=lab.address_lifetime + 5)
+    assert t - killed <= lab.address_lifetime + 1
 
 
 def test_apiserver_down_keeps_the_routes(lab: Lab, control_plane: ControlPlane) -> None:
@@ -107,7 +101,7 @@ def test_apiserver_down_keeps_the_routes(lab: Lab, control_plane: ControlPlane) 
     settle(lab, {"node1"})
     control_plane.stop_apiserver()
     try:
-        time.sleep(LIFETIME + 2)  # longer than the address lifetime: renewals keep them
+        time.sleep(lab.address_lifetime + 2)  # longer than the address lifetime: renewals keep them
         assert lab.router_nexthops() == {"node1"}
         assert lab.curl(flows=3) == {"node1": 3}
     finally:

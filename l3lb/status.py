@@ -1,0 +1,117 @@
+"""``l3lb status``: for one node, our Services, their IPs, local ready endpoints, whether the node announces
+them and why not (the reason tokens of the logs), and what FRR does with each address."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .config import Config
+from .decide import Counts, decide_service, is_ours, node_reason
+from .frr import Vtysh
+from .kube import Api, pages
+from .model import Key, Node, fmt_key, node_entry, parse_service, parse_slice
+
+
+@dataclass
+class Row:
+    service: str
+    ips: list[str]
+    policy: str
+    local_ready: int
+    ready: int
+    announced: bool
+    reason: str
+    detail: str
+    on_interface: list[str] | None = None
+    """IPs found on the interface (only when looking at this node)."""
+    frr: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per IP: {"rib": connected route in zebra, "peers": BGP peers it is advertised to}."""
+
+
+def snapshot(api: Api, config: Config) -> tuple[dict[Key, Any], dict[Key, Counts], Node | None]:
+    """One consistent-enough read of what the agent watches: our Services, endpoint counts, the Node."""
+    services = {}
+    for page in pages(api, "/api/v1/services", {"fieldSelector": "spec.type=LoadBalancer"}):
+        for obj in page.get("items") or []:
+            svc = parse_service(obj)
+            if is_ours(svc, config):
+                services[svc.key] = svc
+    counts: dict[Key, Counts] = {}
+    for page in pages(
+        api, "/apis/discovery.k8s.io/v1/endpointslices", {"labelSelector": "kubernetes.io/service-name"}
+    ):
+        for obj in page.get("items") or []:
+            s = parse_slice(obj, config.node_name)
+            if s.service is not None:
+                c = counts.get(s.service, Counts())
+                counts[s.service] = Counts(c.ready + s.ready, c.local_ready + s.local_ready)
+    nodes = api.get_json("/api/v1/nodes", query={"fieldSelector": f"metadata.name={config.node_name}"})
+    items = nodes.get("items") or []
+    return services, counts, node_entry(items[0])[1] if items else None
+
+
+def collect(api: Api, config: Config, *, present: set[str] | None, vtysh: Vtysh | None) -> list[Row]:
+    services, counts, node = snapshot(api, config)
+    why = node_reason(node)
+    rows = []
+    for key in sorted(services):
+        svc = services[key]
+        c = counts.get(key, Counts())
+        d = decide_service(svc, c, why, config)
+        row = Row(
+            fmt_key(key),
+            list(svc.ingress_ips),
+            "Local" if svc.local_policy else "Cluster",
+            c.local_ready,
+            c.ready,
+            d.announce,
+            d.reason,
+            d.detail,
+        )
+        if present is not None:
+            row.on_interface = [ip for ip in d.ips if ip in present]
+        if vtysh is not None:
+            for ip in d.ips:
+                rib, peers = vtysh.route(ip)
+                row.frr[ip] = {"rib": rib, "peers": peers}
+        rows.append(row)
+    return rows
+
+
+def as_json(rows: list[Row], node: str) -> dict[str, Any]:
+    return {"node": node, "services": [asdict(r) for r in rows]}
+
+
+def table(rows: list[Row], *, local: bool, frr: bool) -> str:
+    header = ["SERVICE", "IPS", "POLICY", "LOCAL READY", "ANNOUNCED", "REASON"]
+    if local:
+        header.append("ON INTERFACE")
+    if frr:
+        header.append("FRR")
+    lines = [header]
+    for r in rows:
+        cells = [
+            r.service,
+            ",".join(r.ips) or "-",
+            r.policy,
+            str(r.local_ready),
+            "yes" if r.announced else "no",
+            r.reason,
+        ]
+        if local:
+            cells.append(",".join(r.on_interface or []) or "-")
+        if frr:
+            cells.append(
+                " ".join(
+                    f"{ip}: {'rib' if s['rib'] else 'not in rib'}, {s['peers']} peer"
+                    f"{'' if s['peers'] == 1 else 's'}"
+                    for ip, s in r.frr.items()
+                )
+                or "-"
+            )
+        lines.append(cells)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )

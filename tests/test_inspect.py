@@ -1,0 +1,205 @@
+"""``l3lb status`` and ``l3lb check`` against the real control plane and real FRR in the lab, in both output
+formats: a healthy node, and each check failing on its own."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from kubelet import wait_for
+from kubernetes import client
+from lab import NAMESPACE, VIP, Lab
+from testenv import ControlPlane
+
+pytestmark = [pytest.mark.root, pytest.mark.cluster]
+
+
+@pytest.fixture
+def lab(frr_lab: Lab) -> Iterator[Lab]:
+    """node1 serves lab/echo; node1's namespace has the ARP sysctls a NixOS host gets from the module."""
+    for node in frr_lab.nodes:
+        if node.agent is None or node.agent.poll() is not None:
+            node.start_agent()
+        frr_lab.cordon(node.name, False)
+        frr_lab.set_ready(node.name, node.name == "node1")
+    frr_lab.node("node1").ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")
+    frr_lab.node("node1").ns.sysctl("net.ipv4.conf.all.arp_announce", "2")
+    frr_lab.routes.wait_for(VIP, {"node1"}, time.monotonic() - 1, timeout=30)
+    yield frr_lab
+
+
+def check_json(lab: Lab, node: str, *args: str) -> tuple[int, dict[str, list[dict]]]:
+    out = lab.l3lb(node, "check", "-o", "json", *args)
+    by_check: dict[str, list[dict]] = {}
+    for r in json.loads(out.stdout):
+        by_check.setdefault(r["check"], []).append(r)
+    return out.returncode, by_check
+
+
+def statuses(results: list[dict]) -> set[str]:
+    return {r["status"] for r in results}
+
+
+def test_status_on_the_node_reads_api_interface_and_frr(lab: Lab) -> None:
+    out = lab.l3lb("node1", "status", "-o", "json", check=True)
+    (row,) = [r for r in json.loads(out.stdout)["services"] if r["service"] == f"{NAMESPACE}/echo"]
+    assert row["ips"] == [VIP] and row["policy"] == "Local" and row["local_ready"] == 1
+    assert row["announced"] is True and row["reason"] == "localReadyEndpoints"
+    assert row["on_interface"] == [VIP]
+    assert row["frr"] == {VIP: {"rib": True, "peers": 1}}
+    table = lab.l3lb("node1", "status", check=True).stdout
+    line = next(x for x in table.splitlines() if x.startswith(f"{NAMESPACE}/echo"))
+    assert "yes" in line and "localReadyEndpoints" in line and "10.0.100.5: rib, 1 peer" in line
+
+
+def test_status_of_another_node_from_the_api_alone(lab: Lab) -> None:
+    out = lab.l3lb("node1", "status", "--node", "node2", "-o", "json", check=True)
+    (row,) = [r for r in json.loads(out.stdout)["services"] if r["service"] == f"{NAMESPACE}/echo"]
+    assert (row["announced"], row["reason"], row["local_ready"]) == (False, "noLocalReadyEndpoint", 0)
+    assert row["on_interface"] is None and row["frr"] == {}
+    table = lab.l3lb("node1", "status", "--node", "node2", check=True).stdout
+    assert "node node2 (from the API alone)" in table and "noLocalReadyEndpoint" in table
+    lab.cordon("node2")
+    out = lab.l3lb("node1", "status", "--node", "node2", "-o", "json", check=True)
+    (row,) = [r for r in json.loads(out.stdout)["services"] if r["service"] == f"{NAMESPACE}/echo"]
+    assert row["reason"] == "nodeCordoned"
+
+
+def test_check_passes_on_a_healthy_node(lab: Lab) -> None:
+    code, results = check_json(lab, "node1")
+    assert code == 0, results
+    assert set(results) == {
+        "api",
+        "permissions",
+        "node",
+        "prefixes",
+        "interface",
+        "netlink",
+        "frr",
+        "other-lb",
+        "arp",
+    }
+    assert all(statuses(r) <= {"ok", "warn"} for r in results.values()), results
+    # the agent identity may not list pods: the ServiceLB look-up says so instead of guessing
+    assert statuses(results["other-lb"]) == {"warn"}
+    text = lab.l3lb("node1", "check")
+    assert text.returncode == 0 and "fail" not in text.stdout.split()
+    assert text.stdout.splitlines()[0].startswith("ok    api")
+
+
+def assert_fails(results: dict[str, list[dict]], check: str, *words: str) -> None:
+    failing = [r for r in results[check] if r["status"] == "fail"]
+    assert failing, results[check]
+    assert failing[0]["fix"], "every failure comes with a fix"
+    for word in words:
+        assert any(word in r["message"] for r in failing), failing
+
+
+@pytest.mark.parametrize(
+    ("check", "args", "words"),
+    [
+        ("node", ("--node-name", "no-such-node"), ("no Node named",)),
+        ("prefixes", ("--prefix", "10.96.0.0/24"), ("overlaps the service network",)),
+        ("interface", ("--interface", "nope0"), ("does not exist",)),
+        ("frr", ("--prefix", "10.0.200.0/24"), ("lacks a prefix-list entry 'permit 10.0.200.0/24 ge 32'",)),
+        ("frr", ("--vty-socket", "/nonexistent"), ("does not answer",)),
+    ],
+)
+def test_each_failing_check(lab: Lab, check: str, args: tuple[str, ...], words: tuple[str, ...]) -> None:
+    code, results = check_json(lab, "node1", *args)
+    assert code == 1
+    assert_fails(results, check, *words)
+    text = lab.l3lb("node1", "check", *args)
+    assert text.returncode == 1 and "fix: " in text.stdout
+
+
+def test_check_fails_without_the_api_or_permissions(lab: Lab, control_plane: ControlPlane, tmp_path) -> None:
+    nobody = control_plane.identity("nobody-at-all", ["example:unbound"])
+    code, results = check_json(lab, "node1", "--kubeconfig", str(nobody))
+    assert code == 1
+    assert_fails(results, "permissions", "may not list services")
+    broken = tmp_path / "broken.kubeconfig"
+    broken.write_text(lab.kubeconfig.read_text().replace(f":{control_plane.state.apiserver_port}", ":1"))
+    code, results = check_json(lab, "node1", "--kubeconfig", str(broken))
+    assert code == 1
+    assert_fails(results, "api", "cannot reach the apiserver")
+    assert statuses(results["permissions"]) == {"skip"}
+
+
+def test_check_fails_without_net_admin_and_without_arp_sysctls(lab: Lab) -> None:
+    node = lab.node("node2")
+    argv = [
+        sys.executable,
+        "-m",
+        "l3lb",
+        "check",
+        "-o",
+        "json",
+        "--prefix",
+        "10.0.100.0/24",
+        "--node-name",
+        "node2",
+        "--kubeconfig",
+        str(lab.kubeconfig),
+        "--vty-socket",
+        str(node.frr.dir),
+    ]
+    out = node.ns.run(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", *argv], check=False)
+    results: dict[str, list[dict]] = {}
+    for r in json.loads(out.stdout):
+        results.setdefault(r["check"], []).append(r)
+    assert out.returncode == 1
+    assert_fails(results, "netlink", "no CAP_NET_ADMIN")
+    assert_fails(results, "arp", "arp_ignore=0")
+
+
+def test_check_finds_other_load_balancers(
+    lab: Lab, api: client.ApiClient, core: client.CoreV1Api, control_plane: ControlPlane
+) -> None:
+    ext = client.ApiextensionsV1Api(api)
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "ipaddresspools.metallb.io"},
+        "spec": {
+            "group": "metallb.io",
+            "scope": "Namespaced",
+            "names": {"plural": "ipaddresspools", "singular": "ipaddresspool", "kind": "IPAddressPool"},
+            "versions": [
+                {
+                    "name": "v1beta1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                    },
+                }
+            ],
+        },
+    }
+    ext.create_custom_resource_definition(crd)
+    core.create_namespaced_pod(
+        NAMESPACE,
+        {
+            "metadata": {
+                "name": "svclb-echo-abcde",
+                "labels": {"svccontroller.k3s.cattle.io/svcname": "echo"},
+            },
+            "spec": {"containers": [{"name": "lb", "image": "x"}]},
+        },
+    )
+    try:
+        admin = str(control_plane.admin_kubeconfig)
+
+        def metallb_seen() -> dict | None:
+            results = check_json(lab, "node1", "--kubeconfig", admin)[1]
+            return results if any("MetalLB" in r["message"] for r in results["other-lb"]) else None
+
+        results = wait_for(metallb_seen, timeout=30, interval=1, what="MetalLB in API discovery")
+        assert_fails(results, "other-lb", "MetalLB is installed", "k3s ServiceLB is active (svclb-echo-abcde")
+    finally:
+        ext.delete_custom_resource_definition("ipaddresspools.metallb.io")
+        core.delete_namespaced_pod("svclb-echo-abcde", NAMESPACE, grace_period_seconds=0)
