@@ -8,25 +8,58 @@ instantiation, and the agent parses JSON into its own small values anyway.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+FILE_KEYS = ("certificate-authority", "client-certificate", "client-key")
 
-def load_client(kubeconfig: str | None) -> client.ApiClient:
-    """``kubeconfig`` if given; else in-cluster config; else ``$KUBECONFIG``, then ``~/.kube/config``."""
+
+def load_client(kubeconfig: str | None, credentials_dir: str | None = None) -> client.ApiClient:
+    """``kubeconfig`` if given; else in-cluster config; else ``$KUBECONFIG``, then ``~/.kube/config``.
+
+    A kubeconfig may point to certificate files by path, as k3s agent kubeconfigs do. Under systemd with
+    LoadCredential and DynamicUser those paths are unreadable, so a file that cannot be read is taken from
+    the credentials directory (``$CREDENTIALS_DIRECTORY``) under the same name, when it is there.
+    """
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
+        credentials_dir = credentials_dir or os.environ.get("CREDENTIALS_DIRECTORY")
+        data = _with_credentials(Path(kubeconfig), Path(credentials_dir)) if credentials_dir else None
+        if data is None:
+            return config.new_client_from_config(config_file=kubeconfig)
+        return config.new_client_from_config_dict(data, temp_file_path=str(Path(kubeconfig).parent))
     try:
         cfg = client.Configuration()
         config.load_incluster_config(client_configuration=cfg)
         return client.ApiClient(cfg)
     except ConfigException:
         return config.new_client_from_config()
+
+
+def _with_credentials(kubeconfig: Path, credentials: Path) -> dict[str, Any] | None:
+    """The kubeconfig with unreadable file paths replaced by credentials; None if none needed replacing."""
+    data = yaml.safe_load(kubeconfig.read_text())
+    changed = False
+    for section, inner in (("clusters", "cluster"), ("users", "user")):
+        for entry in data.get(section) or []:
+            fields = entry.get(inner) or {}
+            for key in FILE_KEYS:
+                value = fields.get(key)
+                if not value:
+                    continue
+                original = Path(value) if Path(value).is_absolute() else kubeconfig.parent / value
+                substitute = credentials / original.name
+                if not os.access(original, os.R_OK) and substitute.is_file():
+                    fields[key] = str(substitute)
+                    changed = True
+    return data if changed else None
 
 
 def path(template: str, **parts: str) -> str:

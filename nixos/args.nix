@@ -1,0 +1,26 @@
+# The daemon's command line, from the module's options. Pure: only builtins.
+# `kubeconfig` is the path the daemon reads: under systemd, "%d/kubeconfig" (the credentials directory).
+{ prefixes
+, nodeName
+, kubeconfig
+, interface ? "lo"
+, loadBalancerClass ? "l3lb.io/l3lb"
+, addressLifetime ? 60
+, metrics ? null # null (off) or { address; port; }
+, logLevel ? "info"
+, logFormat ? "text"
+, extraArgs ? [ ]
+}:
+[ "run" ]
+++ builtins.concatMap (p: [ "--prefix" p ]) prefixes
+++ [
+  "--kubeconfig" kubeconfig
+  "--node-name" nodeName
+  "--interface" interface
+  "--load-balancer-class" loadBalancerClass
+  "--address-lifetime" (toString addressLifetime)
+  "--metrics-address" (if metrics == null then "off" else "${metrics.address}:${toString metrics.port}")
+  "--log-level" logLevel
+  "--log-format" logFormat
+]
+++ extraArgs

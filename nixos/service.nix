@@ -1,0 +1,47 @@
+# systemd service settings of l3lb.service (the `serviceConfig` attrset). Pure: only builtins.
+# `execStart` is the full command line; `credentials` are LoadCredential entries ("name:/path");
+# `allowedIPs`, when not null, is the only address space the agent may talk to (IPAddressAllow).
+{ execStart, credentials, allowedIPs ? null, watchdogSec ? 30 }:
+(if allowedIPs == null then { } else { IPAddressDeny = "any"; IPAddressAllow = allowedIPs; })
+// {
+  Type = "notify";
+  NotifyAccess = "main";
+  WatchdogSec = watchdogSec;
+  ExecStart = execStart;
+  Restart = "on-failure";
+  RestartSec = 2;
+  TimeoutStopSec = 20;
+
+  DynamicUser = true;
+  LoadCredential = credentials;
+  # Only what the agent does: change addresses through rtnetlink, talk to the apiserver, serve metrics.
+  AmbientCapabilities = [ "CAP_NET_ADMIN" ];
+  CapabilityBoundingSet = [ "CAP_NET_ADMIN" ];
+  RestrictAddressFamilies = [ "AF_NETLINK" "AF_INET" "AF_INET6" "AF_UNIX" ];
+  NoNewPrivileges = true;
+  ProtectSystem = "strict";
+  ProtectHome = true;
+  PrivateTmp = true;
+  PrivateDevices = true;
+  DevicePolicy = "closed";
+  PrivateMounts = true;
+  ProtectKernelTunables = true;
+  ProtectKernelModules = true;
+  ProtectKernelLogs = true;
+  ProtectControlGroups = true;
+  ProtectClock = true;
+  ProtectHostname = true;
+  ProtectProc = "invisible";
+  ProcSubset = "pid";
+  RestrictNamespaces = true;
+  RestrictRealtime = true;
+  RestrictSUIDSGID = true;
+  LockPersonality = true;
+  MemoryDenyWriteExecute = true;
+  RemoveIPC = true;
+  KeyringMode = "private";
+  SystemCallArchitectures = "native";
+  SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+  SystemCallErrorNumber = "EPERM";
+  UMask = "0077";
+}
