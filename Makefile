@@ -13,8 +13,8 @@ control-plane:
 	bash tests/build-control-plane.sh
 
 lint: $(PY)
-	$(PY) -m ruff check l3lb tests bench demo
-	$(PY) -m ruff format --check l3lb tests bench demo
+	$(PY) -m ruff check l3lb tests bench demo nixos
+	$(PY) -m ruff format --check l3lb tests bench demo nixos
 
 # The whole suite: unit and property tests, then the real control plane and network namespaces (as root).
 test: $(PY) lint control-plane

@@ -1,0 +1,48 @@
+{
+  description = "l3lb: LoadBalancer Services for bare-metal Kubernetes in pure layer-3 networks, advertised by the host's FRR";
+
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+
+  # Wiring only: the package, the module and the VM test live in nixos/.
+  outputs = { self, nixpkgs }:
+    let
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      forAll = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+    in
+    {
+      packages = forAll (pkgs: rec {
+        l3lb = pkgs.callPackage ./nixos/package.nix { };
+        default = l3lb;
+      });
+
+      apps = forAll (pkgs: rec {
+        l3lb = {
+          type = "app";
+          program = nixpkgs.lib.getExe self.packages.${pkgs.stdenv.hostPlatform.system}.l3lb;
+          meta.description = "The l3lb node agent and its status and check commands";
+        };
+        default = l3lb;
+      });
+
+      overlays.default = final: prev: { l3lb = final.callPackage ./nixos/package.nix { }; };
+
+      nixosModules = rec {
+        l3lb = ./nixos/default.nix;
+        default = l3lb;
+      };
+
+      checks = forAll (pkgs: {
+        package = self.packages.${pkgs.stdenv.hostPlatform.system}.l3lb;
+        vm = import ./nixos/tests/vm.nix { inherit pkgs; module = self.nixosModules.default; };
+      });
+
+      formatter = forAll (pkgs: pkgs.nixfmt-tree);
+
+      devShells = forAll (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.l3lb ];
+          packages = with pkgs; [ python3Packages.pytest python3Packages.hypothesis ruff frr iproute2 socat openssl go ];
+        };
+      });
+    };
+}

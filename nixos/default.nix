@@ -1,0 +1,253 @@
+# NixOS module for l3lb: the node agent as a hardened systemd unit next to k3s, and optionally the FRR
+# configuration that advertises the addresses it puts on lo.
+#
+#   imports = [ l3lb.nixosModules.default ];
+#   services.l3lb = { enable = true; prefix = "10.0.100.0/24"; frr = { enable = true; asn = 65101; }; };
+#
+# Everything the module generates comes from small pure functions beside it (frr.nix, args.nix,
+# service.nix) that use only builtins, so they are tested without nixpkgs.
+{ config, lib, pkgs, ... }:
+let
+  cfg = config.services.l3lb;
+  k3s = config.services.k3s;
+  inherit (lib) mkOption mkEnableOption types mkIf mkMerge literalExpression;
+
+  prefixes = lib.toList cfg.prefix;
+  cidr = p:
+    let m = builtins.match "([0-9a-fA-F:.]+)/([0-9]+)" p;
+    in m != null && (
+      let len = lib.toInt (builtins.elemAt m 1); v6 = lib.hasInfix ":" p;
+      in (if v6 then len <= 128 else len <= 32 && builtins.match "([0-9]+\\.){3}[0-9]+" (builtins.head m) != null));
+
+  k3sAgentDir = "/var/lib/rancher/k3s/agent";
+  defaultKubeconfig =
+    if !(k3s.enable or false) then null
+    else if (k3s.role or "server") == "agent" then "${k3sAgentDir}/kubeproxy.kubeconfig"
+    else "/etc/rancher/k3s/k3s.yaml";
+  # What k3s' kube-proxy kubeconfig on an agent refers to by path.
+  k3sAgentFiles = map (f: "${k3sAgentDir}/${f}") [ "client-kube-proxy.crt" "client-kube-proxy.key" "server-ca.crt" ];
+  onK3sAgent = (k3s.enable or false) && (k3s.role or "server") == "agent" && cfg.kubeconfig == defaultKubeconfig;
+  credentialFiles = cfg.kubeconfigFiles;
+
+  loopback = a: a == "127.0.0.1" || a == "::1" || a == "localhost";
+
+  args = import ./args.nix {
+    inherit prefixes;
+    inherit (cfg) nodeName interface loadBalancerClass addressLifetime logLevel extraArgs;
+    kubeconfig = "%d/kubeconfig";
+    metrics = if cfg.metrics.enable then { inherit (cfg.metrics) address port; } else null;
+  };
+in
+{
+  options.services.l3lb = {
+    enable = mkEnableOption "l3lb, LoadBalancer Service IPs on lo for FRR to advertise";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = literalExpression "pkgs.callPackage \"\${l3lb}/nixos/package.nix\" { }";
+      description = "The l3lb package.";
+    };
+
+    prefix = mkOption {
+      type = types.either types.str (types.listOf types.str);
+      example = [ "10.0.100.0/24" "fd00:100::/64" ];
+      description = ''
+        The prefix or prefixes l3lb owns (IPv4 and/or IPv6 CIDRs). Service IPs inside them are put on
+        {option}`services.l3lb.interface` as /32 or /128; l3lb never touches an address outside them.
+      '';
+    };
+
+    kubeconfig = mkOption {
+      type = types.nullOr types.str;
+      default = defaultKubeconfig;
+      defaultText = literalExpression ''
+        if services.k3s.role == "agent" then "/var/lib/rancher/k3s/agent/kubeproxy.kubeconfig"
+        else "/etc/rancher/k3s/k3s.yaml"   # null without k3s
+      '';
+      description = ''
+        Kubeconfig of the agent, passed to the unit with LoadCredential. On a k3s server the admin
+        kubeconfig; on a k3s agent, which has none, the kube-proxy kubeconfig k3s writes: its identity
+        (ClusterRole system:node-proxier) may watch Services, EndpointSlices and Nodes and write Events,
+        so l3lb announces there but cannot publish status.
+      '';
+    };
+
+    kubeconfigFiles = mkOption {
+      type = types.listOf types.str;
+      default = lib.optionals onK3sAgent k3sAgentFiles;
+      defaultText = literalExpression ''
+        [ ".../agent/client-kube-proxy.crt" ".../agent/client-kube-proxy.key" ".../agent/server-ca.crt" ]
+        # on a k3s agent with the default kubeconfig, else [ ]
+      '';
+      description = ''
+        Files the kubeconfig refers to by path (certificates, keys). They are passed as credentials too,
+        and l3lb reads them from the credentials directory under the same file name.
+      '';
+    };
+
+    nodeName = mkOption {
+      type = types.str;
+      default = if (k3s.nodeName or null) != null then k3s.nodeName else config.networking.hostName;
+      defaultText = literalExpression "services.k3s.nodeName, else networking.hostName";
+      description = "This node's name in Kubernetes.";
+    };
+
+    interface = mkOption {
+      type = types.str;
+      default = "lo";
+      description = "Interface that holds the Service addresses.";
+    };
+
+    loadBalancerClass = mkOption {
+      type = types.str;
+      default = "l3lb.io/l3lb";
+      description = "Services of this loadBalancerClass are l3lb's, and so are Services without a class.";
+    };
+
+    addressLifetime = mkOption {
+      type = types.ints.unsigned;
+      default = 60;
+      description = ''
+        Seconds of valid lifetime of each address, renewed every third of it (0: permanent). If the agent
+        dies, its addresses and so its routes expire instead of blackholing traffic.
+      '';
+    };
+
+    metrics = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Serve Prometheus metrics, /healthz and /readyz.";
+      };
+      address = mkOption {
+        type = types.str;
+        default = "127.0.0.1";
+        description = "Address the metrics listen on.";
+      };
+      port = mkOption {
+        type = types.port;
+        default = 9655;
+        description = "Port of the metrics.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open the metrics port in the firewall.";
+      };
+    };
+
+    logLevel = mkOption {
+      type = types.enum [ "debug" "info" "warning" "error" ];
+      default = "info";
+      description = "Log level.";
+    };
+
+    extraArgs = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "--no-default-class" ];
+      description = "Further arguments of `l3lb run`.";
+    };
+
+    allowedIPs = mkOption {
+      type = types.nullOr (types.listOf types.str);
+      default = if (k3s.enable or false) && cfg.kubeconfig == defaultKubeconfig && loopback cfg.metrics.address
+        then [ "localhost" ] else null;
+      defaultText = literalExpression ''[ "localhost" ] with k3s's own kubeconfig and local metrics, else null'';
+      description = ''
+        When set, the only addresses the agent may talk to (systemd IPAddressAllow). k3s kubeconfigs point
+        to the apiserver (server) or its local proxy (agent) on localhost.
+      '';
+    };
+
+    disableServiceLB = mkOption {
+      type = types.bool;
+      default = k3s.enable or false;
+      defaultText = literalExpression "services.k3s.enable";
+      description = "Add servicelb to services.k3s.disable on k3s servers, so k3s' ServiceLB does not fight l3lb.";
+    };
+
+    arpSysctls = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Set net.ipv4.conf.all.arp_ignore = 1 and arp_announce = 2, so addresses on lo never answer ARP
+        on a LAN.
+      '';
+    };
+
+    frr = {
+      enable = mkEnableOption "the FRR configuration that advertises l3lb's addresses (enables bgpd)";
+      asn = mkOption {
+        type = types.nullOr types.ints.positive;
+        default = null;
+        example = 65101;
+        description = "This node's BGP AS number: the `router bgp` the redistribution goes under.";
+      };
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = prefixes != [ ] && lib.all cidr prefixes;
+          message = "services.l3lb.prefix must be IPv4 or IPv6 CIDRs like \"10.0.100.0/24\"; got ${builtins.toJSON prefixes}.";
+        }
+        {
+          assertion = cfg.kubeconfig != null;
+          message = "services.l3lb.kubeconfig has no default without services.k3s: set it to the agent's kubeconfig.";
+        }
+        {
+          assertion = !cfg.frr.enable || cfg.frr.asn != null;
+          message = "services.l3lb.frr.enable needs services.l3lb.frr.asn: this node's BGP AS number (the `router bgp` of your FRR config).";
+        }
+      ];
+
+      environment.systemPackages = [ cfg.package ];
+      # `l3lb status` and `l3lb check` in a root shell see the agent's settings.
+      environment.variables = {
+        L3LB_PREFIX = lib.concatStringsSep "," prefixes;
+        L3LB_NODE_NAME = cfg.nodeName;
+        L3LB_INTERFACE = cfg.interface;
+        L3LB_LOAD_BALANCER_CLASS = cfg.loadBalancerClass;
+      } // lib.optionalAttrs (cfg.kubeconfig != null) { L3LB_KUBECONFIG = cfg.kubeconfig; };
+
+      systemd.services.l3lb = {
+        description = "l3lb: LoadBalancer Service IPs on ${cfg.interface}";
+        wants = [ "network-online.target" ];
+        after = [ "network-online.target" ] ++ lib.optional (k3s.enable or false) "k3s.service";
+        # Stopped and restarted with k3s, so its addresses are withdrawn when k3s stops.
+        partOf = lib.optional (k3s.enable or false) "k3s.service";
+        wantedBy = [ (if (k3s.enable or false) then "k3s.service" else "multi-user.target") ];
+        # On a k3s agent the kubeconfig appears only after k3s started: keep retrying until it does.
+        startLimitIntervalSec = 0;
+        serviceConfig = import ./service.nix {
+          execStart = "${lib.getExe cfg.package} ${lib.escapeShellArgs args}";
+          credentials = [ "kubeconfig:${cfg.kubeconfig}" ]
+            ++ map (f: "${baseNameOf f}:${f}") credentialFiles;
+          inherit (cfg) allowedIPs;
+        };
+      };
+
+      networking.firewall.allowedTCPPorts = lib.optional (cfg.metrics.enable && cfg.metrics.openFirewall) cfg.metrics.port;
+    }
+
+    (mkIf cfg.arpSysctls {
+      boot.kernel.sysctl = {
+        "net.ipv4.conf.all.arp_ignore" = 1;
+        "net.ipv4.conf.all.arp_announce" = 2;
+      };
+    })
+
+    (mkIf (cfg.disableServiceLB && (k3s.enable or false) && (k3s.role or "server") == "server") {
+      services.k3s.disable = [ "servicelb" ];
+    })
+
+    (mkIf cfg.frr.enable {
+      services.frr.bgpd.enable = true;
+      services.frr.config = lib.mkAfter (import ./frr.nix { inherit prefixes; asn = cfg.frr.asn; });
+    })
+  ]);
+}

@@ -1,0 +1,95 @@
+# Test script of nixos/tests/vm.nix (the NixOS test driver provides start_all, router, server, agent and
+# client; vm.nix prepends VIP). Checked here with ruff and Python's compiler.
+# ruff: noqa: F821
+import json
+import time
+
+MANIFEST = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers:
+        - name: echo
+          image: test.local/echo:local
+          imagePullPolicy: Never
+          env: [{name: NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}]
+          ports: [{containerPort: 8080}]
+          readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  annotations: {l3lb.io/load-balancer-ips: "%s"}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+def next_hops() -> set[str]:
+    """The router's next hops for the VIP, by interface (eth1: server, eth2: agent)."""
+    out = json.loads(router.succeed(f"ip -j route show {VIP}/32"))
+    if not out:
+        return set()
+    return {hop["dev"] for hop in out[0].get("nexthops") or [out[0]]}
+
+
+def wait_hops(expected: set[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while next_hops() != expected:
+        assert time.monotonic() < deadline, f"router next hops {next_hops()}, expected {expected}"
+        time.sleep(1)
+
+
+start_all()
+router.wait_for_unit("frr.service")
+server.wait_for_unit("k3s.service")
+agent.wait_for_unit("k3s.service")
+server.wait_until_succeeds("k3s kubectl get node agent | grep -w Ready", timeout=300)
+server.wait_for_unit("l3lb.service")
+agent.wait_for_unit("l3lb.service")
+
+with subtest("the agent node passes k3s' kube-proxy kubeconfig and its certificates as credentials"):
+    agent.succeed("systemctl show l3lb -p LoadCredential | grep kubeproxy.kubeconfig")
+    agent.succeed("systemctl show l3lb -p LoadCredential | grep client-kube-proxy.key")
+
+with subtest("a LoadBalancer Service with a requested IP is reachable from the client"):
+    server.succeed(f"cat > /tmp/echo.yaml <<'EOF'\n{MANIFEST % VIP}\nEOF")
+    server.succeed("k3s kubectl apply -f /tmp/echo.yaml")
+    ingress = "k3s kubectl get svc echo -o jsonpath='{.status.loadBalancer.ingress[0].ip}'"
+    server.wait_until_succeeds(f"{ingress} | grep -x {VIP}", timeout=120)
+    router.wait_until_succeeds(f"ip route show {VIP}/32 | grep -q .", timeout=180)
+    client.wait_until_succeeds(f"curl -sf --max-time 3 http://{VIP}/", timeout=120)
+
+with subtest("two replicas: ECMP at the router"):
+    server.succeed("k3s kubectl scale deployment echo --replicas=2")
+    server.succeed(
+        "k3s kubectl patch deployment echo -p "
+        '\'{"spec":{"template":{"spec":{"topologySpreadConstraints":[{"maxSkew":1,'
+        '"topologyKey":"kubernetes.io/hostname","whenUnsatisfiable":"DoNotSchedule",'
+        '"labelSelector":{"matchLabels":{"app":"echo"}}}]}}}}\''
+    )
+    wait_hops({"eth1", "eth2"})
+    served = {client.succeed(f"curl -sf --max-time 3 http://{VIP}/").strip() for _ in range(30)}
+    assert served == {"server", "agent"}, served
+
+with subtest("draining a node withdraws its route"):
+    server.succeed("k3s kubectl cordon agent")
+    wait_hops({"eth1"})
+    client.succeed(f"curl -sf --max-time 3 http://{VIP}/ | grep -x server")
+    server.succeed("k3s kubectl uncordon agent")
+    wait_hops({"eth1", "eth2"})
+
+with subtest("stopping l3lb withdraws its routes"):
+    agent.succeed("systemctl stop l3lb")
+    wait_hops({"eth1"})
+    agent.succeed(f"! ip -o addr show dev lo | grep -w {VIP}")

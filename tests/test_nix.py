@@ -1,0 +1,244 @@
+"""The Nix side, tested without nixpkgs: every .nix file parses; the module's pure renderers evaluate with
+Debian's nix-instantiate and their output is fed to the real consumers (FRR, ``l3lb run``,
+``systemd-analyze security``). The module itself is evaluated only where a copy of nixpkgs' lib is
+given (L3LB_NIXPKGS_LIB): a local aid, never a stand-in for the checks above."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kubelet import wait_for
+from lab import Frr, Lab
+from netns import NetNS
+from testenv import ControlPlane
+
+from l3lb.config import parse_prefixes
+from l3lb.frr import check_config
+
+REPO = Path(__file__).resolve().parent.parent
+NIX_FILES = sorted(str(p.relative_to(REPO)) for p in REPO.rglob("*.nix") if ".venv" not in p.parts)
+
+
+def nix_eval(expr: str) -> object:
+    out = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out)
+
+
+def nix_list(items: list[str]) -> str:
+    return "[ " + " ".join(json.dumps(i) for i in items) + " ]"
+
+
+@pytest.mark.parametrize("path", NIX_FILES)
+def test_every_nix_file_parses(path: str) -> None:
+    subprocess.run(["nix-instantiate", "--parse", path], cwd=REPO, check=True, capture_output=True)
+
+
+def test_the_whole_tree_has_the_files_the_flake_names() -> None:
+    flake = (REPO / "flake.nix").read_text()
+    for rel in re.findall(r"\./(nixos/[\w/.-]+\.nix)", flake):
+        assert (REPO / rel).is_file(), rel
+    lock = json.loads((REPO / "flake.lock").read_text())
+    assert lock["version"] == 7 and lock["root"] == "root"
+    assert lock["nodes"]["root"]["inputs"] == {"nixpkgs": "nixpkgs"}
+    node = lock["nodes"]["nixpkgs"]
+    assert node["original"] == {"owner": "NixOS", "repo": "nixpkgs", "ref": "nixos-26.05", "type": "github"}
+    assert node["locked"] == {
+        "owner": "NixOS",
+        "repo": "nixpkgs",
+        "type": "github",
+        "rev": "8f0500b9660505dc3cb647775fe9a978a74b5283",
+        "narHash": "sha256-O3/YajjWo001VUIgD8BwaRdSNLUFe7nZ1qV5TwhRBcw=",
+        "lastModified": 1783703440,
+    }
+
+
+def test_vm_test_script_compiles() -> None:
+    script = REPO / "nixos" / "tests" / "vm_test.py"
+    compile("VIP = '10.0.100.5'\n" + script.read_text(), str(script), "exec")
+    subprocess.run([sys.executable, "-m", "ruff", "check", str(script)], check=True, capture_output=True)
+
+
+# ---- FRR text on a real FRR
+FRR_PREFIXES = ["10.0.100.0/24", "fd00:100::/64", "10.0.200.7/32"]
+
+
+@pytest.mark.root
+def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> None:
+    """Both families and a host-length prefix: FRR keeps every line (it drops what it rejects)."""
+    snippet = nix_eval(f"import ./nixos/frr.nix {{ prefixes = {nix_list(FRR_PREFIXES)}; asn = 65101; }}")
+    with NetNS(workdir) as ns:
+        frr = Frr(ns, workdir / "frr-snippet")  # under workdir: FRR runs as user frr and must reach it
+        frr.start("frr defaults datacenter\nhostname t\n", "frr defaults datacenter\nhostname t\n" + snippet)
+        prefixes = parse_prefixes(FRR_PREFIXES)
+
+        def complete() -> str | None:
+            running = frr.vtysh("show running-config")
+            return running if not check_config(running, prefixes).missing else None
+
+        running = wait_for(complete, what="bgpd to load the whole snippet")
+    for line in snippet.splitlines():
+        if line.strip() and not line.startswith("!"):
+            assert line.strip() in running, line
+
+
+@pytest.mark.root
+@pytest.mark.cluster
+def test_frr_snippet_advertises_only_host_routes_inside_the_prefix(frr_lab: Lab) -> None:
+    """In the lab every node runs the snippet: a /32 inside the prefix reaches the router; one outside,
+    and a /26 inside, do not."""
+    node = frr_lab.node("node3")
+    if node.agent is not None and node.agent.poll() is None:
+        frr_lab.signal_agent("node3", signal.SIGTERM)  # or it would collect the hand-made /32 as a stray
+    start = time.monotonic()
+    try:
+        node.ns.run(["ip", "addr", "add", "10.0.100.77/32", "dev", "lo"])
+        node.ns.run(["ip", "addr", "add", "10.0.100.128/26", "dev", "lo"])
+        node.ns.run(["ip", "addr", "add", "10.0.201.1/32", "dev", "lo"])
+        frr_lab.routes.wait_for("10.0.100.77", {"node3"}, start)
+        time.sleep(1)
+        routes = {
+            r["dst"]
+            for r in json.loads(
+                subprocess.run(
+                    ["ip", "-j", "-n", frr_lab.router.name, "route"], capture_output=True, text=True
+                ).stdout
+            )
+        }
+        assert "10.0.100.77" in routes
+        assert "10.0.201.1" not in routes and "10.0.100.128/26" not in routes
+    finally:
+        for cidr in ("10.0.100.77/32", "10.0.100.128/26", "10.0.201.1/32"):
+            node.ns.run(["ip", "addr", "del", cidr, "dev", "lo"], check=False)
+        node.start_agent()
+
+
+# ---- the daemon's command line, accepted by the real CLI
+@pytest.mark.cluster
+def test_command_line_is_accepted_by_l3lb_run(control_plane: ControlPlane, tmp_path: Path) -> None:
+    args = nix_eval(
+        f"import ./nixos/args.nix {{ prefixes = {nix_list(['10.0.100.0/24', 'fd00:100::/64'])}; "
+        'nodeName = "n1"; kubeconfig = "%d/kubeconfig"; extraArgs = [ "--no-default-class" ]; }'
+    )
+    assert isinstance(args, list) and args[0] == "run"
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    shutil.copy(control_plane.admin_kubeconfig, creds / "kubeconfig")
+    argv = [a.replace("%d", str(creds)) for a in args] + ["--dry-run"]
+    proc = subprocess.Popen([sys.executable, "-m", "l3lb", *argv], stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while proc.stderr and (line := proc.stderr.readline()):
+            lines.append(line)
+            if "initial sync done" in line:
+                break
+        assert any("initial sync done" in x for x in lines), "".join(lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+
+
+# ---- the unit's settings, scored by systemd
+def render_unit(settings: dict) -> str:
+    """A [Service] section the way NixOS writes serviceConfig: a list becomes one line per element."""
+    lines = ["[Unit]", "Description=l3lb", "[Service]"]
+    for key, value in sorted(settings.items()):
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"{key}={('true' if item else 'false') if isinstance(item, bool) else item}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("allowed", [None, ["localhost"]])
+def test_unit_is_hardened(tmp_path: Path, allowed: list[str] | None) -> None:
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze not installed")
+    allowed_nix = "null" if allowed is None else nix_list(allowed)
+    settings = nix_eval(
+        'import ./nixos/service.nix { execStart = "/run/current-system/sw/bin/l3lb run"; '
+        f'credentials = [ "kubeconfig:/etc/rancher/k3s/k3s.yaml" ]; allowedIPs = {allowed_nix}; }}'
+    )
+    assert isinstance(settings, dict)
+    assert settings["Type"] == "notify" and settings["DynamicUser"] is True
+    assert settings["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]
+    assert settings["RestrictAddressFamilies"] == ["AF_NETLINK", "AF_INET", "AF_INET6", "AF_UNIX"]
+    unit = tmp_path / "l3lb.service"
+    unit.write_text(render_unit(settings))
+    subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+    )
+    m = re.search(r"Overall exposure level for l3lb.service: (\d+\.\d+)", out.stdout)
+    assert m, out.stdout + out.stderr
+    assert float(m.group(1)) <= 1.5, out.stdout
+
+
+# ---- the module itself, against nixpkgs' lib (local aid)
+NIXPKGS_LIB = os.environ.get("L3LB_NIXPKGS_LIB")
+
+
+def eval_module(settings: str) -> dict:
+    result = nix_eval(
+        f"import ./tests/nix/eval-module.nix {{ libPath = {NIXPKGS_LIB}; settings = {settings}; }}"
+    )
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.mark.skipif(
+    not NIXPKGS_LIB, reason="set L3LB_NIXPKGS_LIB to a copy of nixpkgs' lib/ to evaluate the module"
+)
+def test_module_on_a_k3s_agent_and_server() -> None:
+    agent = eval_module(
+        '{ networking.hostName = "n1"; services.k3s = { enable = true; role = "agent"; }; '
+        'services.l3lb = { enable = true; prefix = "10.0.100.0/24"; '
+        "frr = { enable = true; asn = 65101; }; }; }"
+    )
+    assert agent["failedAssertions"] == []
+    service = agent["unit"]["serviceConfig"]
+    assert service["LoadCredential"][0] == "kubeconfig:/var/lib/rancher/k3s/agent/kubeproxy.kubeconfig"
+    assert (
+        "client-kube-proxy.key:/var/lib/rancher/k3s/agent/client-kube-proxy.key" in service["LoadCredential"]
+    )
+    assert "--kubeconfig %d/kubeconfig" in service["ExecStart"] and "--node-name n1" in service["ExecStart"]
+    assert agent["unit"]["partOf"] == ["k3s.service"] and agent["unit"]["wantedBy"] == ["k3s.service"]
+    assert agent["k3sDisable"] == [], "servicelb is a server-side flag"
+    assert agent["bgpd"] and "redistribute connected route-map L3LB-V4" in agent["frrConfig"]
+    assert agent["sysctl"] == {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2}
+
+    server = eval_module(
+        '{ services.k3s = { enable = true; nodeName = "srv"; }; services.l3lb = { '
+        'enable = true; prefix = [ "10.0.100.0/24" "fd00:100::/64" ]; '
+        "metrics.openFirewall = true; }; }"
+    )
+    assert server["failedAssertions"] == []
+    assert server["unit"]["serviceConfig"]["LoadCredential"] == ["kubeconfig:/etc/rancher/k3s/k3s.yaml"]
+    assert "--node-name srv" in server["unit"]["serviceConfig"]["ExecStart"]
+    assert server["k3sDisable"] == ["servicelb"] and server["firewall"] == [9655]
+    assert server["variables"]["L3LB_PREFIX"] == "10.0.100.0/24,fd00:100::/64"
+
+
+@pytest.mark.skipif(
+    not NIXPKGS_LIB, reason="set L3LB_NIXPKGS_LIB to a copy of nixpkgs' lib/ to evaluate the module"
+)
+def test_module_assertions_say_what_to_fix() -> None:
+    bad = eval_module('{ services.l3lb = { enable = true; prefix = "10.0.100.0"; frr.enable = true; }; }')
+    messages = " ".join(bad["failedAssertions"])
+    assert "services.l3lb.prefix must be" in messages
+    assert "services.l3lb.kubeconfig has no default without services.k3s" in messages
+    assert "services.l3lb.frr.enable needs services.l3lb.frr.asn" in messages
