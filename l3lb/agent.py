@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .allocator import Allocator
 from .apply import AddressTable, NetlinkTable, Plan, Present, plan
 from .config import Config
 from .decide import NOT_WANTED
 from .metrics import Metrics
-from .model import Key, fmt_key
+from .model import Key, Service, fmt_key
 from .systemd import Notifier
 from .tracker import Tracker
 
@@ -65,6 +66,7 @@ class Agent:
         writer: Writer | None = None,
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
+        allocator: Allocator | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -72,6 +74,8 @@ class Agent:
         self.writer = writer
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier({})
+        self.allocator = allocator
+        self.leader = False
         self.clock = clock
         self.tracker = Tracker(config)
         self.queue: queue.Queue[tuple[str, str, Any, float]] = queue.Queue()
@@ -87,7 +91,7 @@ class Agent:
         self._next_resync = 0.0
         self._next_ping = 0.0
         self._batch_start: float | None = None
-        self._warned: dict[Key, tuple[str, ...]] = {}
+        self._allocate = False
 
     @property
     def resync_interval(self) -> float:
@@ -113,6 +117,9 @@ class Agent:
 
     def on_netlink(self, kind: str, ip: str, present: Present | None) -> None:
         self.queue.put(("netlink", kind, (ip, present), self.clock()))
+
+    def on_leader(self, leader: bool) -> None:
+        self.queue.put(("leader", "", leader, self.clock()))
 
     def stop(self, stop: threading.Event) -> None:
         """Ends ``run()`` now (from a signal handler): sets ``stop`` and wakes the loop."""
@@ -141,8 +148,7 @@ class Agent:
             if stop.is_set():
                 break
             if self.clock() >= self._next_resync:
-                self._needs_dump = True
-                self._needs_sync = True
+                self._needs_dump = self._needs_sync = self._allocate = True
             if self._needs_sync or self.tracker.pending:
                 self.sync()
         self.notifier.send("STOPPING=1")
@@ -156,6 +162,11 @@ class Agent:
     def _record(self, resource: str, kind: str, obj: Any, at: float) -> None:
         t = self.tracker
         if resource == "stop":
+            return
+        if resource == "leader":
+            self.leader = obj
+            self.metrics.leader.set(1 if obj else 0)
+            self._allocate = self._needs_sync = bool(obj)  # a new leader rebuilds from the Services' status
             return
         if self._batch_start is None:
             self._batch_start = at
@@ -174,6 +185,7 @@ class Agent:
         if kind == "REPLACE":
             if resource == SERVICES:
                 t.replace_services(obj)
+                self._allocate = True
             elif resource == SLICES:
                 t.replace_slices(obj)
             else:
@@ -182,9 +194,17 @@ class Agent:
                 log.info("initial list of %s done (%d objects)", resource, len(obj))
             self.synced.add(resource)
         elif resource == SERVICES:
-            t.delete_service(obj) if kind == "DELETE" else t.set_service(obj[1])
+            key, svc = obj
+            if kind == "DELETE":
+                self._allocate |= t.delete_service(key)
+                self._release(svc)
+            else:
+                if t.set_service(svc):
+                    self._allocate = True
+                    if self.leader and self.allocator is not None:
+                        self.allocator.observe(svc)
         elif resource == SLICES:
-            t.delete_slice(obj) if kind == "DELETE" else t.set_slice(*obj)
+            t.delete_slice(obj[0]) if kind == "DELETE" else t.set_slice(*obj)
         elif resource == NODE:
             t.set_node(None if kind == "DELETE" else obj[1])
 
@@ -208,7 +228,7 @@ class Agent:
                     )
                 )
                 return
-            examined = self.tracker.update()
+            self.tracker.update()
             wanted = self.tracker.announced
             if self.sync_count == 0:
                 for ip in sorted(wanted & self.present.keys()):
@@ -220,8 +240,9 @@ class Agent:
             self._needs_dump = True
             self._next_resync = now + RETRY_INTERVAL
             return
-        for key in examined:
-            self._publish(key)
+        if self._allocate and self.leader and self.allocator is not None:
+            self.allocator.run(self.tracker.services)
+        self._allocate = False
         self._account(started)
 
     def _account(self, started: float) -> None:
@@ -283,38 +304,18 @@ class Agent:
         if self.writer is not None and svc is not None:
             self.writer.event(svc.key, svc.uid, "Normal", reason, message)
 
-    def _publish(self, key: Key) -> None:
-        """Publishes requested in-prefix IPs to status and warns about IPs we will never announce."""
-        svc = self.tracker.services.get(key)
-        if svc is None:
-            self._warned.pop(key, None)
-            return
-        warnings = []
-        if svc.request_error:
-            warnings.append(("InvalidLoadBalancerIPs", f"malformed request: {svc.request_error}"))
-        inside = tuple(ip for ip in svc.requested_ips if self.config.in_prefix(ip))
-        prefixes = ", ".join(str(p) for p in self.config.prefixes)
-        for ip in sorted(set(svc.requested_ips + svc.ingress_ips) - set(inside)):
-            if not self.config.in_prefix(ip):
-                warnings.append(
-                    (
-                        "IPOutsidePrefix",
-                        f"{ip} is outside every l3lb prefix ({prefixes}); it is not announced",
-                    )
-                )
-        signature = tuple(m for _, m in warnings)
-        if signature and self._warned.get(key) != signature:
-            for reason, message in warnings:
-                log.warning("%s: %s", fmt_key(key), message)
-                self.metrics.conflicts.labels(reason).inc()
-                if self.writer is not None:
-                    self.writer.event(key, svc.uid, "Warning", reason, message)
-        self._warned[key] = signature
-        if inside and inside != svc.ingress_ips:
-            if self.writer is not None:
-                self.writer.status(key, inside)
-            else:
-                log.info("would publish %s for %s (dry run)", ", ".join(inside), fmt_key(key))
+    def _release(self, svc: Service) -> None:
+        """A Service that stopped being a LoadBalancer keeps its status: the leader clears what it wrote."""
+        if (
+            self.leader
+            and self.writer is not None
+            and not svc.is_load_balancer
+            and any(self.config.in_prefix(ip) for ip in svc.ingress_ips)
+        ):
+            log.info(
+                "releasing %s of %s: no longer a LoadBalancer", ", ".join(svc.ingress_ips), fmt_key(svc.key)
+            )
+            self.writer.status(svc.key, ())
 
     def withdraw_all(self) -> None:
         """On exit: removes every host-length address of ours (inside the prefixes) from the interface."""

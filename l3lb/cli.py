@@ -26,6 +26,13 @@ def _prefixes(ctx: click.Context, param: click.Parameter, values: Sequence[str])
         raise click.BadParameter(str(err)) from None
 
 
+def _reserves(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> tuple:
+    try:
+        return parse_prefixes(values, allow_empty=True)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 SHARED = [
     click.option(
         "--prefix",
@@ -127,6 +134,21 @@ def cli() -> None:
     help="Leave the addresses in place on SIGTERM/SIGINT.",
 )
 @click.option(
+    "--reserve",
+    "reserved",
+    multiple=True,
+    envvar="L3LB_RESERVE",
+    callback=_reserves,
+    help="CIDR inside the prefixes that is never allocated; repeatable.",
+)
+@click.option(
+    "--lease-namespace",
+    envvar="L3LB_LEASE_NAMESPACE",
+    default="kube-system",
+    show_default=True,
+    help="Namespace of the allocator's Lease (l3lb-allocator).",
+)
+@click.option(
     "--metrics-address",
     envvar="L3LB_METRICS_ADDRESS",
     default="127.0.0.1:9655",
@@ -152,6 +174,8 @@ def run(
     address_lifetime: int,
     dry_run: bool,
     keep_on_exit: bool,
+    reserved: tuple,
+    lease_namespace: str,
     metrics_address: str,
     log_level: str,
     log_format: str,
@@ -163,7 +187,11 @@ def run(
     listen = None if metrics_address == "off" else _host_port(metrics_address)
     setup_logging(log_level, log_format)
     config = make_config(
-        **shared_opts, address_lifetime=address_lifetime, dry_run=dry_run, keep_on_exit=keep_on_exit
+        **shared_opts,
+        address_lifetime=address_lifetime,
+        dry_run=dry_run,
+        keep_on_exit=keep_on_exit,
+        reserved=reserved,
     )
     log.info(
         "l3lb %s starting: node=%s interface=%s prefixes=%s class=%s%s lifetime=%ss metrics=%s%s%s",
@@ -178,7 +206,7 @@ def run(
         " dry-run" if dry_run else "",
         " keep-on-exit" if keep_on_exit else "",
     )
-    serve(config, kubeconfig, listen)
+    serve(config, kubeconfig, listen, lease_namespace)
 
 
 @cli.command()

@@ -12,7 +12,7 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 DEFAULT_CLASS = "l3lb.io/l3lb"
 
 
-def parse_prefixes(values: Iterable[str]) -> tuple[Network, ...]:
+def parse_prefixes(values: Iterable[str], *, allow_empty: bool = False) -> tuple[Network, ...]:
     """Parses and checks the configured prefixes: valid CIDRs (host bits clear), none overlapping.
 
     Raises ValueError with a message that names the bad value.
@@ -31,7 +31,7 @@ def parse_prefixes(values: Iterable[str]) -> tuple[Network, ...]:
                 if net.version == other.version and net.overlaps(other):
                     raise ValueError(f"prefixes {other} and {net} overlap")
             nets.append(net)
-    if not nets:
+    if not nets and not allow_empty:
         raise ValueError("at least one prefix is required")
     return tuple(nets)
 
@@ -46,6 +46,8 @@ class Config:
     address_lifetime: int = 60
     dry_run: bool = False
     keep_on_exit: bool = False
+    reserved: tuple[Network, ...] = ()
+    """Ranges inside the prefixes that the allocator never hands out."""
 
     def in_prefix(self, ip: str | Address) -> bool:
         """Whether ``ip`` lies inside one of our prefixes: the only addresses l3lb may ever touch."""

@@ -10,9 +10,11 @@ import threading
 import click
 
 from .agent import NODE, SERVICES, SLICES, Agent
+from .allocator import Allocator
 from .apply import InterfaceMissing, MemoryTable, NetlinkTable
 from .config import Config
 from .kube import Api, load_client
+from .leader import LeaderElector
 from .metrics import HealthServer, Metrics
 from .model import node_entry, service_entry, slice_entry
 from .systemd import Notifier
@@ -22,7 +24,12 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 
-def serve(config: Config, kubeconfig: str | None, listen: tuple[str, int] | None) -> None:
+def serve(
+    config: Config,
+    kubeconfig: str | None,
+    listen: tuple[str, int] | None,
+    lease_namespace: str = "kube-system",
+) -> None:
     try:
         table = MemoryTable() if config.dry_run else NetlinkTable(config.interface)
     except InterfaceMissing as err:
@@ -30,7 +37,11 @@ def serve(config: Config, kubeconfig: str | None, listen: tuple[str, int] | None
     api = Api(load_client(kubeconfig))
     metrics = Metrics()
     writer = None if config.dry_run else Writer(api, config.node_name)
-    agent = Agent(config, table, writer=writer, metrics=metrics, notifier=Notifier())
+    allocator = None if writer is None else Allocator(config, config.reserved, writer, metrics)
+    agent = Agent(config, table, writer=writer, metrics=metrics, notifier=Notifier(), allocator=allocator)
+    elector = (
+        None if writer is None else LeaderElector(api, lease_namespace, config.node_name, agent.on_leader)
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -89,7 +100,11 @@ def serve(config: Config, kubeconfig: str | None, listen: tuple[str, int] | None
         r.start(stop)
     if writer is not None:
         writer.start(stop)
+    if elector is not None:
+        elector.start(stop)
     agent.run(stop)
+    if elector is not None:
+        elector.release()
     if config.keep_on_exit or config.dry_run:
         log.info("leaving the addresses in place")
     else:

@@ -31,6 +31,7 @@ PERMISSIONS = [
     ("patch", "", "services", "status", False),
     ("create", "", "events", "", False),
     ("patch", "", "events", "", False),
+    ("update", "coordination.k8s.io", "leases", "", False),
 ]
 RBAC_FIX = (
     "apply deploy/rbac.yaml and bind the agent's identity "
@@ -47,8 +48,17 @@ class Result:
 
 
 class Doctor:
-    def __init__(self, api: Api, config: Config, vtysh: Vtysh, *, proc: str = "/proc") -> None:
+    def __init__(
+        self,
+        api: Api,
+        config: Config,
+        vtysh: Vtysh,
+        *,
+        lease_namespace: str = "kube-system",
+        proc: str = "/proc",
+    ) -> None:
         self.api = api
+        self.lease_namespace = lease_namespace
         self.config = config
         self.vtysh = vtysh
         self.proc = proc
@@ -92,6 +102,9 @@ class Doctor:
         for verb, group, resource, sub, required in PERMISSIONS:
             attrs = {"verb": verb, "group": group, "resource": resource, "subresource": sub}
             name = f"{verb} {resource}{'/' + sub if sub else ''}"
+            if resource == "leases":
+                attrs["namespace"] = self.lease_namespace
+                name += f" in {self.lease_namespace}"
             try:
                 review = self.api.post(
                     "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
@@ -109,7 +122,9 @@ class Doctor:
             elif required:
                 yield Result("permissions", FAIL, f"may not {name}: the agent cannot watch it", RBAC_FIX)
             else:
-                what = "publish requested IPs to status" if resource == "services" else "write Events"
+                what = {"services": "allocate (write status)", "leases": "allocate (lead the election)"}.get(
+                    resource, "write Events"
+                )
                 yield Result(
                     "permissions", WARN, f"may not {name}: the agent announces but cannot {what}", RBAC_FIX
                 )

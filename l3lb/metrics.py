@@ -64,6 +64,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.leader = Gauge(
+            "l3lb_allocator_leader", "1 while this agent leads the allocator, else 0.", registry=r
+        )
+        self.allocations = Counter(
+            "l3lb_allocations_total", "IPs written to Services' status by this agent as leader.", registry=r
+        )
         self.last_sync = Gauge(
             "l3lb_last_sync_timestamp_seconds", "Unix time of the last successful sync.", registry=r
         )

@@ -14,6 +14,7 @@ from typing import Any
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
 
 IPS_ANNOTATION = "l3lb.io/load-balancer-ips"
+SHARING_ANNOTATION = "l3lb.io/allow-shared-ip"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 AUTOSCALER_TAINT = "ToBeDeletedByClusterAutoscaler"
@@ -45,6 +46,16 @@ class Service:
     requested_ips: tuple[str, ...]
     """From the ``l3lb.io/load-balancer-ips`` annotation, else the deprecated ``spec.loadBalancerIP``."""
     request_error: str | None = None
+    # What the allocator needs besides:
+    created: str = ""
+    """``metadata.creationTimestamp`` (RFC 3339, so it sorts as text): the older Service wins a conflict."""
+    families: tuple[str, ...] = ()
+    """``spec.ipFamilies`` as the apiserver filled it in, e.g. ("IPv4", "IPv6")."""
+    family_policy: str = "SingleStack"
+    sharing_key: str | None = None
+    """The ``l3lb.io/allow-shared-ip`` annotation: Services with the same key may share an IP."""
+    ports: frozenset[tuple[str, int]] = frozenset()
+    selector: tuple[tuple[str, str], ...] = ()
 
 
 def parse_requested(annotations: dict[str, str], spec: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
@@ -86,6 +97,14 @@ def parse_service(obj: dict[str, Any]) -> Service:
         ingress_ips=tuple(ips),
         requested_ips=requested,
         request_error=error,
+        created=meta.get("creationTimestamp") or "",
+        families=tuple(spec.get("ipFamilies") or ()),
+        family_policy=spec.get("ipFamilyPolicy") or "SingleStack",
+        sharing_key=(meta.get("annotations") or {}).get(SHARING_ANNOTATION) or None,
+        ports=frozenset(
+            (p.get("protocol") or "TCP", int(p.get("port") or 0)) for p in spec.get("ports") or []
+        ),
+        selector=tuple(sorted((spec.get("selector") or {}).items())),
     )
 
 

@@ -30,7 +30,7 @@ Parse = Callable[[dict[str, Any]], tuple[Any, Any]]
 """Turns an API object into (key, small value) in the watch thread, so raw objects never reach the loop."""
 Sink = Callable[[str, str, Any], None]
 """Receives (resource, "REPLACE", [(key, value), ...]) after each (re)list,
-then (resource, "SET", (key, value)) or (resource, "DELETE", key) per event."""
+then (resource, "SET" | "DELETE", (key, value)) per event; a DELETE's value is the object's last state."""
 
 
 @dataclass
@@ -192,4 +192,4 @@ class Reflector:
         if kind in ("ADDED", "MODIFIED"):
             self.sink(self.resource, "SET", self.parse(obj))
         elif kind == "DELETED":
-            self.sink(self.resource, "DELETE", self.parse(obj)[0])
+            self.sink(self.resource, "DELETE", self.parse(obj))

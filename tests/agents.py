@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubelet import create_node, wait_for
+from kubelet import create_node, grant_leases, wait_for
 from kubernetes import client
 from netns import ApiRelay, NetNS
 
@@ -60,13 +60,22 @@ class Lab:
     namespace: str
     index: int = field(default_factory=lambda: next(_prefixes))
     nodes: list[SimNode] = field(default_factory=list)
+    dual: bool = False
+    """Give the agents an IPv6 prefix too."""
 
     @property
     def prefix(self) -> str:
         return f"10.{100 + self.index // 256}.{self.index % 256}.0/24"
 
+    @property
+    def prefix6(self) -> str:
+        return f"fd00:{self.index:x}::/120"
+
     def ip(self, host: int) -> str:
         return self.prefix.rsplit(".", 1)[0] + f".{host}"
+
+    def ip6(self, host: int) -> str:
+        return f"fd00:{self.index:x}::{host:x}"
 
     @property
     def lb_class(self) -> str:
@@ -83,6 +92,8 @@ class Lab:
     ) -> SimNode:
         """A new node ``<namespace>-<suffix>``: its Node object, namespace and (unless start=False) agent."""
         name = f"{self.namespace}-{suffix}"
+        if not self.nodes:
+            grant_leases(client.RbacAuthorizationV1Api(self.core.api_client), self.namespace)
         create_node(self.core, name, ready=ready, labels=labels)
         ns = NetNS(self.workdir)
         self.relay.attach(ns)
@@ -93,6 +104,7 @@ class Lab:
             "run",
             "--prefix",
             self.prefix,
+            *(("--prefix", self.prefix6) if self.dual else ()),
             "--node-name",
             name,
             "--kubeconfig",
@@ -100,6 +112,8 @@ class Lab:
             "--load-balancer-class",
             self.lb_class,
             "--no-default-class",
+            "--lease-namespace",
+            self.namespace,
             "--log-level",
             "debug",
             *args,

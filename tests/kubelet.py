@@ -157,3 +157,29 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0, interval: float = 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value {last!r}")
+
+
+def grant_leases(rbac: client.RbacAuthorizationV1Api, namespace: str, group: str = "l3lb:agents") -> None:
+    """Lets ``group`` elect an allocator leader with a Lease in ``namespace`` (as deploy/rbac.yaml does in
+    kube-system), so tests can keep their elections apart."""
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "l3lb-allocator"},
+            "rules": [
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "verbs": ["get", "create", "update"],
+                }
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "l3lb-allocator"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "l3lb-allocator"},
+            "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": group}],
+        },
+    )

@@ -34,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubelet import cordon, create_lb_service, create_node, create_pod, set_pod_ready
+from kubelet import cordon, create_lb_service, create_node, create_pod, grant_leases, set_pod_ready
 from kubernetes import client, config, utils
 from netns import ApiRelay, NetlinkWatch, NetNS, ip
 from testenv import ControlPlane
@@ -279,6 +279,7 @@ class Lab:
         self.kubeconfig = kubeconfig = self.cp.identity("l3lb-agent", ["l3lb:agents"])
         with contextlib.suppress(client.ApiException):
             self.core.create_namespace({"metadata": {"name": NAMESPACE}})
+            grant_leases(client.RbacAuthorizationV1Api(api), NAMESPACE)
         self.relay = ApiRelay(self.cp.state.apiserver_port, self.workdir)
         self.log(f"control plane ready ({time.monotonic() - t0:.1f}s)")
 
@@ -364,6 +365,8 @@ class Lab:
             str(kubeconfig),
             "--address-lifetime",
             str(self.address_lifetime),
+            "--lease-namespace",
+            NAMESPACE,
         ]
         node = LabNode(name, i, ns, Frr(ns, self.workdir / f"frr-{name}"), uplink, argv)
         bgpd = (

@@ -114,6 +114,9 @@ def test_class_filtering(lab: Lab) -> None:
     classless = lab.node("classless", args=("--address-lifetime", "30"), start=False)
     # This agent also takes class-less Services: the default, unless --no-default-class.
     classless.argv.remove("--no-default-class")
+    # Agents with another configuration elect their own allocator (all agents of one Lease must agree on
+    # what is theirs): this one uses the Lease in kube-system that deploy/rbac.yaml grants.
+    classless.argv[classless.argv.index("--lease-namespace") + 1] = "kube-system"
     classless.start()
     mine = _service(lab, "mine", policy="Cluster")
     create_lb_service(
@@ -179,7 +182,7 @@ def test_requests_outside_the_prefix_and_malformed_ones_get_warning_events(lab: 
         ips="10.0.0.1,banana",
     )
     _pod(lab, a, 1)
-    wait_for(lambda: _events(lab.core, lab.namespace, "IPOutsidePrefix"), what="an IPOutsidePrefix event")
+    wait_for(lambda: _events(lab.core, lab.namespace, "IPOutsidePool"), what="an IPOutsidePool event")
     (bad,) = wait_for(
         lambda: _events(lab.core, lab.namespace, "InvalidLoadBalancerIPs"), what="an invalid-IPs event"
     )

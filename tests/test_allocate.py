@@ -1,0 +1,201 @@
+"""The allocator: unit cases and a property test over random histories of Services."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from l3lb.allocate import (
+    INVALID_IPS,
+    IP_IN_USE,
+    IP_OUTSIDE_POOL,
+    NO_POOL_FOR_FAMILY,
+    POOL_EXHAUSTED,
+    TWO_IPS_ONE_FAMILY,
+    allocate,
+    compatible,
+)
+from l3lb.config import parse_prefixes
+from l3lb.model import Service
+
+V4, V6 = parse_prefixes(["10.0.100.0/29"]), parse_prefixes(["10.0.100.0/29", "fd00:100::/125"])
+
+
+def svc(
+    name: str,
+    created: str = "2026-01-01T00:00:00Z",
+    *,
+    requested: tuple[str, ...] = (),
+    ingress=(),
+    families=("IPv4",),
+    policy: str = "SingleStack",
+    share: str | None = None,
+    ports=(("TCP", 80),),
+    local: bool = False,
+    selector=(("app", "x"),),
+    error: str | None = None,
+) -> Service:
+    return Service(
+        key=("ns", name),
+        uid=name,
+        is_load_balancer=True,
+        load_balancer_class=None,
+        local_policy=local,
+        ingress_ips=tuple(ingress),
+        requested_ips=requested,
+        request_error=error,
+        created=created,
+        families=tuple(families),
+        family_policy=policy,
+        sharing_key=share,
+        ports=frozenset(ports),
+        selector=selector,
+    )
+
+
+def reasons(result) -> dict:  # type: ignore[no-untyped-def]
+    return {c.key[1]: c.reason for c in result.conflicts}
+
+
+def test_lowest_free_skipping_network_and_broadcast() -> None:
+    r = allocate([svc("a"), svc("b", "2026-01-02T00:00:00Z")], V4)
+    assert r.ips == {("ns", "a"): ("10.0.100.1",), ("ns", "b"): ("10.0.100.2",)}
+
+
+def test_existing_status_is_kept_and_the_older_requester_wins() -> None:
+    young = svc("young", "2026-01-02T00:00:00Z", ingress=("10.0.100.3",))
+    old = svc("old", "2026-01-01T00:00:00Z", requested=("10.0.100.3",))
+    r = allocate([young, old], V4)
+    assert r.ips[("ns", "old")] == ("10.0.100.3",)
+    assert r.ips[("ns", "young")] == ("10.0.100.1",), "reallocated, not a conflict: it requested nothing"
+    younger_requester = svc("yr", "2026-01-03T00:00:00Z", requested=("10.0.100.3",))
+    r = allocate([old, younger_requester], V4)
+    assert r.ips[("ns", "yr")] == () and reasons(r) == {"yr": IP_IN_USE}
+
+
+def test_bad_requests() -> None:
+    r = allocate(
+        [
+            svc("out", requested=("192.0.2.1",)),
+            svc("bad", error="'x' is not an IP address"),
+            svc("two", requested=("10.0.100.4", "10.0.100.5")),
+        ],
+        V4,
+    )
+    assert reasons(r) == {"out": IP_OUTSIDE_POOL, "bad": INVALID_IPS, "two": TWO_IPS_ONE_FAMILY}
+    assert r.ips[("ns", "two")] == ("10.0.100.4",)
+
+
+def test_exhausted_pool_and_reserved_ranges() -> None:
+    many = [svc(f"s{i}", f"2026-01-01T00:00:0{i}Z") for i in range(7)]
+    r = allocate(many, V4, parse_prefixes(["10.0.100.2/31"]))
+    assert [r.ips[s.key] for s in many[:4]] == [
+        ("10.0.100.1",),
+        ("10.0.100.4",),
+        ("10.0.100.5",),
+        ("10.0.100.6",),
+    ]
+    assert reasons(r) == {"s4": POOL_EXHAUSTED, "s5": POOL_EXHAUSTED, "s6": POOL_EXHAUSTED}
+
+
+def test_families() -> None:
+    r = allocate(
+        [
+            svc("single6", families=("IPv6",)),
+            svc("prefer", families=("IPv4",), policy="PreferDualStack"),
+            svc("require", families=("IPv6", "IPv4"), policy="RequireDualStack"),
+        ],
+        V6,
+    )
+    # same age: taken by name, so prefer, require, single6
+    assert r.ips[("ns", "prefer")] == ("10.0.100.1", "fd00:100::1")
+    assert r.ips[("ns", "require")] == ("10.0.100.2", "fd00:100::2")
+    assert r.ips[("ns", "single6")] == ("fd00:100::3",)
+    r = allocate([svc("prefer", policy="PreferDualStack"), svc("require", policy="RequireDualStack")], V4)
+    assert r.ips[("ns", "prefer")] == ("10.0.100.1",)
+    assert reasons(r) == {"require": NO_POOL_FOR_FAMILY}
+    assert r.ips[("ns", "require")] == ("10.0.100.2",), (
+        "what can be had is given; the missing family is reported"
+    )
+
+
+def test_sharing_rules() -> None:
+    a = svc("a", share="k", ports=(("TCP", 80),))
+    assert compatible(a, svc("b", share="k", ports=(("TCP", 443),)))
+    assert not compatible(a, svc("b", share="k", ports=(("TCP", 80),))), "overlapping port"
+    assert not compatible(a, svc("b", share="other", ports=(("TCP", 443),))), "other key"
+    assert not compatible(a, svc("b", ports=(("TCP", 443),))), "no key"
+    assert not compatible(a, svc("b", share="k", ports=(("UDP", 53),), local=True)), "Cluster with Local"
+    la = svc("la", share="k", local=True, selector=(("app", "x"),))
+    assert compatible(la, svc("lb", share="k", ports=(("UDP", 53),), local=True, selector=(("app", "x"),)))
+    assert not compatible(
+        la, svc("lb", share="k", ports=(("UDP", 53),), local=True, selector=(("app", "y"),))
+    )
+    r = allocate([a, svc("b", "2026-01-02T00:00:00Z", share="k", ports=(("UDP", 53),))], V4)
+    assert r.ips[("ns", "a")] == r.ips[("ns", "b")] == ("10.0.100.1",)
+
+
+# ---- property: random histories never break the invariants
+NAMES = [f"s{i}" for i in range(6)]
+ip_choice = st.sampled_from(
+    ["10.0.100.1", "10.0.100.2", "10.0.100.3", "10.0.100.9", "fd00:100::1", "fd00:100::7"]
+)
+step = st.one_of(
+    st.tuples(
+        st.just("create"),
+        st.sampled_from(NAMES),
+        st.sampled_from([None, "k", "j"]),
+        st.sampled_from([80, 443, 53]),
+        st.booleans(),
+        st.sampled_from(["SingleStack", "PreferDualStack", "RequireDualStack"]),
+    ),
+    st.tuples(st.just("delete"), st.sampled_from(NAMES)),
+    st.tuples(st.just("request"), st.sampled_from(NAMES), st.lists(ip_choice, max_size=2, unique=True)),
+    st.tuples(st.just("class-change"), st.sampled_from(NAMES)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(step, max_size=30))
+def test_random_histories_keep_the_invariants(steps: list) -> None:
+    services: dict[str, Service] = {}
+    clock = 0
+    for s in steps:
+        name = s[1]
+        if s[0] == "create" and name not in services:
+            clock += 1
+            _, _, share, port, local, policy = s
+            services[name] = svc(
+                name,
+                f"2026-01-01T00:00:{clock:02d}Z",
+                share=share,
+                ports=(("TCP", port),),
+                local=local,
+                policy=policy,
+                families=("IPv4", "IPv6"),
+            )
+        elif s[0] == "request" and name in services:
+            services[name] = dataclasses.replace(services[name], requested_ips=tuple(s[2]))
+        elif s[0] in ("delete", "class-change"):  # a class change takes the Service out of our hands
+            services.pop(name, None)
+        result = allocate(services.values(), V6)
+        # what the leader writes becomes the status the next round starts from
+        services = {
+            n: dataclasses.replace(v, ingress_ips=result.ips.get(v.key, ())) for n, v in services.items()
+        }
+        holders: dict[str, list[Service]] = {}
+        for v in services.values():
+            fams = [("IPv6" if ":" in ip else "IPv4") for ip in v.ingress_ips]
+            assert len(fams) == len(set(fams)), "at most one IP per family"
+            for ip in v.ingress_ips:
+                assert any(ipaddress.ip_address(ip) in n for n in V6), "never outside the pools"
+                holders.setdefault(ip, []).append(v)
+        for ip, hs in holders.items():
+            for i, a in enumerate(hs):
+                for b in hs[i + 1 :]:
+                    assert compatible(a, b), f"{ip} held by {a.key} and {b.key} without compatible sharing"
+        again = allocate(services.values(), V6)
+        assert again.ips == result.ips, "a settled allocation is a fixed point: no churn"
