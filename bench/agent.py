@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from kubelet import create_node  # noqa: E402
 from kubernetes import client, config, utils  # noqa: E402
 from netns import AddressEvents, ApiRelay, NetNS  # noqa: E402
-from testenv import ControlPlane  # noqa: E402
+from testenv import ControlPlane, interrupt_on_sigterm  # noqa: E402
 
 SERVICES, ENDPOINTS_PER_SLICE, NODES = 1000, 10, 50
 NS = "bench"
@@ -143,6 +143,7 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200, help="ready->not-ready->ready cycles (2 events each)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "agent.json")
     args = ap.parse_args()
+    interrupt_on_sigterm()
     if os.geteuid() != 0:
         print("bench/agent.py needs root (network namespaces)", file=sys.stderr)
         return 2

@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from agents import Lab  # noqa: E402
-from kubelet import create_lb_service  # noqa: E402
+from kubelet import create_lb_service, lease_holder  # noqa: E402
 from kubernetes import client, config, utils  # noqa: E402
 from netns import ApiRelay  # noqa: E402
-from testenv import ControlPlane  # noqa: E402
+from testenv import ControlPlane, interrupt_on_sigterm  # noqa: E402
 
 
 def allocated(core: client.CoreV1Api, ns: str) -> dict[str, str]:
@@ -54,13 +54,6 @@ def create(lab: Lab, names: list[str]) -> None:
         list(pool.map(one, names))
 
 
-def leader(lab: Lab) -> str:
-    lease = client.CoordinationV1Api(lab.core.api_client).read_namespaced_lease(
-        "l3lb-allocator", lab.namespace
-    )
-    return lease.spec.holder_identity or ""
-
-
 def failover_gap(lab: Lab, sig: signal.Signals, tag: str) -> float:
     """Creates a Service every 100 ms, stops the leader, returns the longest wait for an allocation."""
     created: dict[str, float] = {}
@@ -81,7 +74,7 @@ def failover_gap(lab: Lab, sig: signal.Signals, tag: str) -> float:
     thread = threading.Thread(target=stream)
     thread.start()
     time.sleep(2)
-    victim = next(n for n in lab.nodes if n.name == leader(lab))
+    victim = next(n for n in lab.nodes if n.name == lease_holder(lab.core, lab.namespace))
     victim.signal(sig)
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline:
@@ -91,7 +84,10 @@ def failover_gap(lab: Lab, sig: signal.Signals, tag: str) -> float:
         time.sleep(0.1)
     stop.set()
     thread.join()
+    deadline = time.monotonic() + 60
     while set(created) - set(seen):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"never allocated: {sorted(set(created) - set(seen))[:5]}...")
         now = time.monotonic()
         for name in allocated(lab.core, lab.namespace):
             seen.setdefault(name, now)
@@ -105,6 +101,7 @@ def main() -> int:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "allocation.json")
     args = ap.parse_args()
+    interrupt_on_sigterm()
     if os.geteuid() != 0:
         print("bench/allocation.py needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -117,13 +114,13 @@ def main() -> int:
         core.create_namespace({"metadata": {"name": "bench"}})
         relay = ApiRelay(cp.state.apiserver_port, tmp)
         lab = Lab(core, relay, kubeconfig, Path(tmp), "bench", index=0)
-        lab_prefix = "10.100.0.0/22"  # room for 1,000 and the fail-over streams
+        lab_prefix = "10.100.0.0/20"  # room for 1,000 and the fail-over streams
         try:
             for n in ("a", "b", "c"):
-                node = lab.node(n, start=False, args=("--address-lifetime", "30", "--log-level", "warning"))
+                node = lab.node(n, start=False, args=("--address-lifetime", "30", "--log-level", "info"))
                 node.argv[node.argv.index("--prefix") + 1] = lab_prefix
                 node.start()
-            while not leader(lab):
+            while not lease_holder(lab.core, lab.namespace):
                 time.sleep(0.2)
             names = [f"svc-{i:04d}" for i in range(args.services)]
             t0 = time.monotonic()
@@ -135,7 +132,7 @@ def main() -> int:
             assert len(set(got.values())) == args.services, "duplicate IPs"
             print(f"{args.services} Services: created in {created:.1f}s, all allocated after {total:.1f}s")
             kill_gap = failover_gap(lab, signal.SIGKILL, "kill")
-            while not leader(lab):
+            while not lease_holder(lab.core, lab.namespace):
                 time.sleep(0.2)
             time.sleep(3)
             term_gap = failover_gap(lab, signal.SIGTERM, "term")

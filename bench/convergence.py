@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from lab import VIP, Lab  # noqa: E402
 from netns import NetNS, enter_netns  # noqa: E402
+from testenv import interrupt_on_sigterm  # noqa: E402
 
 EVENTS = ("add", "ECMP add", "partial withdraw", "full withdraw")
 
@@ -106,6 +107,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=50)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "convergence.json")
     args = ap.parse_args()
+    interrupt_on_sigterm()
     if os.geteuid() != 0:
         print("bench/convergence.py needs root (network namespaces, FRR)", file=sys.stderr)
         return 2

@@ -29,8 +29,9 @@ def main() -> int:
         )
         return 2
     from lab import VIP, Lab
-    from testenv import binaries
+    from testenv import binaries, interrupt_on_sigterm
 
+    interrupt_on_sigterm()
     start = time.monotonic()
     say("Building or reusing the control plane binaries (kube-apiserver, kube-controller-manager, etcd)...")
     binaries()

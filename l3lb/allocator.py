@@ -3,6 +3,7 @@ reports conflicts once per change, and stops fighting another controller that ke
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -14,6 +15,7 @@ from .model import Key, Service, fmt_key
 
 log = logging.getLogger(__name__)
 
+IN_FLIGHT_FOR = 30.0
 FIGHT_WINDOW = 300.0
 FIGHTS_TO_YIELD = 3
 YIELD_FOR = 600.0
@@ -62,9 +64,22 @@ class Allocator:
     def run(self, services: Mapping[Key, Service]) -> None:
         now = self.clock()
         self._yielded = {k: t for k, t in self._yielded.items() if now - t < YIELD_FOR}
-        result = allocate(services.values(), self.config.prefixes, self.reserved)
+        # Our own writes count as the status until the watch shows them (or they are too old to trust):
+        # without that, a second run before they land could hand the same address to another Service.
+        view = {}
+        for key, svc in services.items():
+            written = self._written.get(key)
+            if (
+                written is not None
+                and written[0] != svc.ingress_ips
+                and key not in self._yielded
+                and now - written[1] < IN_FLIGHT_FOR
+            ):
+                svc = dataclasses.replace(svc, ingress_ips=written[0])
+            view[key] = svc
+        result = allocate(view.values(), self.config.prefixes, self.reserved)
         for key, ips in result.ips.items():
-            svc = services[key]
+            svc = view[key]
             if ips == svc.ingress_ips or key in self._yielded:
                 continue
             self.writer.status(key, ips)

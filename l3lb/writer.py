@@ -11,6 +11,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kubernetes.client.rest import ApiException
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 COMPONENT = "l3lb"
 EVENT_REPEAT_WINDOW = 600.0
 EVENT_PATCH_INTERVAL = 60.0
+STATUS_WORKERS = 4
 NORMAL_EVENT_BURST = 5
 NORMAL_EVENT_REFILL = 30.0  # seconds per token: a flapping Service gets at most 2 Normal Events a minute
 STATUS_PATH = "/api/v1/namespaces/{ns}/services/{name}/status"
@@ -93,18 +95,20 @@ class Writer:
         return thread
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            with self._cond:
-                while not (self._status or self._events or stop.is_set()):
-                    self._cond.wait(1.0)
-                status = self._status
-                self._status = {}
-                events = list(self._events)
-                self._events.clear()
-            for key, ips in status.items():
-                self._write_status(key, ips)
-            for ev in events:
-                self._write_event(*ev)
+        """Status first, several at a time (it is what users wait for); Events when no status is pending."""
+        with ThreadPoolExecutor(STATUS_WORKERS, thread_name_prefix="status") as pool:
+            while not stop.is_set():
+                with self._cond:
+                    while not (self._status or self._events or stop.is_set()):
+                        self._cond.wait(1.0)
+                    status = self._status
+                    self._status = {}
+                    events = (
+                        [] if status else [self._events.popleft() for _ in range(min(20, len(self._events)))]
+                    )
+                list(pool.map(lambda item: self._write_status(*item), status.items()))
+                for ev in events:
+                    self._write_event(*ev)
 
     def _write_status(self, key: Key, ips: tuple[str, ...]) -> None:
         body = {"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ips]}}}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -14,16 +13,12 @@ from agents import Lab
 from kubernetes import client, config, utils
 from lab import Lab as FrrLab
 from netns import ApiRelay, sweep_stale
-from testenv import ControlPlane
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+from testenv import ControlPlane, interrupt_on_sigterm
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # SIGTERM (CI timeouts, kill) becomes Ctrl-C, so fixtures' clean-up still runs.
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_sigterm()
     if os.geteuid() == 0:
         sweep_stale()
 

@@ -183,3 +183,14 @@ def grant_leases(rbac: client.RbacAuthorizationV1Api, namespace: str, group: str
             "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": group}],
         },
     )
+
+
+def lease_holder(core: client.CoreV1Api, namespace: str, name: str = "l3lb-allocator") -> str:
+    """Who holds the allocator's Lease in ``namespace``; "" while nobody does."""
+    try:
+        lease = client.CoordinationV1Api(core.api_client).read_namespaced_lease(name, namespace)
+    except client.ApiException as err:
+        if err.status == 404:
+            return ""
+        raise
+    return lease.spec.holder_identity or ""

@@ -18,7 +18,9 @@ from l3lb.allocate import (
     allocate,
     compatible,
 )
-from l3lb.config import parse_prefixes
+from l3lb.allocator import Allocator
+from l3lb.config import Config, parse_prefixes
+from l3lb.metrics import Metrics
 from l3lb.model import Service
 
 V4, V6 = parse_prefixes(["10.0.100.0/29"]), parse_prefixes(["10.0.100.0/29", "fd00:100::/125"])
@@ -199,3 +201,23 @@ def test_random_histories_keep_the_invariants(steps: list) -> None:
                     assert compatible(a, b), f"{ip} held by {a.key} and {b.key} without compatible sharing"
         again = allocate(services.values(), V6)
         assert again.ips == result.ips, "a settled allocation is a fixed point: no churn"
+
+
+def test_the_leader_counts_its_writes_in_flight_as_status() -> None:
+    """A second run before the first writes are seen must not hand b's address to a (same second, first by
+    name): allocations never move."""
+    writes: list = []
+
+    class Writer:
+        def status(self, key, ips) -> None:  # type: ignore[no-untyped-def]
+            writes.append((key[1], ips))
+
+        def event(self, *args) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    allocator = Allocator(Config(prefixes=V4, node_name="n1"), (), Writer(), Metrics())
+    b = svc("b", "2026-01-01T00:00:01Z")
+    allocator.run({b.key: b})
+    a = svc("a", "2026-01-01T00:00:01Z")
+    allocator.run({a.key: a, b.key: b})
+    assert writes == [("b", ("10.0.100.1",)), ("a", ("10.0.100.2",))]

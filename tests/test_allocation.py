@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from agents import Lab, wait_addresses
-from kubelet import create_lb_service, create_pod, set_pod_ready, wait_for
+from kubelet import create_lb_service, create_pod, lease_holder, set_pod_ready, wait_for
 from kubernetes import client
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster]
@@ -38,17 +38,6 @@ def events(core: client.CoreV1Api, ns: str, reason: str) -> list:
     return [e for e in core.list_namespaced_event(ns).items if e.reason == reason]
 
 
-def lease_holder(lab: Lab) -> str:
-    coordination = client.CoordinationV1Api(lab.core.api_client)
-    try:
-        lease = coordination.read_namespaced_lease("l3lb-allocator", lab.namespace)
-    except client.ApiException as err:
-        if err.status == 404:
-            return ""
-        raise
-    return lease.spec.holder_identity or ""
-
-
 def create_many(lab: Lab, names: list[str]) -> None:
     def one(name: str) -> None:
         create_lb_service(
@@ -68,7 +57,7 @@ def assert_distinct_in_pool(lab: Lab, got: dict[str, tuple[str, ...]]) -> None:
 def test_200_services_at_once_get_distinct_ips_quickly(lab: Lab) -> None:
     for n in ("a", "b", "c"):
         lab.node(n)
-    wait_for(lambda: lease_holder(lab), what="a leader")
+    wait_for(lambda: lease_holder(lab.core, lab.namespace), what="a leader")
     names = [f"s{i:03d}" for i in range(200)]
     start = time.monotonic()
     create_many(lab, names)
@@ -80,7 +69,7 @@ def test_200_services_at_once_get_distinct_ips_quickly(lab: Lab) -> None:
 
 def test_leader_killed_mid_burst_another_finishes_without_duplicates(lab: Lab) -> None:
     nodes = {n: lab.node(n) for n in ("a", "b", "c")}
-    leader = wait_for(lambda: lease_holder(lab), what="a leader")
+    leader = wait_for(lambda: lease_holder(lab.core, lab.namespace), what="a leader")
     names = [f"k{i:03d}" for i in range(150)]
     burst = threading.Thread(target=create_many, args=(lab, names))
     burst.start()
@@ -92,7 +81,7 @@ def test_leader_killed_mid_burst_another_finishes_without_duplicates(lab: Lab) -
         lab, lambda g: all(g.get(n) for n in names), "the new leader to finish the burst", timeout=60
     )
     assert_distinct_in_pool(lab, got)
-    assert lease_holder(lab) not in ("", leader)
+    assert lease_holder(lab.core, lab.namespace) not in ("", leader)
 
 
 def test_dual_stack_families(lab: Lab) -> None:

@@ -66,6 +66,15 @@ def binaries() -> dict[str, Path]:
     return paths
 
 
+def interrupt_on_sigterm() -> None:
+    """Makes SIGTERM raise KeyboardInterrupt, so ``with``/``finally`` clean-up runs as on Ctrl-C."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
