@@ -28,8 +28,9 @@ unit: $(PY)
 demo: $(PY)
 	$(PY) demo/demo.py
 
-# Benchmarks (root): the agent at scale, then convergence through FRR. Results in bench/results/.
+# Benchmarks (root): the agent at scale, the allocator, convergence through FRR. Results in bench/results/.
 bench: $(PY) control-plane
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) bench/agent.py
+	$(PY) bench/allocation.py
 	$(PY) bench/convergence.py

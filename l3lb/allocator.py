@@ -40,12 +40,21 @@ class Allocator:
         self._fights: dict[Key, list[float]] = {}
         self._yielded: dict[Key, float] = {}
         self._reported: dict[Key, tuple[str, ...]] = {}
+        self._in_flight: set[Key] = set()
+        """Keys whose last write the watch has not shown yet."""
 
     def observe(self, svc: Service) -> None:
-        """Notices a status that is neither what we wrote nor empty, soon after we wrote it: a fight."""
+        """Follows our writes landing, and notices a status that is neither what we wrote nor empty, soon
+        after we wrote it: a fight."""
         written = self._written.get(svc.key)
-        if written is None or svc.ingress_ips in (written[0], ()):
+        if written is None:
             return
+        if svc.ingress_ips == written[0]:
+            self._in_flight.discard(svc.key)
+            return
+        if not svc.ingress_ips:
+            return
+        self._in_flight.discard(svc.key)  # overwritten: the next run decides again
         now = self.clock()
         if now - written[1] > FIGHT_WINDOW:
             return
@@ -71,8 +80,8 @@ class Allocator:
             written = self._written.get(key)
             if (
                 written is not None
+                and key in self._in_flight
                 and written[0] != svc.ingress_ips
-                and key not in self._yielded
                 and now - written[1] < IN_FLIGHT_FOR
             ):
                 svc = dataclasses.replace(svc, ingress_ips=written[0])
@@ -84,6 +93,7 @@ class Allocator:
                 continue
             self.writer.status(key, ips)
             self._written[key] = (ips, now)
+            self._in_flight.add(key)
             if ips:
                 self.metrics.allocations.inc()
                 log.info("allocating %s to %s", ", ".join(ips), fmt_key(key))
@@ -102,6 +112,7 @@ class Allocator:
                 del self._reported[key]
         for gone in self._written.keys() - services.keys():
             del self._written[gone]
+            self._in_flight.discard(gone)
 
     def _report(self, svc: Service, reason: str, message: str) -> None:
         log.warning("%s: %s: %s", fmt_key(svc.key), reason, message)

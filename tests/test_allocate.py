@@ -221,3 +221,30 @@ def test_the_leader_counts_its_writes_in_flight_as_status() -> None:
     a = svc("a", "2026-01-01T00:00:01Z")
     allocator.run({a.key: a, b.key: b})
     assert writes == [("b", ("10.0.100.1",)), ("a", ("10.0.100.2",))]
+
+
+def test_the_leader_yields_to_a_controller_that_keeps_rewriting_status() -> None:
+    writes: list = []
+    reports: list = []
+
+    class Writer:
+        def status(self, key, ips) -> None:  # type: ignore[no-untyped-def]
+            writes.append(ips)
+
+        def event(self, key, uid, kind, reason, message) -> None:  # type: ignore[no-untyped-def]
+            if kind == "Warning":
+                reports.append(reason)
+
+    now = [0.0]
+    allocator = Allocator(Config(prefixes=V4, node_name="n1"), (), Writer(), Metrics(), clock=lambda: now[0])
+    s = svc("s")
+    for _ in range(5):
+        allocator.run({s.key: s})
+        now[0] += 1
+        s = dataclasses.replace(s, ingress_ips=("198.51.100.1",))  # the rival's write lands
+        allocator.observe(s)
+    assert writes == [("10.0.100.1",)] * 3, "rewrote until the third fight, then stopped"
+    assert reports == ["StatusConflict"]
+    now[0] += 601
+    allocator.run({s.key: s})
+    assert writes[-1] == ("10.0.100.1",) and len(writes) == 4, "tries again after yielding for 10 minutes"
