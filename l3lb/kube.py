@@ -121,7 +121,7 @@ def pages(
     url_path: str,
     query: dict[str, Any],
     *,
-    page_size: int = 100,
+    page_size: int = 50,
     timeout: tuple[float, float] = (5.0, 60.0),
 ) -> Iterator[dict[str, Any]]:
     """A paginated list, one page of JSON at a time (small pages keep the transient memory, and so the

@@ -24,9 +24,37 @@ log = logging.getLogger(__name__)
 COMPONENT = "l3lb"
 EVENT_REPEAT_WINDOW = 600.0
 EVENT_PATCH_INTERVAL = 60.0
-STATUS_WORKERS = 4
+STATUS_WORKERS = 2
 NORMAL_EVENT_BURST = 5
 NORMAL_EVENT_REFILL = 30.0  # seconds per token: a flapping Service gets at most 2 Normal Events a minute
+AGENT_EVENT_BURST = 10
+AGENT_EVENT_REFILL = 2.0  # and one agent at most 30 a minute in all
+
+
+@dataclass
+class Bucket:
+    """A token bucket: ``burst`` tokens, one more every ``refill`` seconds."""
+
+    burst: float
+    refill: float
+    last: float
+    tokens: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst
+
+    def level(self, now: float) -> float:
+        return min(self.burst, self.tokens + (now - self.last) / self.refill)
+
+    def take(self, now: float) -> bool:
+        self.tokens, self.last = self.level(now), now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 STATUS_PATH = "/api/v1/namespaces/{ns}/services/{name}/status"
 EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
 EVENT_PATH = "/api/v1/namespaces/{ns}/events/{name}"
@@ -56,7 +84,8 @@ class Writer:
         self._events: deque[tuple[Key, str, str, str, str]] = deque(maxlen=1000)
         self._seen: dict[tuple[Key, str, str], _Seen] = {}
         self._denied: set[str] = set()
-        self._tokens: dict[Key, tuple[float, float]] = {}
+        self._buckets: dict[Key, Bucket] = {}
+        self._global = Bucket(AGENT_EVENT_BURST, AGENT_EVENT_REFILL, time.monotonic())
         self.errors = 0
         self.dropped = 0
 
@@ -77,16 +106,12 @@ class Writer:
             self._cond.notify()
 
     def _take_token(self, key: Key) -> bool:
+        """A token from the Service's bucket and from the agent's: Normal Events never flood the API."""
         now = time.monotonic()
-        tokens, last = self._tokens.get(key, (NORMAL_EVENT_BURST, now))
-        tokens = min(NORMAL_EVENT_BURST, tokens + (now - last) / NORMAL_EVENT_REFILL)
-        ok = tokens >= 1
-        self._tokens[key] = (tokens - 1 if ok else tokens, now)
-        if len(self._tokens) > 10000:  # forget Services whose buckets are full again
-            self._tokens = {
-                k: v for k, v in self._tokens.items() if now - v[1] < NORMAL_EVENT_BURST * NORMAL_EVENT_REFILL
-            }
-        return ok
+        if len(self._buckets) > 10000:  # forget Services whose buckets are full again
+            self._buckets = {k: b for k, b in self._buckets.items() if b.level(now) < b.burst}
+        bucket = self._buckets.setdefault(key, Bucket(NORMAL_EVENT_BURST, NORMAL_EVENT_REFILL, now))
+        return bucket.level(now) >= 1 and self._global.take(now) and bucket.take(now)
 
     # ---- the writer thread
     def start(self, stop: threading.Event) -> threading.Thread:
