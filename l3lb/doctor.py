@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 
 from .config import Config, Network
 from .frr import Vtysh, check_config
-from .kube import Api, api_message
+from .kube import Api, api_message, may
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -100,24 +100,14 @@ class Doctor:
             yield Result("permissions", SKIP, "no API connection")
             return
         for verb, group, resource, sub, required in PERMISSIONS:
-            attrs = {"verb": verb, "group": group, "resource": resource, "subresource": sub}
-            name = f"{verb} {resource}{'/' + sub if sub else ''}"
-            if resource == "leases":
-                attrs["namespace"] = self.lease_namespace
-                name += f" in {self.lease_namespace}"
+            ns = self.lease_namespace if resource == "leases" else None
+            name = f"{verb} {resource}{'/' + sub if sub else ''}" + (f" in {ns}" if ns else "")
             try:
-                review = self.api.post(
-                    "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-                    {
-                        "apiVersion": "authorization.k8s.io/v1",
-                        "kind": "SelfSubjectAccessReview",
-                        "spec": {"resourceAttributes": attrs},
-                    },
-                )
+                allowed = may(self.api, verb, group, resource, sub, ns)
             except ApiException as err:
                 yield Result("permissions", FAIL, f"cannot ask about {name}: {api_message(err)}", RBAC_FIX)
                 continue
-            if review.get("status", {}).get("allowed"):
+            if allowed:
                 yield Result("permissions", OK, f"may {name}")
             elif required:
                 yield Result("permissions", FAIL, f"may not {name}: the agent cannot watch it", RBAC_FIX)

@@ -135,6 +135,24 @@ def pages(
             return
 
 
+def may(
+    api: Api, verb: str, group: str, resource: str, subresource: str = "", namespace: str | None = None
+) -> bool:
+    """Whether these credentials may do it, by SelfSubjectAccessReview. ApiException if it cannot be asked."""
+    attrs = {"verb": verb, "group": group, "resource": resource, "subresource": subresource}
+    if namespace:
+        attrs["namespace"] = namespace
+    review = api.post(
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attrs},
+        },
+    )
+    return bool((review.get("status") or {}).get("allowed"))
+
+
 def api_message(err: ApiException) -> str:
     try:
         return str(json.loads(err.body)["message"])

@@ -17,7 +17,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from .kube import Api, api_message, path
+from .kube import Api, api_message, may, path
 
 log = logging.getLogger(__name__)
 
@@ -192,20 +192,12 @@ def may_stand(api: Api, namespace: str) -> tuple[bool, str]:
     ]
     missing = []
     for verb, group, resource, sub, ns in needs:
-        attrs = {"verb": verb, "group": group, "resource": resource, "subresource": sub}
-        if ns:
-            attrs["namespace"] = ns
         try:
-            review = api.post(
-                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
-                {
-                    "apiVersion": "authorization.k8s.io/v1",
-                    "kind": "SelfSubjectAccessReview",
-                    "spec": {"resourceAttributes": attrs},
-                },
-            )
+            allowed = may(api, verb, group, resource, sub, ns)
         except ApiException as err:
-            return False, f"cannot ask the apiserver: {api_message(err)}"
-        if not (review.get("status") or {}).get("allowed"):
+            if err.status not in (401, 403):
+                raise  # the apiserver could not answer: ask again later
+            return False, f"create selfsubjectaccessreviews ({api_message(err)})"
+        if not allowed:
             missing.append(f"{verb} {resource}{'/' + sub if sub else ''}" + (f" in {ns}" if ns else ""))
     return (not missing), ", ".join(missing)

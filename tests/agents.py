@@ -13,8 +13,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from kubelet import create_node, grant_leases, wait_for
+from kubelet import create_lb_service, create_node, grant_leases, wait_for
 from kubernetes import client
 from netns import ApiRelay, NetNS
 
@@ -80,6 +81,27 @@ class Lab:
     @property
     def lb_class(self) -> str:
         return f"l3lb.io/{self.namespace}"
+
+    def service(
+        self,
+        name: str,
+        *,
+        ips: str | None = None,
+        policy: str = "Cluster",
+        selector: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> None:
+        """A LoadBalancer Service of this test's class (``ips`` requested by annotation)."""
+        create_lb_service(
+            self.core,
+            self.namespace,
+            name,
+            selector=selector or {"app": "web"},
+            policy=policy,
+            lb_class=self.lb_class,
+            ips=ips,
+            **kw,
+        )
 
     def node(
         self,

@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubelet import cordon, create_lb_service, create_node, create_pod, grant_leases, set_pod_ready
 from kubernetes import client, config, utils
@@ -78,9 +79,14 @@ print(json.dumps(seen))
 
 def frr_snippet(prefixes: list[str], asn: int) -> str:
     """What the NixOS module appends to services.frr.config, from its pure Nix function."""
-    expr = f"import {REPO / 'nixos' / 'frr.nix'} {{ prefixes = {_nix_list(prefixes)}; asn = {asn}; }}"
+    return nix_eval(f"import ./nixos/frr.nix {{ prefixes = {nix_list(prefixes)}; asn = {asn}; }}")
+
+
+def nix_eval(expr: str) -> Any:
+    """Evaluates a Nix expression (paths relative to the repository) with nix-instantiate, as JSON."""
     out = subprocess.run(
         ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+        cwd=REPO,
         check=True,
         capture_output=True,
         text=True,
@@ -88,7 +94,7 @@ def frr_snippet(prefixes: list[str], asn: int) -> str:
     return json.loads(out)
 
 
-def _nix_list(items: list[str]) -> str:
+def nix_list(items: list[str]) -> str:
     return "[ " + " ".join(json.dumps(i) for i in items) + " ]"
 
 

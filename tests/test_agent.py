@@ -29,11 +29,9 @@ pytestmark = [pytest.mark.root, pytest.mark.cluster]
 APP = {"app": "web"}
 
 
-def _service(lab: Lab, name: str = "web", *, ip: str | None = None, policy: str = "Local", **kw) -> str:
+def _service(lab: Lab, name: str = "web", *, ip: str | None = None, policy: str = "Local") -> str:
     ip = ip or lab.ip(10)
-    create_lb_service(
-        lab.core, lab.namespace, name, selector=APP, policy=policy, lb_class=lab.lb_class, ips=ip, **kw
-    )
+    lab.service(name, ips=ip, policy=policy)
     return ip
 
 
@@ -163,24 +161,8 @@ def test_strays_collected_foreign_addresses_left_alone_and_deletions_repaired(la
 
 def test_requests_outside_the_prefix_and_malformed_ones_get_warning_events(lab: Lab) -> None:
     a = lab.node("a")
-    create_lb_service(
-        lab.core,
-        lab.namespace,
-        "outside",
-        selector=APP,
-        policy="Cluster",
-        lb_class=lab.lb_class,
-        ips="192.0.2.7",
-    )
-    create_lb_service(
-        lab.core,
-        lab.namespace,
-        "bad",
-        selector=APP,
-        policy="Cluster",
-        lb_class=lab.lb_class,
-        ips="10.0.0.1,banana",
-    )
+    lab.service("outside", ips="192.0.2.7")
+    lab.service("bad", ips="10.0.0.1,banana")
     _pod(lab, a, 1)
     wait_for(lambda: _events(lab.core, lab.namespace, "IPOutsidePool"), what="an IPOutsidePool event")
     (bad,) = wait_for(

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from agents import Lab, wait_addresses
-from kubelet import create_lb_service, create_pod, lease_holder, set_pod_ready, wait_for
+from kubelet import create_pod, lease_holder, set_pod_ready, wait_for
 from kubernetes import client
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster]
@@ -40,9 +40,7 @@ def events(core: client.CoreV1Api, ns: str, reason: str) -> list:
 
 def create_many(lab: Lab, names: list[str]) -> None:
     def one(name: str) -> None:
-        create_lb_service(
-            lab.core, lab.namespace, name, selector=APP, policy="Cluster", lb_class=lab.lb_class
-        )
+        lab.service(name)
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, names))
@@ -151,44 +149,16 @@ def test_bad_input_gets_warning_events_and_the_older_service_keeps_its_ip(lab: L
         ),
     )
     # the pool is down to .1 - .7
-    create_lb_service(
-        lab.core, lab.namespace, "first", selector=APP, policy="Cluster", lb_class=lab.lb_class, ips=lab.ip(5)
-    )
+    lab.service("first", ips=lab.ip(5))
     time.sleep(1.1)  # creationTimestamp has second resolution
-    create_lb_service(
-        lab.core,
-        lab.namespace,
+    lab.service(
         "second",
-        selector=APP,
-        policy="Cluster",
-        lb_class=lab.lb_class,
         ips=lab.ip(5),
     )
-    create_lb_service(
-        lab.core,
-        lab.namespace,
-        "outside",
-        selector=APP,
-        policy="Cluster",
-        lb_class=lab.lb_class,
-        ips="192.0.2.7",
-    )
-    create_lb_service(
-        lab.core,
-        lab.namespace,
-        "malformed",
-        selector=APP,
-        policy="Cluster",
-        lb_class=lab.lb_class,
-        ips="10.0.0.1,banana",
-    )
-    create_lb_service(
-        lab.core,
-        lab.namespace,
+    lab.service("outside", ips="192.0.2.7")
+    lab.service("malformed", ips="10.0.0.1,banana")
+    lab.service(
         "two",
-        selector=APP,
-        policy="Cluster",
-        lb_class=lab.lb_class,
         ips=f"{lab.ip(6)},{lab.ip(7)}",
     )
     create_many(lab, [f"fill{i}" for i in range(6)])  # 4 addresses left for 6: exhausted
@@ -218,9 +188,7 @@ def test_bad_input_gets_warning_events_and_the_older_service_keeps_its_ip(lab: L
 
 def test_another_controller_rewriting_status_is_reported_not_fought(lab: Lab) -> None:
     lab.node("a")
-    create_lb_service(
-        lab.core, lab.namespace, "contested", selector=APP, policy="Cluster", lb_class=lab.lb_class
-    )
+    lab.service("contested")
     wait_for(lambda: ingress(lab.core, lab.namespace).get("contested"), what="an allocation")
     stop = threading.Event()
 
@@ -254,16 +222,7 @@ def test_another_controller_rewriting_status_is_reported_not_fought(lab: Lab) ->
 def test_shared_ip_is_announced_while_any_sharer_wants_it(lab: Lab) -> None:
     a = lab.node("a")
     for name, port, app in (("web", 80, "web"), ("dns", 53, "dns")):
-        create_lb_service(
-            lab.core,
-            lab.namespace,
-            name,
-            selector={"app": app},
-            policy="Cluster",
-            lb_class=lab.lb_class,
-            port=port,
-            annotations={"l3lb.io/allow-shared-ip": "edge"},
-        )
+        lab.service(name, selector={"app": app}, port=port, annotations={"l3lb.io/allow-shared-ip": "edge"})
     got = wait_ingress(lab, lambda g: g.get("web") and g.get("dns"), "both Services to get an IP")
     assert got["web"] == got["dns"], got
     ip = got["web"][0]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from kubelet import wait_for
-from lab import Frr, Lab
+from lab import Frr, Lab, nix_eval, nix_list
 from netns import NetNS
 from testenv import ControlPlane
 
@@ -26,21 +26,6 @@ from l3lb.frr import check_config
 
 REPO = Path(__file__).resolve().parent.parent
 NIX_FILES = sorted(str(p.relative_to(REPO)) for p in REPO.rglob("*.nix") if ".venv" not in p.parts)
-
-
-def nix_eval(expr: str) -> object:
-    out = subprocess.run(
-        ["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out)
-
-
-def nix_list(items: list[str]) -> str:
-    return "[ " + " ".join(json.dumps(i) for i in items) + " ]"
 
 
 @pytest.mark.parametrize("path", NIX_FILES)

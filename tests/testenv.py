@@ -35,6 +35,7 @@ CONTROLLERS = (
     "namespace-controller,serviceaccount-controller"
 )
 SERVICE_CIDRS = "10.96.0.0/16,fd00:96::/112"
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 
 
 def versions() -> dict[str, str]:
@@ -83,6 +84,29 @@ def free_port() -> int:
 
 def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _issue(pki: Path, name: str, subject: str, extfile: str | None = None) -> None:
+    """A key and a certificate signed by the test CA: ``pki/name.key``, ``pki/name.crt``."""
+    _openssl("req", *EC_KEY, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=pki)
+    ext = ["-extfile", extfile] if extfile else []
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        *ext,
+        "-out",
+        f"{name}.crt",
+        cwd=pki,
+    )
 
 
 def _die_with_parent() -> None:
@@ -373,11 +397,10 @@ class ControlPlane:
     def _make_pki(self) -> None:
         pki = self.pki
         pki.mkdir(exist_ok=True)
-        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         _openssl(
             "req",
             "-x509",
-            *ec,
+            *EC_KEY,
             "-keyout",
             "ca.key",
             "-out",
@@ -389,27 +412,7 @@ class ControlPlane:
             cwd=pki,
         )
         (pki / "server.ext").write_text("subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n")
-        _openssl(
-            "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=kube-apiserver", cwd=pki
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "3650",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-            cwd=pki,
-        )
+        _issue(pki, "server", "/CN=kube-apiserver", "server.ext")
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
@@ -428,38 +431,7 @@ class ControlPlane:
         """
         assert self.state is not None
         pki = self.pki
-        subj = "".join(f"/O={g}" for g in groups) + f"/CN={user}"
-        _openssl(
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            f"{user}.key",
-            "-out",
-            f"{user}.csr",
-            "-subj",
-            subj,
-            cwd=pki,
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{user}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "3650",
-            "-out",
-            f"{user}.crt",
-            cwd=pki,
-        )
+        _issue(pki, user, "".join(f"/O={g}" for g in groups) + f"/CN={user}")
         path = path or self.dir / f"{user}.kubeconfig"
         path.write_text(
             kubeconfig(
