@@ -103,12 +103,13 @@ def serve(
     if elector is not None:
         elector.start(stop)
     agent.run(stop)
-    if elector is not None:
-        elector.release()
+    # Routes first (they carry traffic), then the Lease (a successor then takes over in seconds).
     if config.keep_on_exit or config.dry_run:
         log.info("leaving the addresses in place")
     else:
         agent.withdraw_all()
+    if elector is not None:
+        elector.release()
     for r in reflectors:
         r.stop()
     if health is not None:
