@@ -21,13 +21,12 @@ from .apply import AddressTable, NetlinkTable, Plan, Present, plan
 from .config import Config
 from .decide import NOT_WANTED
 from .metrics import Metrics
-from .model import Key, Service, fmt_key
+from .model import NODE, SERVICES, SLICES, Key, Service, fmt_key
 from .systemd import Notifier
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
 
-SERVICES, SLICES, NODE = "services", "endpointslices", "node"
 RETRY_INTERVAL = 1.0
 LOOP_STUCK_AFTER = 30.0
 STRAY = "stray"

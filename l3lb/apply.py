@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -168,7 +167,7 @@ class NetlinkTable:
                                 on_change("del", item[0], None)
                             elif msg["event"] == "RTM_NEWADDR":
                                 on_change("add", item[0], item[1])
-            except (OSError, socket.error) as err:  # noqa: UP024
+            except OSError as err:
                 log.warning("netlink monitor failed, restarting: %s", err)
                 on_change("resync", "", None)
                 time.sleep(1)

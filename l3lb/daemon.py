@@ -9,14 +9,14 @@ import threading
 
 import click
 
-from .agent import NODE, SERVICES, SLICES, Agent
+from .agent import Agent
 from .allocator import Allocator
 from .apply import InterfaceMissing, MemoryTable, NetlinkTable
 from .config import Config
 from .kube import Api, load_client
 from .leader import LeaderElector
 from .metrics import HealthServer, Metrics
-from .model import node_entry, service_entry, slice_entry
+from .model import watched
 from .systemd import Notifier
 from .watch import Reflector
 from .writer import Writer
@@ -57,33 +57,8 @@ def serve(
             metrics.api_errors.labels(resource).inc()
 
     reflectors = [
-        Reflector(
-            SERVICES,
-            api,
-            "/api/v1/services",
-            service_entry,
-            agent.sink,
-            field_selector="spec.type=LoadBalancer",
-            on_restart=on_restart,
-        ),
-        Reflector(
-            SLICES,
-            api,
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            slice_entry(config.node_name),
-            agent.sink,
-            label_selector="kubernetes.io/service-name",
-            on_restart=on_restart,
-        ),
-        Reflector(
-            NODE,
-            api,
-            "/api/v1/nodes",
-            node_entry,
-            agent.sink,
-            field_selector=f"metadata.name={config.node_name}",
-            on_restart=on_restart,
-        ),
+        Reflector(resource, api, path, parse, agent.sink, selectors=selectors, on_restart=on_restart)
+        for resource, (path, selectors, parse) in watched(config.node_name).items()
     ]
     agent.watched = reflectors
     health = None

@@ -262,7 +262,7 @@ class Doctor:
             f"bgpd runs with {peers} established BGP session(s)",
             "" if peers else "check the BGP sessions to the upstream routers",
         )
-        missing = check_config(self.vtysh.run("show running-config") or "", self.config.prefixes).missing
+        missing = check_config(self.vtysh.run("show running-config") or "", self.config.prefixes)
         for item in missing:
             yield Result(
                 "frr",

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
 from typing import Any
 
 from .config import Network
@@ -61,15 +60,11 @@ class Vtysh:
         )
 
 
-@dataclass(frozen=True)
-class ConfigCheck:
-    missing: list[str]
-    """What is missing, one phrase per item; empty when the configuration is complete."""
-
-
-def check_config(running: str, prefixes: tuple[Network, ...]) -> ConfigCheck:
+def check_config(running: str, prefixes: tuple[Network, ...]) -> list[str]:
     """Checks that every prefix is matched (host routes only) by a prefix-list, used by a permit route-map,
-    that is applied by ``redistribute connected`` in the right address family under ``router bgp``."""
+    that is applied by ``redistribute connected`` in the right address family under ``router bgp``.
+
+    Returns what is missing, one phrase per item: empty when the configuration is complete."""
     lists: dict[str, list[tuple[str, int | None]]] = {}
     route_maps: dict[str, set[str]] = {}
     redistributed: dict[str, set[str]] = {"ipv4": set(), "ipv6": set()}
@@ -118,4 +113,4 @@ def check_config(running: str, prefixes: tuple[Network, ...]) -> ConfigCheck:
                 f"'redistribute connected route-map {sorted(maps)[0]}' under "
                 f"address-family {fam} unicast ({net})"
             )
-    return ConfigCheck(missing)
+    return missing

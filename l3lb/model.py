@@ -169,3 +169,24 @@ def slice_entry(node_name: str) -> Callable[[dict[str, Any]], tuple[Key, SliceSu
 
 def node_entry(obj: dict[str, Any]) -> tuple[Key, Node]:
     return key_of(obj), parse_node(obj)
+
+
+SERVICES, SLICES, NODE = "services", "endpointslices", "node"
+
+
+Parse = Callable[[dict[str, Any]], tuple[Key, Any]]
+"""Turns an API object into (key, small value), in the watch thread, so raw objects never reach the loop."""
+
+
+def watched(node_name: str) -> dict[str, tuple[str, dict[str, str], Parse]]:
+    """What the agent lists and watches, by resource: (collection path, selectors, parse). The agent's
+    watches and ``l3lb status`` read the same."""
+    return {
+        SERVICES: ("/api/v1/services", {"fieldSelector": "spec.type=LoadBalancer"}, service_entry),
+        SLICES: (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            {"labelSelector": SERVICE_NAME_LABEL},
+            slice_entry(node_name),
+        ),
+        NODE: ("/api/v1/nodes", {"fieldSelector": f"metadata.name={node_name}"}, node_entry),
+    }

@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .config import Config
-from .decide import Counts, decide_service, is_ours, node_reason
+from .decide import Counts
 from .frr import Vtysh
 from .kube import Api, pages
-from .model import Key, Node, fmt_key, node_entry, parse_service, parse_slice
+from .model import NODE, SERVICES, SLICES, fmt_key, watched
+from .tracker import Tracker
 
 
 @dataclass
@@ -29,36 +30,27 @@ class Row:
     """Per IP: {"rib": connected route in zebra, "peers": BGP peers it is advertised to}."""
 
 
-def snapshot(api: Api, config: Config) -> tuple[dict[Key, Any], dict[Key, Counts], Node | None]:
-    """One consistent-enough read of what the agent watches: our Services, endpoint counts, the Node."""
-    services = {}
-    for page in pages(api, "/api/v1/services", {"fieldSelector": "spec.type=LoadBalancer"}):
-        for obj in page.get("items") or []:
-            svc = parse_service(obj)
-            if is_ours(svc, config):
-                services[svc.key] = svc
-    counts: dict[Key, Counts] = {}
-    for page in pages(
-        api, "/apis/discovery.k8s.io/v1/endpointslices", {"labelSelector": "kubernetes.io/service-name"}
-    ):
-        for obj in page.get("items") or []:
-            s = parse_slice(obj, config.node_name)
-            if s.service is not None:
-                c = counts.get(s.service, Counts())
-                counts[s.service] = Counts(c.ready + s.ready, c.local_ready + s.local_ready)
-    nodes = api.get_json("/api/v1/nodes", query={"fieldSelector": f"metadata.name={config.node_name}"})
-    items = nodes.get("items") or []
-    return services, counts, node_entry(items[0])[1] if items else None
+def snapshot(api: Api, config: Config) -> Tracker:
+    """One read of what the agent watches, decided by the agent's own Tracker."""
+    lists = {
+        resource: [parse(obj) for page in pages(api, path, selectors) for obj in page.get("items") or []]
+        for resource, (path, selectors, parse) in watched(config.node_name).items()
+    }
+    tracker = Tracker(config)
+    tracker.replace_services(lists[SERVICES])
+    tracker.replace_slices(lists[SLICES])
+    tracker.set_node(lists[NODE][0][1] if lists[NODE] else None)
+    tracker.update()
+    return tracker
 
 
 def collect(api: Api, config: Config, *, present: set[str] | None, vtysh: Vtysh | None) -> list[Row]:
-    services, counts, node = snapshot(api, config)
-    why = node_reason(node)
+    tracker = snapshot(api, config)
     rows = []
-    for key in sorted(services):
-        svc = services[key]
-        c = counts.get(key, Counts())
-        d = decide_service(svc, c, why, config)
+    for key in sorted(tracker.services):
+        svc = tracker.services[key]
+        c = tracker.counts.get(key, Counts())
+        d = tracker.decisions[key]
         row = Row(
             fmt_key(key),
             list(svc.ingress_ips),

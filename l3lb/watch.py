@@ -23,11 +23,10 @@ from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from .kube import Api, api_message, pages
+from .model import Parse
 
 log = logging.getLogger(__name__)
 
-Parse = Callable[[dict[str, Any]], tuple[Any, Any]]
-"""Turns an API object into (key, small value) in the watch thread, so raw objects never reach the loop."""
 Sink = Callable[[str, str, Any], None]
 """Receives (resource, "REPLACE", [(key, value), ...]) after each (re)list,
 then (resource, "SET" | "DELETE", (key, value)) per event; a DELETE's value is the object's last state."""
@@ -65,8 +64,7 @@ class Reflector:
         parse: Parse,
         sink: Sink,
         *,
-        field_selector: str | None = None,
-        label_selector: str | None = None,
+        selectors: dict[str, str] | None = None,
         watch_timeout: tuple[int, int] = (60, 120),
         connect_timeout: float = 5.0,
         backoff: Backoff | None = None,
@@ -77,7 +75,7 @@ class Reflector:
         self.url_path = url_path
         self.parse = parse
         self.sink = sink
-        self.selectors = {"fieldSelector": field_selector, "labelSelector": label_selector}
+        self.selectors = dict(selectors or {})
         self.watch_timeout = watch_timeout
         self.connect_timeout = connect_timeout
         self.backoff = backoff or Backoff()

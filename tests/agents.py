@@ -22,6 +22,25 @@ from netns import ApiRelay, NetNS
 _prefixes = itertools.count(1)
 
 
+def agent_argv(
+    prefixes: list[str], node: str, kubeconfig: Path, lease_namespace: str, *extra: str
+) -> list[str]:
+    """``l3lb run`` as a simulated node runs it, under the given identity and Lease namespace."""
+    argv = [sys.executable, "-m", "l3lb", "run"]
+    for prefix in prefixes:
+        argv += ["--prefix", prefix]
+    return [
+        *argv,
+        "--node-name",
+        node,
+        "--kubeconfig",
+        str(kubeconfig),
+        "--lease-namespace",
+        lease_namespace,
+        *extra,
+    ]
+
+
 @dataclass
 class SimNode:
     name: str
@@ -119,27 +138,19 @@ class Lab:
         create_node(self.core, name, ready=ready, labels=labels)
         ns = NetNS(self.workdir)
         self.relay.attach(ns)
-        argv = [
-            sys.executable,
-            "-m",
-            "l3lb",
-            "run",
-            "--prefix",
-            self.prefix,
-            *(("--prefix", self.prefix6) if self.dual else ()),
-            "--node-name",
+        prefixes = [self.prefix, self.prefix6] if self.dual else [self.prefix]
+        argv = agent_argv(
+            prefixes,
             name,
-            "--kubeconfig",
-            str(self.kubeconfig),
+            self.kubeconfig,
+            self.namespace,
             "--load-balancer-class",
             self.lb_class,
             "--no-default-class",
-            "--lease-namespace",
-            self.namespace,
             "--log-level",
             "debug",
             *args,
-        ]
+        )
         node = SimNode(name, ns, argv)
         self.nodes.append(node)
         return node.start() if start else node

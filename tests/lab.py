@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents import agent_argv
 from kubelet import cordon, create_lb_service, create_node, create_pod, grant_leases, set_pod_ready
 from kubernetes import client, config, utils
 from netns import ApiRelay, NetlinkWatch, NetNS, ip
@@ -294,22 +295,7 @@ class Lab:
         self.router = self._netns(logs)
         self.client = self._netns(logs)
         r = self.router.name
-        ip(
-            "-n",
-            r,
-            "link",
-            "add",
-            "eth-c",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth-r",
-            "netns",
-            self.client.name,
-        )
-        ip("-n", r, "link", "set", "eth-c", "up")
-        ip("-n", self.client.name, "link", "set", "eth-r", "up")
+        self.router.veth("eth-c", self.client, "eth-r")
         ip("-n", r, "addr", "add", f"{ROUTER_CLIENT_IP}/24", "dev", "eth-c")
         ip("-n", self.client.name, "addr", "add", f"{CLIENT_IP}/24", "dev", "eth-r")
         ip("-n", self.client.name, "route", "add", "default", "via", ROUTER_CLIENT_IP)
@@ -340,40 +326,12 @@ class Lab:
         name = f"node{i}"
         ns = self._netns(logs)
         uplink = f"eth-n{i}"
-        ip(
-            "-n",
-            self.router.name,
-            "link",
-            "add",
-            uplink,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth-r",
-            "netns",
-            ns.name,
-        )
-        ip("-n", self.router.name, "link", "set", uplink, "up")
-        ip("-n", ns.name, "link", "set", "eth-r", "up")
+        self.router.veth(uplink, ns, "eth-r")
         assert self.relay is not None
         self.relay.attach(ns)
-        argv = [
-            sys.executable,
-            "-m",
-            "l3lb",
-            "run",
-            "--prefix",
-            PREFIX,
-            "--node-name",
-            name,
-            "--kubeconfig",
-            str(kubeconfig),
-            "--address-lifetime",
-            str(self.address_lifetime),
-            "--lease-namespace",
-            NAMESPACE,
-        ]
+        argv = agent_argv(
+            [PREFIX], name, kubeconfig, NAMESPACE, "--address-lifetime", str(self.address_lifetime)
+        )
         node = LabNode(name, i, ns, Frr(ns, self.workdir / f"frr-{name}"), uplink, argv)
         bgpd = (
             f"frr defaults datacenter\nhostname {name}\n!\nrouter bgp {node.asn}\n"

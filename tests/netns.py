@@ -74,6 +74,26 @@ class NetNS:
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(argv), check=check, capture_output=True, text=True, timeout=timeout)
 
+    def veth(self, name: str, peer: NetNS, peer_name: str) -> None:
+        """A veth pair created inside this namespace with its peer end placed straight into ``peer`` (so it
+        never appears in the root namespace), both ends up."""
+        ip(
+            "-n",
+            self.name,
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "netns",
+            peer.name,
+        )
+        ip("-n", self.name, "link", "set", name, "up")
+        ip("-n", peer.name, "link", "set", peer_name, "up")
+
     def sysctl(self, key: str, value: str) -> None:
         self.run(["sysctl", "-qw", f"{key}={value}"])
 

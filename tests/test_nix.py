@@ -73,7 +73,7 @@ def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> None:
 
         def complete() -> str | None:
             running = frr.vtysh("show running-config")
-            return running if not check_config(running, prefixes).missing else None
+            return running if not check_config(running, prefixes) else None
 
         running = wait_for(complete, what="bgpd to load the whole snippet")
     for line in snippet.splitlines():
