@@ -1,36 +1,36 @@
-# The two commands a newcomer needs: `make demo` and `make test`.
-PY ?= .venv/bin/python
+# The two commands a newcomer needs: `make demo` and `make test`. Each does its own set-up first
+# (setup/setup.sh: Debian packages, control plane binaries, virtualenv), doing only what is missing.
+PY := .venv/bin/python
+SETUP := bash setup/setup.sh
+SOURCES := l3lb tests bench demo nixos
 
-.PHONY: demo test lint unit bench control-plane venv
-
-venv: $(PY)
-$(PY):
-	python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-
-control-plane:
-	bash tests/build-control-plane.sh
-
-lint: $(PY)
-	$(PY) -m ruff check l3lb tests bench demo nixos
-	$(PY) -m ruff format --check l3lb tests bench demo nixos
-
-# The whole suite: unit and property tests, then the real control plane and network namespaces (as root).
-test: $(PY) lint control-plane
-	$(PY) -m pytest -q -p no:cacheprovider
-
-# Only what needs neither root nor the control plane.
-unit: $(PY)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not cluster and not root"
+.PHONY: demo test lint unit bench
 
 # The whole path on one machine, narrated (root): control plane, 3 nodes with FRR and l3lb, router, client.
-demo: $(PY)
-	$(PY) demo/demo.py
+demo:
+	@$(SETUP) demo
+	@$(PY) demo/demo.py
+
+# The whole suite: lint, unit and property tests, then the real control plane and network namespaces.
+test:
+	@$(SETUP) test
+	$(PY) -m ruff check $(SOURCES)
+	$(PY) -m ruff format --check $(SOURCES)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint:
+	@$(SETUP) unit
+	$(PY) -m ruff check $(SOURCES)
+	$(PY) -m ruff format --check $(SOURCES)
+
+# Only what needs neither root nor the control plane.
+unit:
+	@$(SETUP) unit
+	$(PY) -m pytest -q -p no:cacheprovider -m "not cluster and not root"
 
 # Benchmarks (root): the agent at scale, the allocator, convergence through FRR. Results in bench/results/.
-bench: $(PY) control-plane
-	$(PY) -m pip install -q -e '.[test,bench]'
+bench:
+	@$(SETUP) bench
 	$(PY) bench/agent.py
 	$(PY) bench/allocation.py
 	$(PY) bench/convergence.py

@@ -1,6 +1,6 @@
 """A throwaway, real Kubernetes control plane for l3lb's tests: etcd, kube-apiserver, kube-controller-manager.
 
-The binaries are built from the Go module proxy once per version (``tests/build-control-plane.sh``) and
+The binaries are built from the Go module proxy once per version (``setup/build-control-plane.sh``) and
 cached outside the work tree. Each start is fresh: loopback only, free ports, a new data dir, self-signed
 certificates, RBAC on, an admin identity, and ``identity()`` to mint more (client certificates: CN = user,
 O = groups). The same code serves pytest fixtures and the shell::
@@ -63,7 +63,9 @@ def binaries() -> dict[str, Path]:
         "kube-controller-manager": cache / f"kube-{v['KUBE_VERSION']}" / "kube-controller-manager",
     }
     if not all(p.exists() for p in paths.values()):
-        subprocess.run(["bash", str(HERE / "build-control-plane.sh")], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["bash", str(HERE.parent / "setup" / "build-control-plane.sh")], check=True, stdout=subprocess.DEVNULL
+        )
     return paths
 
 
