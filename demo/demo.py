@@ -8,8 +8,11 @@ about, prints a table of what the router and the client saw, and tears everythin
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +31,37 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    from lab import VIP, Lab
-    from testenv import binaries, interrupt_on_sigterm
+    from testenv import interrupt_on_sigterm
 
     interrupt_on_sigterm()
     start = time.monotonic()
+    # Everything the demo and its processes write goes into one scratch folder, removed at the end.
+    scratch = Path(tempfile.mkdtemp(prefix="l3lb-demo-"))
+    tempfile.tempdir = os.environ["TMPDIR"] = str(scratch)
+    before = machine_state(scratch)
+    try:
+        rows = walk_through()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print()
+    header = ("event", "nodes announcing", "router next hops", "client (20 flows)", "convergence ms")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    for r in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    took = time.monotonic() - start
+    left = machine_state(scratch) - before
+    if left:
+        print(f"\nDone in {took:.0f}s, but these were left behind: {', '.join(sorted(left))}")
+        return 1
+    print(f"\nDone in {took:.0f}s; nothing left behind (network namespaces, processes, /tmp).")
+    return 0
+
+
+def walk_through() -> list[tuple[str, str, str, str, str]]:
+    """The scenarios on the lab; one row per step for the table."""
+    from lab import VIP, Lab
+    from testenv import binaries
+
     binaries()  # already built by make demo's set-up; this builds them when demo.py is run directly
     rows: list[tuple[str, str, str, str, str]] = []
     with Lab(3, address_lifetime=LIFETIME, log=lambda m: say("  " + m)) as lab:
@@ -106,13 +135,29 @@ def main() -> int:
             set(),
         )
         say("Tearing down...")
-    print()
-    header = ("event", "nodes announcing", "router next hops", "client (20 flows)", "convergence ms")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
-    for r in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    print(f"\nDone in {time.monotonic() - start:.0f}s; nothing left behind.")
-    return 0
+    return rows
+
+
+def machine_state(scratch: Path) -> set[str]:
+    """What the demo could leave behind: network namespaces, entries in /tmp, and processes that run in a
+    network namespace other than the root one or name the demo's scratch folder in their command line."""
+    found = {
+        f"netns {n.split()[0]}"
+        for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines()
+        if n.strip()
+    }
+    found |= {f"{scratch.parent}/{e}" for e in os.listdir(scratch.parent)} - {str(scratch)}
+    root_ns = os.readlink("/proc/1/ns/net")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            if int(pid) != os.getpid() and (
+                os.readlink(f"/proc/{pid}/ns/net") != root_ns or str(scratch) in cmd
+            ):
+                found.add(f"process {pid} ({cmd[:60]})")
+        except OSError:
+            continue
+    return found
 
 
 def say(msg: str) -> None:

@@ -1,5 +1,5 @@
 # The l3lb package: a Python application built from pyproject.toml (setuptools backend). The check phase
-# runs the tests that need neither root nor a control plane (unit and property tests).
+# runs the unit and property tests.
 { lib, python3Packages }:
 let
   pyproject = builtins.fromTOML (builtins.readFile ../pyproject.toml);
@@ -24,13 +24,14 @@ python3Packages.buildPythonApplication {
     pyyaml
   ];
 
+  # A plain `pytest`: the tests that need root, the control plane binaries, FRR or nix-instantiate skip
+  # themselves inside the build sandbox (tests/conftest.py says why), so the check phase needs no flags.
+  # A flag list would reach the hook space-joined and be split again (no __structuredAttrs):
+  # tests/test_nix.py fails on any list element with a space.
   nativeCheckInputs = with python3Packages; [
     hypothesis
     pytestCheckHook
   ];
-  pytestFlags = [ "-m" "not cluster and not root" "-p" "no:cacheprovider" ];
-  # They evaluate the Nix files with nix-instantiate and read the flake: not possible inside a build.
-  disabledTestPaths = [ "tests/test_nix.py" ];
 
   pythonImportsCheck = [ "l3lb" ];
 

@@ -2,7 +2,7 @@
 # The set-up behind `make demo`, `make test`, `make unit`, `make bench` and CI, on a fresh Debian machine
 # as much as on a warm one: it does only what is missing, one line per step.
 #   setup/setup.sh demo|test|unit|bench
-# - demo and bench need root; without it they stop at once.
+# - demo, test and bench need root (network namespaces, FRR); without it they stop at once.
 # - the Debian packages of setup/debian-packages (all but unit): installed as root, otherwise one line
 #   naming what is missing and the command that installs it, and exit 1;
 # - the control plane binaries (test, demo, bench): setup/build-control-plane.sh;
@@ -11,8 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 job=${1:?usage: setup/setup.sh demo|test|unit|bench}
 case $job in
-demo | bench) needs_root=1 packages=1 control_plane=1 ;;
-test) needs_root=0 packages=1 control_plane=1 ;;
+demo | test | bench) needs_root=1 packages=1 control_plane=1 ;;
 unit) needs_root=0 packages=0 control_plane=0 ;;
 *) echo "setup: unknown job '$job' (demo, test, unit or bench)" >&2 && exit 2 ;;
 esac
@@ -37,7 +36,7 @@ if [ "$root" = 0 ]; then
   if [ "$needs_root" = 1 ]; then
     also=""
     [ ${#missing[@]} -gt 0 ] && also=" and the Debian packages ${missing[*]}, which it installs"
-    echo "make $job needs root (it creates network namespaces and runs FRR in them)$also: run sudo make $job" >&2
+    echo "make $job needs root (network namespaces, FRR)$also: run sudo make $job" >&2
     exit 1
   fi
   if [ ${#missing[@]} -gt 0 ]; then

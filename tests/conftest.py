@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from agents import Lab
 from kubernetes import client, config, utils
+from lab import FRR
 from lab import Lab as FrrLab
 from netns import ApiRelay, sweep_stale
-from testenv import ControlPlane, interrupt_on_sigterm
+from testenv import NIXPKGS_LIB, ControlPlane, cache_dir, interrupt_on_sigterm, versions
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -23,12 +25,48 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         sweep_stale()
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _binaries_built() -> bool:
+    v = versions()
+    kube, etcd = cache_dir() / f"kube-{v['KUBE_VERSION']}", cache_dir() / f"etcd-{v['ETCD_VERSION']}"
+    return all(p.exists() for p in (kube / "kube-apiserver", kube / "kube-controller-manager", etcd / "etcd"))
+
+
+# What each marker needs, checked once per session: a test whose needs are not met skips itself with the
+# reason, so that a plain `pytest` runs anywhere (the Nix package's check phase is one). `make test` sets
+# L3LB_REQUIRE_ALL=1, which turns any such skip into an error: the full suite must really run there.
+REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
+    "root": (
+        lambda: os.geteuid() == 0 and all(shutil.which(t) for t in ("ip", "socat")),
+        "needs root with ip and socat (network namespaces)",
+    ),
+    "cluster": (_binaries_built, "needs the control plane binaries (make test builds them)"),
+    "frr": (lambda: (FRR / "zebra").exists() and shutil.which("vtysh") is not None, "needs FRR (Debian frr)"),
+    "nix": (
+        lambda: shutil.which("nix-instantiate") is not None and (REPO / "nixos").is_dir(),
+        "needs nix-instantiate and the repository's nixos/ folder",
+    ),
+    "systemd": (lambda: shutil.which("systemd-analyze") is not None, "needs systemd-analyze"),
+    "nixpkgs_lib": (
+        lambda: (NIXPKGS_LIB / "default.nix").is_file(),
+        f"needs nixpkgs' lib/ at {NIXPKGS_LIB} (../shared/nixpkgs-lib, or set L3LB_NIXPKGS_LIB)",
+    ),
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.geteuid() != 0:
-        skip = pytest.mark.skip(reason="needs root for network namespaces")
-        for item in items:
-            if "root" in item.keywords:
-                item.add_marker(skip)
+    unmet = {name: why for name, (met, why) in REQUIREMENTS.items() if not met()}
+    needed = {name for item in items for name in unmet if name in item.keywords}
+    if needed and os.environ.get("L3LB_REQUIRE_ALL") == "1":
+        why = "; ".join(unmet[n] for n in sorted(needed))
+        raise pytest.UsageError(f"L3LB_REQUIRE_ALL=1 but these tests cannot run here: {why}")
+    for item in items:
+        for name in needed:
+            if name in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=unmet[name]))
+                break
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +104,6 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
-
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from kubernetes import client
 from lab import NAMESPACE, VIP, Lab
 from testenv import ControlPlane
 
-pytestmark = [pytest.mark.root, pytest.mark.cluster]
+pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.frr, pytest.mark.nix]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from kubelet import wait_for
 from lab import VIP, Lab
 from testenv import ControlPlane
 
-pytestmark = [pytest.mark.root, pytest.mark.cluster]
+pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.frr, pytest.mark.nix]
 
 
 @pytest.fixture

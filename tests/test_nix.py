@@ -6,7 +6,6 @@ given (L3LB_NIXPKGS_LIB): a local aid, never a stand-in for the checks above."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -19,12 +18,13 @@ import pytest
 from kubelet import wait_for
 from lab import Frr, Lab, nix_eval, nix_list
 from netns import NetNS
-from testenv import ControlPlane
+from testenv import NIXPKGS_LIB, ControlPlane
 
 from l3lb.config import parse_prefixes
 from l3lb.frr import check_config
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.nix
 NIX_FILES = sorted(str(p.relative_to(REPO)) for p in REPO.rglob("*.nix") if ".venv" not in p.parts)
 
 
@@ -63,6 +63,7 @@ FRR_PREFIXES = ["10.0.100.0/24", "fd00:100::/64", "10.0.200.7/32"]
 
 
 @pytest.mark.root
+@pytest.mark.frr
 def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> None:
     """Both families and a host-length prefix: FRR keeps every line (it drops what it rejects)."""
     snippet = nix_eval(f"import ./nixos/frr.nix {{ prefixes = {nix_list(FRR_PREFIXES)}; asn = 65101; }}")
@@ -83,6 +84,7 @@ def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> None:
 
 @pytest.mark.root
 @pytest.mark.cluster
+@pytest.mark.frr
 def test_frr_snippet_advertises_only_host_routes_inside_the_prefix(frr_lab: Lab) -> None:
     """In the lab every node runs the snippet: a /32 inside the prefix reaches the router; one outside,
     and a /26 inside, do not."""
@@ -147,10 +149,9 @@ def render_unit(settings: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.systemd
 @pytest.mark.parametrize("allowed", [None, ["localhost"]])
 def test_unit_is_hardened(tmp_path: Path, allowed: list[str] | None) -> None:
-    if not shutil.which("systemd-analyze"):
-        pytest.skip("systemd-analyze not installed")
     allowed_nix = "null" if allowed is None else nix_list(allowed)
     settings = nix_eval(
         'import ./nixos/service.nix { execStart = "/run/current-system/sw/bin/l3lb run"; '
@@ -173,10 +174,7 @@ def test_unit_is_hardened(tmp_path: Path, allowed: list[str] | None) -> None:
     assert float(m.group(1)) <= 1.5, out.stdout
 
 
-# ---- the module itself, against nixpkgs' lib (local aid)
-NIXPKGS_LIB = os.environ.get("L3LB_NIXPKGS_LIB")
-
-
+# ---- the module itself, against nixpkgs' lib
 def eval_module(settings: str) -> dict:
     result = nix_eval(
         f"import ./tests/nix/eval-module.nix {{ libPath = {NIXPKGS_LIB}; settings = {settings}; }}"
@@ -185,9 +183,7 @@ def eval_module(settings: str) -> dict:
     return result
 
 
-@pytest.mark.skipif(
-    not NIXPKGS_LIB, reason="set L3LB_NIXPKGS_LIB to a copy of nixpkgs' lib/ to evaluate the module"
-)
+@pytest.mark.nixpkgs_lib
 def test_module_on_a_k3s_agent_and_server() -> None:
     agent = eval_module(
         '{ networking.hostName = "n1"; services.k3s = { enable = true; role = "agent"; }; '
@@ -218,9 +214,7 @@ def test_module_on_a_k3s_agent_and_server() -> None:
     assert server["variables"]["L3LB_PREFIX"] == "10.0.100.0/24,fd00:100::/64"
 
 
-@pytest.mark.skipif(
-    not NIXPKGS_LIB, reason="set L3LB_NIXPKGS_LIB to a copy of nixpkgs' lib/ to evaluate the module"
-)
+@pytest.mark.nixpkgs_lib
 def test_module_assertions_say_what_to_fix() -> None:
     bad = eval_module('{ services.l3lb = { enable = true; prefix = "10.0.100.0"; frr.enable = true; }; }')
     messages = " ".join(bad["failedAssertions"])

@@ -49,6 +49,10 @@ def versions() -> dict[str, str]:
     return out
 
 
+# nixpkgs' own lib/, beside the repository in CI and on the development machines (../shared/nixpkgs-lib).
+NIXPKGS_LIB = Path(os.environ.get("L3LB_NIXPKGS_LIB", HERE.parent.parent / "shared" / "nixpkgs-lib" / "lib"))
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("L3LB_TESTENV_CACHE", Path.home() / ".cache" / "l3lb-testenv"))
 
@@ -63,9 +67,8 @@ def binaries() -> dict[str, Path]:
         "kube-controller-manager": cache / f"kube-{v['KUBE_VERSION']}" / "kube-controller-manager",
     }
     if not all(p.exists() for p in paths.values()):
-        subprocess.run(
-            ["bash", str(HERE.parent / "setup" / "build-control-plane.sh")], check=True, stdout=subprocess.DEVNULL
-        )
+        build = HERE.parent / "setup" / "build-control-plane.sh"
+        subprocess.run(["bash", str(build)], check=True, stdout=subprocess.DEVNULL)
     return paths
 
 
