@@ -29,6 +29,8 @@ let
   onK3sAgent = (k3s.enable or false) && (k3s.role or "server") == "agent" && cfg.kubeconfig == defaultKubeconfig;
   credentialFiles = cfg.kubeconfigFiles;
 
+  wantedBy = if (k3s.enable or false) then "k3s.service" else "multi-user.target";
+
   loopback = a: a == "127.0.0.1" || a == "::1" || a == "localhost";
 
   args = import ./args.nix {
@@ -220,15 +222,28 @@ in
         after = [ "network-online.target" ] ++ lib.optional (k3s.enable or false) "k3s.service";
         # Stopped and restarted with k3s, so its addresses are withdrawn when k3s stops.
         partOf = lib.optional (k3s.enable or false) "k3s.service";
-        wantedBy = [ (if (k3s.enable or false) then "k3s.service" else "multi-user.target") ];
-        # On a k3s agent the kubeconfig appears only after k3s started: keep retrying until it does.
-        startLimitIntervalSec = 0;
+        wantedBy = [ wantedBy ];
+        # On a k3s agent, k3s.service is Type=exec and writes the kubeconfig some seconds after it started.
+        # Until the file exists a start is skipped (an unmet condition, not a failure: LoadCredential= of a
+        # missing file would fail the unit), and l3lb.path starts the unit when the file appears.
+        unitConfig.ConditionPathExists = cfg.kubeconfig;
         serviceConfig = import ./service.nix {
           execStart = "${lib.getExe cfg.package} ${lib.escapeShellArgs args}";
           credentials = [ "kubeconfig:${cfg.kubeconfig}" ]
             ++ map (f: "${baseNameOf f}:${f}") credentialFiles;
           inherit (cfg) allowedIPs;
         };
+      };
+
+      # PathChanged=, not PathExists=: systemd re-checks a path unit's condition whenever the unit it
+      # triggers stops, so with PathExists= `systemctl stop l3lb` would start l3lb again at once.
+      # PathChanged= fires only on a change (the file written or moved into place), never on a re-check.
+      systemd.paths.l3lb = {
+        description = "Start l3lb when its kubeconfig appears";
+        wantedBy = [ wantedBy ];
+        # Watching before k3s starts, so a kubeconfig written right after is not missed.
+        before = lib.optional (k3s.enable or false) "k3s.service";
+        pathConfig = { PathChanged = cfg.kubeconfig; Unit = "l3lb.service"; };
       };
 
       networking.firewall.allowedTCPPorts = lib.optional (cfg.metrics.enable && cfg.metrics.openFirewall) cfg.metrics.port;

@@ -52,12 +52,6 @@ def test_the_whole_tree_has_the_files_the_flake_names() -> None:
     }
 
 
-def test_vm_test_script_compiles() -> None:
-    script = REPO / "nixos" / "tests" / "vm_test.py"
-    compile("VIP = '10.0.100.5'\n" + script.read_text(), str(script), "exec")
-    subprocess.run([sys.executable, "-m", "ruff", "check", str(script)], check=True, capture_output=True)
-
-
 # ---- FRR text on a real FRR
 FRR_PREFIXES = ["10.0.100.0/24", "fd00:100::/64", "10.0.200.7/32"]
 

@@ -62,6 +62,10 @@ with subtest("the agent node passes k3s' kube-proxy kubeconfig and its certifica
     agent.succeed("systemctl show l3lb -p LoadCredential | grep kubeproxy.kubeconfig")
     agent.succeed("systemctl show l3lb -p LoadCredential | grep client-kube-proxy.key")
 
+with subtest("on the agent, l3lb waited for k3s' kubeconfig instead of failing"):
+    agent.succeed("test $(systemctl show l3lb -P NRestarts) = 0")
+    agent.fail("journalctl -u l3lb.service | grep -i 'failed with result'")
+
 with subtest("a LoadBalancer Service with a requested IP is reachable from the client"):
     server.succeed(f"cat > /tmp/echo.yaml <<'EOF'\n{MANIFEST % VIP}\nEOF")
     server.succeed("k3s kubectl apply -f /tmp/echo.yaml")
@@ -89,7 +93,9 @@ with subtest("draining a node withdraws its route"):
     server.succeed("k3s kubectl uncordon agent")
     wait_hops({"eth1", "eth2"})
 
-with subtest("stopping l3lb withdraws its routes"):
+with subtest("stopping l3lb withdraws its routes, and it stays stopped"):
     agent.succeed("systemctl stop l3lb")
     wait_hops({"eth1"})
     agent.succeed(f"! ip -o addr show dev lo | grep -w {VIP}")
+    time.sleep(5)
+    agent.fail("systemctl is-active l3lb")
