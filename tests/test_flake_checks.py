@@ -72,12 +72,13 @@ def bgp_interfaces(frr_config: str) -> set[str]:
 
 
 def test_no_address_is_on_two_nodes() -> None:
-    seen: dict[ipaddress.IPv4Address, str] = {}
+    seen: dict[str, str] = {}
     for name, node in vm_nodes().items():
-        for iface, addrs in addresses(node).items():
-            for a in addrs:
-                assert a.ip not in seen, f"{a.ip} is on {seen[a.ip]} and on {name} {iface}"
-                seen[a.ip] = f"{name} {iface}"
+        for iface, values in node["interfaces"].items():
+            for a in values["addresses"] + values["addresses6"]:
+                ip = str(ipaddress.ip_interface(a).ip)
+                assert ip not in seen, f"{ip} is on {seen[ip]} and on {name} {iface}"
+                seen[ip] = f"{name} {iface}"
 
 
 def test_every_vlan_interface_has_the_frameworks_address_only() -> None:

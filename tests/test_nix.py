@@ -204,7 +204,18 @@ def test_module_on_a_k3s_agent_and_server() -> None:
     assert server["failedAssertions"] == []
     assert server["unit"]["serviceConfig"]["LoadCredential"] == ["kubeconfig:/etc/rancher/k3s/k3s.yaml"]
     assert "--node-name srv" in server["unit"]["serviceConfig"]["ExecStart"]
+    assert server["unit"]["unitConfig"] == {"ConditionPathExists": "/etc/rancher/k3s/k3s.yaml"}
+    assert server["path"]["pathConfig"] == {
+        "PathChanged": "/etc/rancher/k3s/k3s.yaml",
+        "Unit": "l3lb.service",
+    }
     assert server["k3sDisable"] == ["servicelb"] and server["firewall"] == [9655]
+
+    plain = eval_module(
+        '{ services.l3lb = { enable = true; prefix = "10.0.100.0/24"; kubeconfig = "/etc/l3lb/kubeconfig"; }; }'
+    )
+    assert plain["unit"]["wantedBy"] == ["multi-user.target"] and plain["unit"]["partOf"] == []
+    assert plain["path"]["wantedBy"] == ["multi-user.target"] and plain["path"]["before"] == []
     assert server["variables"]["L3LB_PREFIX"] == "10.0.100.0/24,fd00:100::/64"
 
 

@@ -4,7 +4,9 @@
 # - nodes are numbered 1, 2, ... in alphabetical order of their names;
 # - the Nth entry of virtualisation.vlans becomes ethN, with 192.168.<vlan>.<number>/24 defined by the
 #   framework itself as a plain definition, so that a node's own addresses are added to it;
-# - networking.primaryIPAddress is the address of the first VLAN interface; the host name is the node's name;
+# - and 2001:db8:<vlan>::<number>/64 the same way;
+# - networking.primaryIPAddress is the address of the first VLAN interface in attribute-name order; the
+#   host name defaults (mkDefault) to the node's name;
 # - every node module gets `nodes` (the other nodes' configurations) as a module argument.
 # Returns, per node, what the tests check: interfaces, addresses, routes, k3s, FRR and l3lb settings.
 { libPath }:
@@ -21,17 +23,23 @@ let
   names = builtins.attrNames modules; # sorted, as the framework sorts them
   number = name: lib.lists.findFirstIndex (n: n == name) null names + 1;
 
-  framework = name: { config, ... }: {
-    networking.hostName = name;
-    networking.interfaces = builtins.listToAttrs (lib.imap1
-      (i: vlan: {
-        name = "eth${toString i}";
-        value.ipv4.addresses = [ { address = "192.168.${toString vlan}.${toString (number name)}"; prefixLength = 24; } ];
-      })
-      config.virtualisation.vlans);
-    networking.primaryIPAddress =
-      "192.168.${toString (builtins.head config.virtualisation.vlans)}.${toString (number name)}";
-  };
+  framework = name: { config, ... }:
+    let
+      n = toString (number name);
+      interfaces = lib.imap1 (i: vlan: { name = "eth${toString i}"; inherit vlan; }) config.virtualisation.vlans;
+      first = builtins.head (lib.sort (a: b: a.name < b.name) interfaces); # attribute-name order
+    in
+    {
+      networking.hostName = lib.mkDefault name;
+      networking.interfaces = builtins.listToAttrs (map
+        (i: {
+          inherit (i) name;
+          value.ipv4.addresses = [ { address = "192.168.${toString i.vlan}.${n}"; prefixLength = 24; } ];
+          value.ipv6.addresses = [ { address = "2001:db8:${toString i.vlan}::${n}"; prefixLength = 64; } ];
+        })
+        interfaces);
+      networking.primaryIPAddress = "192.168.${toString first.vlan}.${n}";
+    };
 
   evalNode = name: lib.evalModules {
     modules = [
@@ -49,6 +57,7 @@ let
     vlans = c.virtualisation.vlans;
     interfaces = builtins.mapAttrs (_: i: {
       addresses = map (a: "${a.address}/${toString a.prefixLength}") i.ipv4.addresses;
+      addresses6 = map (a: "${a.address}/${toString a.prefixLength}") i.ipv6.addresses;
       routes = map (r: { dst = "${r.address}/${toString r.prefixLength}"; inherit (r) via; }) i.ipv4.routes;
     }) c.networking.interfaces;
     primaryIPAddress = c.networking.primaryIPAddress;
