@@ -212,7 +212,7 @@ def test_module_on_a_k3s_agent_and_server() -> None:
     assert server["k3sDisable"] == ["servicelb"] and server["firewall"] == [9655]
 
     plain = eval_module(
-        '{ services.l3lb = { enable = true; prefix = "10.0.100.0/24"; kubeconfig = "/etc/l3lb/kubeconfig"; }; }'
+        '{ services.l3lb = { enable = true; prefix = "10.0.100.0/24"; kubeconfig = "/etc/l3lb/kc"; }; }'
     )
     assert plain["unit"]["wantedBy"] == ["multi-user.target"] and plain["unit"]["partOf"] == []
     assert plain["path"]["wantedBy"] == ["multi-user.target"] and plain["path"]["before"] == []
