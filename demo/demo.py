@@ -139,14 +139,16 @@ def walk_through() -> list[tuple[str, str, str, str, str]]:
 
 
 def machine_state(scratch: Path) -> set[str]:
-    """What the demo could leave behind: network namespaces, entries in /tmp, and processes that run in a
-    network namespace other than the root one or name the demo's scratch folder in their command line."""
+    """What the demo could leave behind: network namespaces, entries in /tmp and in the home folder, and
+    processes that run in a network namespace other than the root one or name the demo's scratch folder in
+    their command line."""
     found = {
         f"netns {n.split()[0]}"
         for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines()
         if n.strip()
     }
     found |= {f"{scratch.parent}/{e}" for e in os.listdir(scratch.parent)} - {str(scratch)}
+    found |= {f"~/{e}" for e in os.listdir(Path.home())}
     root_ns = os.readlink("/proc/1/ns/net")
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:

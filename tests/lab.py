@@ -143,7 +143,8 @@ class Frr:
         argv = ["vtysh", "--config_dir", str(self.dir), "--vty_socket", str(self.dir)]
         for c in commands:
             argv += ["-c", c]
-        return self.ns.run(argv).stdout
+        # vtysh appends every command to $HOME/.history_frr: keep that in the lab, not in root's home.
+        return self.ns.run(argv, env={**os.environ, "HOME": str(self.dir)}).stdout
 
     def vtysh_json(self, command: str) -> dict:
         return json.loads(self.vtysh(command) or "{}")

@@ -70,9 +70,11 @@ class NetNS:
         return ["ip", "netns", "exec", self.name, *argv]
 
     def run(
-        self, argv: list[str], *, check: bool = True, timeout: float = 30
+        self, argv: list[str], *, check: bool = True, timeout: float = 30, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(argv), check=check, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            self.argv(argv), check=check, capture_output=True, text=True, timeout=timeout, env=env
+        )
 
     def veth(self, name: str, peer: NetNS, peer_name: str) -> None:
         """A veth pair created inside this namespace with its peer end placed straight into ``peer`` (so it
