@@ -149,7 +149,7 @@ def machine_state(scratch: Path) -> set[str]:
     }
     found |= {f"{scratch.parent}/{e}" for e in os.listdir(scratch.parent)} - {str(scratch)}
     found |= {f"~/{e}" for e in os.listdir(Path.home())}
-    root_ns = os.readlink("/proc/1/ns/net")
+    root_ns = os.readlink("/proc/self/ns/net")  # the demo runs in the root network namespace
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
