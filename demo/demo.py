@@ -37,6 +37,7 @@ def main() -> int:
     start = time.monotonic()
     # Everything the demo and its processes write goes into one scratch folder, removed at the end.
     scratch = Path(tempfile.mkdtemp(prefix="l3lb-demo-"))
+    scratch.chmod(0o755)  # FRR runs as user frr and must reach the lab's folders inside
     tempfile.tempdir = os.environ["TMPDIR"] = str(scratch)
     before = machine_state(scratch)
     try:
