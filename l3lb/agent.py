@@ -1,40 +1,46 @@
-"""The agent's loop: watch events in, one sync out. The sync is the only writer to the interface.
+"""The agent's loop: messages in, syncs out. The sync is the only writer to the interface.
 
-Watch threads and the netlink monitor only put messages on one queue. The loop drains the queue (so a
-burst of events costs one sync), records each message in the tracker, and syncs once the Services,
-EndpointSlices and this Node have each been listed at least once: never act on half a picture. A periodic
-resync re-reads the interface, renews address lifetimes and collects strays; a failed sync is retried.
+Watch threads and the netlink monitor only put typed messages in the ``Inbox``. The loop records each in
+the tracker (O(what changed)), and the ``SyncRunner`` says when to sync:
+- a sync of changes plans and applies just the IPs whose decision or presence changed;
+- a full sync (at start, every resync interval, after a failure) plans over every address, renews their
+  lifetimes and collects strays; its renewals are applied in small batches, with events served between
+  them, so a large table never delays an event.
+Nothing is removed until the Services, EndpointSlices and this Node have each been listed once: never act
+on half a picture. The echoes of the agent's own netlink writes never reach the loop (the table drops
+them), so they cost nothing and cannot be mistaken for someone else's change. Service events also go to
+the allocator, which decides and writes status in its own thread.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from .allocator import Allocator
 from .apply import AddressTable, NetlinkTable, Plan, Present, plan
 from .config import Config
 from .decide import NOT_WANTED
 from .metrics import Metrics
-from .model import NODE, SERVICES, SLICES, Key, Service, fmt_key
+from .model import NODE, SERVICES, SLICES, Key, fmt_key
+from .runner import AddressEvent, Inbox, Message, MonitorLost, Sync, SyncRunner, WatchEvent
 from .systemd import Notifier
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
 
-RETRY_INTERVAL = 1.0
 LOOP_STUCK_AFTER = 30.0
+RENEW_BATCH = 200
+"""Renewals applied between two looks at the inbox."""
 STRAY = "stray"
 REPAIR = "repair"
 
 
 class Writer(Protocol):
-    def status(self, key: Key, ips: tuple[str, ...]) -> None: ...
     def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None: ...
 
 
@@ -67,6 +73,7 @@ class Agent:
         notifier: Notifier | None = None,
         allocator: Allocator | None = None,
         clock: Callable[[], float] = time.monotonic,
+        inbox: Inbox | None = None,
     ) -> None:
         self.config = config
         self.table = table
@@ -74,23 +81,25 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.notifier = notifier or Notifier({})
         self.allocator = allocator
-        self.leader = False
+        """Handed every Service watch event: it allocates in its own thread."""
         self.clock = clock
+        self.inbox = inbox or Inbox()
+        self.runner = SyncRunner(clock, self.resync_interval)
         self.tracker = Tracker(config)
-        self.queue: queue.Queue[tuple[str, str, Any, float]] = queue.Queue()
         self.synced: set[str] = set()
         self.present: dict[str, Present] = {}
         self.held: set[str] = set()
         """IPs this agent holds and still wants: re-adding one is a repair."""
+        self._held_v6 = 0
         self.sync_count = 0
         self.watched: Sequence[Watched] = ()
         self.last_loop = clock()
-        self._needs_sync = False
+        self._dirty_ips: set[str] = set()
+        """IPs whose presence changed under us (netlink): planned by the next sync of changes."""
+        self._renewals: collections.deque[str] = collections.deque()
         self._needs_dump = True
-        self._next_resync = 0.0
         self._next_ping = 0.0
         self._batch_start: float | None = None
-        self._allocate = False
 
     @property
     def resync_interval(self) -> float:
@@ -108,141 +117,187 @@ class Agent:
         for w in self.watched:
             if now - w.last_progress > w.stuck_after:
                 return f"watch of {w.resource} without progress for {now - w.last_progress:.0f}s"
+        if isinstance(self.table, NetlinkTable):
+            return self.table.monitor_health()
         return None
 
-    # ---- inputs (called from other threads)
-    def sink(self, resource: str, kind: str, obj: Any) -> None:
-        self.queue.put((resource, kind, obj, self.clock()))
+    # ---- inputs (called from other threads; stop() also from a signal handler)
+    def sink(self, resource: str, kind: str, value: object) -> None:
+        self.inbox.put(WatchEvent(resource, kind, value, self.clock()))
 
     def on_netlink(self, kind: str, ip: str, present: Present | None) -> None:
-        self.queue.put(("netlink", kind, (ip, present), self.clock()))
+        at = self.clock()
+        self.inbox.put(MonitorLost(at) if kind == "lost" else AddressEvent(kind, ip, present, at))
 
-    def on_leader(self, leader: bool) -> None:
-        self.queue.put(("leader", "", leader, self.clock()))
-
-    def stop(self, stop: threading.Event) -> None:
-        """Ends ``run()`` now (from a signal handler): sets ``stop`` and wakes the loop."""
-        stop.set()
-        self.queue.put(("stop", "", None, self.clock()))
+    def stop(self) -> None:
+        """Ends ``run()``. Takes no lock, so a signal handler may call it whatever the loop is doing."""
+        self.inbox.stop()
 
     # ---- the loop
-    def run(self, stop: threading.Event) -> None:
+    def run(self) -> None:
         if isinstance(self.table, NetlinkTable):
             self.table.monitor(self.on_netlink)
-        while not stop.is_set():
-            self.last_loop = now = self.clock()
-            self._ping(now)
-            timeout = max(0.0, self._next_resync - now)
-            try:
-                item = self.queue.get(timeout=min(timeout, 0.5))
-            except queue.Empty:
-                pass
-            else:
-                self._record(*item)
-                while True:
-                    try:
-                        self._record(*self.queue.get_nowait())
-                    except queue.Empty:
-                        break
-            if stop.is_set():
+            self.table.monitoring.wait(5.0)  # so that no change slips between the first dump and the monitor
+        while not self.inbox.stopping:
+            self.last_loop = self.clock()
+            self._ping()
+            timeout = 0.0 if self._renewals else min(self.runner.timeout(), 0.5)
+            messages = self.inbox.wait(timeout)
+            for message in messages:
+                self._record(message)
+            if self.inbox.stopping:
                 break
-            if self.clock() >= self._next_resync:
-                self._needs_dump = self._needs_sync = self._allocate = True
-            if self._needs_sync or self.tracker.pending:
-                self.sync()
+            due = self.runner.due()
+            if due is not None:
+                self.runner.done(due, self.sync(due))
+            elif self._renewals:
+                self._renew_some()
+            if messages and log.isEnabledFor(logging.DEBUG):
+                # "the agent has acted on this event": what tests wait for before asserting an absence
+                shown = "; ".join(map(str, messages[:20]))
+                log.debug(
+                    "handled %s%s", shown, f"; and {len(messages) - 20} more" if len(messages) > 20 else ""
+                )
         self.notifier.send("STOPPING=1")
 
-    def _ping(self, now: float) -> None:
+    def _ping(self) -> None:
         interval = self.notifier.watchdog_interval
+        now = self.clock()
         if interval is not None and now >= self._next_ping:
             self.notifier.send("WATCHDOG=1")
             self._next_ping = now + interval
 
-    def _record(self, resource: str, kind: str, obj: Any, at: float) -> None:
-        t = self.tracker
-        if resource == "stop":
+    # ---- recording: O(the message)
+    def _record(self, m: Message) -> None:
+        if isinstance(m, MonitorLost):
+            self._needs_dump = True
+            self._changed(m.at)
             return
-        if resource == "leader":
-            self.leader = obj
-            self.metrics.leader.set(1 if obj else 0)
-            self._allocate = self._needs_sync = bool(obj)  # a new leader rebuilds from the Services' status
+        if isinstance(m, AddressEvent):
+            if m.kind == "del":
+                if self.present.pop(m.ip, None) is not None and m.ip in self.tracker.announced:
+                    self._dirty_ips.add(m.ip)  # ours, removed by someone else: restore it
+            elif m.present is not None:
+                self.present[m.ip] = m.present
+                if m.ip not in self.tracker.announced and self.config.in_prefix(m.ip):
+                    self._dirty_ips.add(m.ip)  # a stray: collect it
+            if self._dirty_ips:
+                self._changed(m.at)
             return
+        self._record_watch(m)
+        if self.tracker.pending:
+            self._changed(m.at)
+
+    def _changed(self, at: float) -> None:
         if self._batch_start is None:
             self._batch_start = at
-        if resource == "netlink":
-            ip, present = obj
-            if kind == "resync":
-                self._needs_dump = self._needs_sync = True
-            elif kind == "del":
-                if self.present.pop(ip, None) is not None and ip in t.announced:
-                    self._needs_sync = True
-            elif kind == "add" and present is not None:
-                self.present[ip] = present
-                if ip not in t.announced and self.config.in_prefix(ip):
-                    self._needs_sync = True  # a stray: collect it
-            return
-        if kind == "REPLACE":
-            if resource == SERVICES:
-                t.replace_services(obj)
-                self._allocate = True
-            elif resource == SLICES:
-                t.replace_slices(obj)
-            else:
-                t.set_node(obj[0][1] if obj else None)
-            if resource not in self.synced:
-                log.info("initial list of %s done (%d objects)", resource, len(obj))
-            self.synced.add(resource)
-        elif resource == SERVICES:
-            key, svc = obj
-            if kind == "DELETE":
-                self._allocate |= t.delete_service(key)
-                self._release(svc)
-            else:
-                if t.set_service(svc):
-                    self._allocate = True
-                    if self.leader and self.allocator is not None:
-                        self.allocator.observe(svc)
-        elif resource == SLICES:
-            t.delete_slice(obj[0]) if kind == "DELETE" else t.set_slice(*obj)
-        elif resource == NODE:
-            t.set_node(None if kind == "DELETE" else obj[1])
+        self.runner.changed()
 
-    def sync(self) -> None:
-        """Brings the interface to the decision. Before the first full picture, only renews what is there."""
+    def _record_watch(self, m: WatchEvent) -> None:
+        t = self.tracker
+        if m.resource == SERVICES and self.allocator is not None:
+            self.allocator.offer(m)
+        if m.kind == "REPLACE":
+            if m.resource == SERVICES:
+                t.replace_services(m.value)
+            elif m.resource == SLICES:
+                t.replace_slices(m.value)
+            else:
+                t.set_node(m.value[0][1] if m.value else None)
+            if m.resource not in self.synced:
+                log.info("initial list of %s done (%d objects)", m.resource, len(m.value))
+                self.synced.add(m.resource)
+                if len(self.synced) == 3:
+                    self._needs_dump = True  # the first full picture: a full sync, from a fresh dump
+                    self.runner.changed()
+        elif m.resource == SERVICES:
+            key, svc = m.value
+            if m.kind == "DELETE":
+                t.delete_service(key)
+            else:
+                t.set_service(svc)
+        elif m.resource == SLICES:
+            if m.kind == "DELETE":
+                t.delete_slice(m.value[0])
+            else:
+                t.set_slice(*m.value)
+        elif m.resource == NODE:
+            t.set_node(None if m.kind == "DELETE" else m.value[1])
+
+    # ---- syncing
+    def sync(self, kind: Sync = Sync.FULL) -> bool:
+        """Brings the interface to the decision; True on success. Before the first full picture, only
+        renews what is there."""
         started = now = self.clock()
-        self._next_resync = now + self.resync_interval
-        self._needs_sync = False
         try:
-            if self._needs_dump:
-                self.present = self.table.dump()
-                self._needs_dump = False
             if len(self.synced) < 3:
-                # No full picture yet (start-up, or the apiserver is unreachable): keep what is there.
-                self._apply(
-                    plan(
-                        {ip for ip in self.present if self.config.in_prefix(ip)},
-                        self.present,
-                        self.config,
-                        now,
-                    )
-                )
-                return
-            self.tracker.update()
-            wanted = self.tracker.announced
-            if self.sync_count == 0:
-                for ip in sorted(wanted & self.present.keys()):
-                    log.info("adopting %s%s; already on the interface", ip, self._why(ip))
-            self._apply(plan(wanted, self.present, self.config, now))
-            self.held = wanted & self.present.keys()
+                self._keep_what_is_there(now)
+                return True
+            if kind is Sync.FULL or self.sync_count == 0:
+                self._sync_full(now)
+            else:
+                ips = self.tracker.update() | self._dirty_ips
+                self._dirty_ips = set()
+                self._apply(plan(self.tracker.announced, self.present, self.config, now, ips))
+                self._hold(ips)
         except Exception:
-            log.exception("sync failed; retrying in %.0fs", RETRY_INTERVAL)
+            log.exception("sync failed; retrying with a full sync")
             self._needs_dump = True
-            self._next_resync = now + RETRY_INTERVAL
-            return
-        if self._allocate and self.leader and self.allocator is not None:
-            self.allocator.run(self.tracker.services)
-        self._allocate = False
+            return False
         self._account(started)
+        return True
+
+    def _dump(self) -> None:
+        if self._needs_dump:
+            self.present = self.table.dump()
+            self._needs_dump = False
+        self._dirty_ips = set()
+        self._renewals.clear()
+
+    def _keep_what_is_there(self, now: float) -> None:
+        """No full picture yet (Services, EndpointSlices and the Node not each listed once): remove nothing,
+        add nothing, and renew the lifetimes of what is there, so that it expires only if the agent dies."""
+        self._dump()
+        ours = {ip for ip in self.present if self.config.in_prefix(ip)}
+        self._renewals.extend(plan(ours, self.present, self.config, now).renew)
+
+    def _sync_full(self, now: float) -> None:
+        self._dump()
+        self.tracker.update()
+        wanted = self.tracker.announced
+        if self.sync_count == 0:
+            for ip in sorted(wanted & self.present.keys()):
+                log.info("adopting %s%s; already on the interface", ip, self._why(ip))
+        p = plan(wanted, self.present, self.config, now)
+        self._renewals.extend(p.renew)
+        p.renew = []
+        self._apply(p)
+        self.held = wanted & self.present.keys()
+        self._held_v6 = sum(1 for ip in self.held if ":" in ip)
+
+    def _hold(self, ips: Iterable[str]) -> None:
+        """Keeps ``held`` (and its IPv6 count) up to date for the IPs a sync of changes touched."""
+        for ip in ips:
+            now_held = ip in self.tracker.announced and ip in self.present
+            if now_held != (ip in self.held):
+                (self.held.add if now_held else self.held.discard)(ip)
+                if ":" in ip:
+                    self._held_v6 += 1 if now_held else -1
+
+    def _renew_some(self) -> None:
+        """Renews the lifetimes of up to RENEW_BATCH addresses that are still wanted and present."""
+        lifetime = self.config.address_lifetime
+        batch = [self._renewals.popleft() for _ in range(min(RENEW_BATCH, len(self._renewals)))]
+        try:
+            for ip in batch:
+                if ip in self.present and (len(self.synced) < 3 or ip in self.tracker.announced):
+                    self.table.set(ip, lifetime)
+                    self.present[ip] = Present(self.clock() + lifetime if lifetime else None)
+        except Exception:
+            log.exception("renewing lifetimes failed; retrying with a full sync")
+            self._needs_dump = True
+            self._renewals.clear()
+            self.runner.done(Sync.FULL, False)
 
     def _account(self, started: float) -> None:
         m = self.metrics
@@ -251,9 +306,8 @@ class Agent:
         if self._batch_start is not None:
             m.event_to_apply.observe(end - self._batch_start)
             self._batch_start = None
-        v6 = sum(1 for ip in self.held if ":" in ip)
-        m.addresses.labels("ipv4").set(len(self.held) - v6)
-        m.addresses.labels("ipv6").set(v6)
+        m.addresses.labels("ipv4").set(len(self.held) - self._held_v6)
+        m.addresses.labels("ipv6").set(self._held_v6)
         m.last_sync.set(time.time())
         self.sync_count += 1
         if self.sync_count == 1:
@@ -302,19 +356,6 @@ class Agent:
         svc = self.tracker.services.get(why.key) if why.key else None
         if self.writer is not None and svc is not None:
             self.writer.event(svc.key, svc.uid, "Normal", reason, message)
-
-    def _release(self, svc: Service) -> None:
-        """A Service that stopped being a LoadBalancer keeps its status: the leader clears what it wrote."""
-        if (
-            self.leader
-            and self.writer is not None
-            and not svc.is_load_balancer
-            and any(self.config.in_prefix(ip) for ip in svc.ingress_ips)
-        ):
-            log.info(
-                "releasing %s of %s: no longer a LoadBalancer", ", ".join(svc.ingress_ips), fmt_key(svc.key)
-            )
-            self.writer.status(svc.key, ())
 
     def withdraw_all(self) -> None:
         """On exit: removes every host-length address of ours (inside the prefixes) from the interface."""

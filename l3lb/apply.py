@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,22 +47,33 @@ class Plan:
         return bool(self.add or self.renew or self.remove)
 
 
-def plan(desired: set[str], present: Mapping[str, Present], config: Config, now: float) -> Plan:
-    """What to add, renew and remove so that exactly ``desired`` is held inside our prefixes."""
+def plan(
+    desired: set[str],
+    present: Mapping[str, Present],
+    config: Config,
+    now: float,
+    ips: Iterable[str] | None = None,
+) -> Plan:
+    """What to add, renew and remove so that exactly ``desired`` is held inside our prefixes.
+
+    ``ips``: plan only these addresses (an incremental sync, O(len(ips))); None: every desired and present
+    address (a full sync)."""
     p = Plan()
     lifetime = config.address_lifetime
-    for ip in sorted(desired):
+    for ip in sorted(desired | present.keys() if ips is None else ips):
         if not config.in_prefix(ip):
-            continue  # decide() never asks for this; the check here makes it impossible
+            continue  # decide() never asks for this, nor removes it; the check here makes it impossible
         have = present.get(ip)
-        if have is None:
+        if ip not in desired:
+            if have is not None:
+                p.remove.append(ip)
+        elif have is None:
             p.add.append(ip)
         elif lifetime == 0:
             if have.expires is not None:
                 p.renew.append(ip)
         elif have.expires is None or have.expires - now < lifetime - config.renew_after:
             p.renew.append(ip)
-    p.remove = sorted(ip for ip in present if ip not in desired and config.in_prefix(ip))
     return p
 
 
@@ -108,6 +119,45 @@ def _present(msg: object, now: float) -> tuple[str, Present] | None:
     return str(ipaddress.ip_address(ip)), Present(None if valid == FOREVER else now + valid)
 
 
+ECHO_WITHIN = 5.0
+"""Seconds within which the kernel's notification of one of our own writes (its echo) is expected."""
+
+
+class Echoes:
+    """The notifications our own writes will cause, so that the monitor can drop them: counted per
+    (kind, ip), each expected for ``ECHO_WITHIN`` seconds. Written by the sync loop, read by the monitor."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._expected: dict[tuple[str, str], list[float]] = {}
+
+    def expect(self, kind: str, ip: str) -> None:
+        with self._lock:
+            self._expected.setdefault((kind, ip), []).append(self.clock() + ECHO_WITHIN)
+
+    def forget(self, kind: str, ip: str) -> None:
+        """The write did not happen (it failed, or there was nothing to remove): no echo will come."""
+        with self._lock:
+            deadlines = self._expected.get((kind, ip))
+            if deadlines:
+                deadlines.pop()
+                if not deadlines:
+                    del self._expected[(kind, ip)]
+
+    def consume(self, kind: str, ip: str) -> bool:
+        """True if this notification is the echo of one of our writes (and counts it as seen)."""
+        now = self.clock()
+        with self._lock:
+            deadlines = [d for d in self._expected.pop((kind, ip), []) if d >= now]
+            if not deadlines:
+                return False
+            deadlines.pop(0)
+            if deadlines:
+                self._expected[(kind, ip)] = deadlines
+            return True
+
+
 class NetlinkTable:
     """The real interface, through rtnetlink."""
 
@@ -119,6 +169,12 @@ class NetlinkTable:
             raise InterfaceMissing(f"interface {ifname!r} does not exist")
         self.index: int = found[0]
         self.ifname = ifname
+        self.echoes = Echoes()
+        self.monitor_error: str | None = None
+        """Why the monitor is not following the interface right now (for /healthz), or None."""
+        self._monitor_thread: threading.Thread | None = None
+        self.monitoring = threading.Event()
+        """Set once the monitor listens (and again after each restart): changes from then on are seen."""
 
     def dump(self) -> dict[str, Present]:
         now = time.monotonic()
@@ -131,43 +187,73 @@ class NetlinkTable:
 
     def set(self, ip: str, lifetime: int) -> None:
         lifetimes = {"valid_lft": lifetime, "preferred_lft": lifetime} if lifetime else {}
-        self.ipr.addr("replace", index=self.index, address=ip, prefixlen=host_len(ip), **lifetimes)
+        self.echoes.expect("add", ip)
+        try:
+            self.ipr.addr("replace", index=self.index, address=ip, prefixlen=host_len(ip), **lifetimes)
+        except BaseException:
+            self.echoes.forget("add", ip)
+            raise
 
     def remove(self, ip: str) -> None:
+        self.echoes.expect("del", ip)
         try:
             self.ipr.addr("del", index=self.index, address=ip, prefixlen=host_len(ip))
         except NetlinkError as err:
+            self.echoes.forget("del", ip)
             if err.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
                 raise
+        except BaseException:
+            self.echoes.forget("del", ip)
+            raise
 
     def close(self) -> None:
         self.ipr.close()
 
+    def monitor_health(self) -> str | None:
+        """None while the monitor follows the interface; else what is wrong."""
+        if self._monitor_thread is not None and not self._monitor_thread.is_alive():
+            return "netlink monitor thread ended"
+        return self.monitor_error
+
     def monitor(self, on_change: Callable[[str, str, Present | None], None]) -> threading.Thread:
-        """Follows the interface's address events in a thread: ``on_change("add"|"del", ip, present)``."""
-        thread = threading.Thread(
+        """Follows the interface's address events in a thread: ``on_change("add"|"del", ip, present)`` for
+        changes made by someone else (echoes of our own writes are dropped), ``on_change("lost", "", None)``
+        after a restart of the monitor, which may have missed events."""
+        self._monitor_thread = threading.Thread(
             target=self._monitor, args=(on_change,), name="netlink-monitor", daemon=True
         )
-        thread.start()
-        return thread
+        self._monitor_thread.start()
+        return self._monitor_thread
 
     def _monitor(self, on_change: Callable[[str, str, Present | None], None]) -> None:
+        delay = 0.1
         while True:
             try:
                 with IPRoute() as ipr:
                     ipr.bind(groups=RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+                    self.monitoring.set()
+                    if self.monitor_error is not None:
+                        self.monitor_error = None
+                        on_change("lost", "", None)
                     while True:
                         for msg in ipr.get():
-                            if msg.get("index") != self.index:
-                                continue
-                            item = _present(msg, time.monotonic())
-                            if item is None:
-                                continue
-                            if msg["event"] == "RTM_DELADDR":
-                                on_change("del", item[0], None)
-                            elif msg["event"] == "RTM_NEWADDR":
-                                on_change("add", item[0], item[1])
-            except OSError as err:
-                log.warning("netlink monitor failed, restarting: %s", err)
-                on_change("resync", "", None)
-                time.sleep(1)
+                            self._event(msg, on_change)
+                        delay = 0.1
+            except Exception as err:  # whatever it was (ENOBUFS, a parse error...): restart, then re-read
+                self.monitoring.clear()
+                self.monitor_error = f"netlink monitor restarting after {type(err).__name__}: {err}"
+                log.warning("%s", self.monitor_error)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _event(self, msg: object, on_change: Callable[[str, str, Present | None], None]) -> None:
+        if msg.get("index") != self.index:  # type: ignore[attr-defined]
+            return
+        item = _present(msg, time.monotonic())
+        if item is None:
+            return
+        event = msg["event"]  # type: ignore[index]
+        kind = "del" if event == "RTM_DELADDR" else "add" if event == "RTM_NEWADDR" else None
+        if kind is None or self.echoes.consume(kind, item[0]):
+            return
+        on_change(kind, item[0], item[1] if kind == "add" else None)

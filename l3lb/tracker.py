@@ -106,13 +106,13 @@ class Tracker:
     def pending(self) -> bool:
         return self._all_dirty or bool(self._dirty)
 
-    def update(self) -> set[Key]:
-        """Re-decides what changed; returns the Services whose decision changed. Updates ``announced``."""
+    def update(self) -> set[str]:
+        """Re-decides what changed and updates ``announced``; returns the IPs whose holders or decisions
+        changed (a superset of those whose announcement changed): what an incremental sync must plan."""
         keys = self._dirty | (self.services.keys() | self.decisions.keys() if self._all_dirty else set())
         self._dirty = set()
         self._all_dirty = False
         self.released = {}
-        changed: set[Key] = set()
         touched: set[str] = set()
         for key in keys:
             svc = self.services.get(key)
@@ -124,7 +124,6 @@ class Tracker:
             old = self.decisions.get(key)
             if old == new:
                 continue
-            changed.add(key)
             if old is not None:
                 del self.decisions[key]
                 for ip in old.ips:
@@ -146,7 +145,7 @@ class Tracker:
                 self.announced.add(ip)
             else:
                 self.announced.discard(ip)
-        return changed
+        return touched
 
     def explain(self, ip: str) -> IPDecision | None:
         holders = self.by_ip.get(ip)

@@ -15,13 +15,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import urllib3
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
+from .backoff import Backoff
 from .kube import Api, api_message, pages
 from .model import Parse
 
@@ -30,23 +30,6 @@ log = logging.getLogger(__name__)
 Sink = Callable[[str, str, Any], None]
 """Receives (resource, "REPLACE", [(key, value), ...]) after each (re)list,
 then (resource, "SET" | "DELETE", (key, value)) per event; a DELETE's value is the object's last state."""
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with full jitter over [delay/2, delay]."""
-
-    initial: float = 0.5
-    maximum: float = 10.0
-    factor: float = 2.0
-    _next: float = 0.0
-
-    def next(self) -> float:
-        self._next = self.initial if not self._next else min(self._next * self.factor, self.maximum)
-        return random.uniform(self._next / 2, self._next)
-
-    def reset(self) -> None:
-        self._next = 0.0
 
 
 class Gone(Exception):
@@ -142,7 +125,7 @@ class Reflector:
     def _list(self) -> None:
         values = []
         for page in pages(self.api, self.url_path, self.selectors, timeout=(self.connect_timeout, 60)):
-            values.extend(self.parse(obj) for obj in page.get("items") or [])
+            values.extend(v for v in map(self._parse, page.get("items") or []) if v is not None)
         self.resource_version = page["metadata"]["resourceVersion"]
         self.last_progress = time.monotonic()
         self.sink(self.resource, "REPLACE", values)
@@ -187,7 +170,24 @@ class Reflector:
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:
             self.resource_version = rv
-        if kind in ("ADDED", "MODIFIED"):
-            self.sink(self.resource, "SET", self.parse(obj))
-        elif kind == "DELETED":
-            self.sink(self.resource, "DELETE", self.parse(obj))
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            value = self._parse(obj)
+            if value is not None:
+                self.sink(self.resource, "DELETE" if kind == "DELETED" else "SET", value)
+
+    def _parse(self, obj: dict[str, Any]) -> Any:
+        """The parsed value, or None for an object that cannot be parsed: it is skipped with an error, so
+        one bad object never stalls the watch (retrying would only meet it again)."""
+        try:
+            return self.parse(obj)
+        except Exception as err:
+            meta = obj.get("metadata") or {} if isinstance(obj, dict) else {}
+            log.error(
+                "%s: skipping %s/%s, which cannot be parsed: %s: %s",
+                self.resource,
+                meta.get("namespace", ""),
+                meta.get("name", "?"),
+                type(err).__name__,
+                err,
+            )
+            return None

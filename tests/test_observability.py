@@ -53,8 +53,7 @@ def test_abstract_socket(tmp_path: Path) -> None:
 def test_agent_sends_ready_after_the_initial_sync_then_watchdog_and_stopping(tmp_path: Path) -> None:
     sock, path = listen(tmp_path)
     agent = Agent(CFG, MemoryTable(), notifier=Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}))
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,))
+    thread = threading.Thread(target=agent.run)
     thread.start()
     try:
         assert sock.recv(100) == b"WATCHDOG=1"  # pings start before any sync
@@ -65,7 +64,7 @@ def test_agent_sends_ready_after_the_initial_sync_then_watchdog_and_stopping(tmp
         assert b"READY=1\nSTATUS=holding 0 addresses" in seen
         assert agent.health() is None
     finally:
-        agent.stop(stop)
+        agent.stop()
         thread.join(5)
     rest = []
     sock.settimeout(0.5)
