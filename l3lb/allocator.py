@@ -1,17 +1,29 @@
-"""The leader's allocator: runs ``allocate()`` over the Services we hold, writes the status that differs,
-reports conflicts once per change, and stops fighting another controller that keeps rewriting a status."""
+"""The leader's allocator, in a thread of its own: it follows every LoadBalancer Service (the agent hands it
+the Service watch events), and while this agent leads it runs ``allocate()`` over ours, writes the status
+that differs, clears status that l3lb wrote on a Service that is no longer ours, reports conflicts once
+per change, and stops fighting another controller that keeps rewriting a status.
+
+Everything it decides comes from the full state it holds, never from having seen a change live: a new
+leader, or one that missed events, reaches the same result. Status writes are conditional on the
+resourceVersion the decision was made on, go out only while the election says we lead, and whatever is
+still queued when leadership is lost is dropped.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from .allocate import allocate
 from .config import Config, Network
+from .decide import is_ours
 from .metrics import Metrics
 from .model import Key, Service, fmt_key
+from .runner import WatchEvent
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +32,14 @@ FIGHT_WINDOW = 300.0
 FIGHTS_TO_YIELD = 3
 YIELD_FOR = 600.0
 STATUS_CONFLICT = "StatusConflict"
+BATCH = 0.05
+"""Seconds the allocator lets events gather before a run: a burst of Services costs a few runs."""
+
+
+class StatusWriter(Protocol):
+    def status(self, key: Key, ips: tuple[str, ...], resource_version: str = "") -> None: ...
+    def drop_status(self) -> None: ...
+    def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None: ...
 
 
 class Allocator:
@@ -27,8 +47,8 @@ class Allocator:
         self,
         config: Config,
         reserved: tuple[Network, ...],
-        writer,
-        metrics: Metrics,  # type: ignore[no-untyped-def]
+        writer: StatusWriter,
+        metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -36,6 +56,14 @@ class Allocator:
         self.writer = writer
         self.metrics = metrics
         self.clock = clock
+        self.services: dict[Key, Service] = {}
+        """Every LoadBalancer Service, ours or not, as last seen."""
+        self.runs = 0
+        self._cond = threading.Condition()
+        self._pending: list[WatchEvent] = []
+        self._leader = False
+        self._leading = False  # what the thread acts on
+        self._refused: set[Key] = set()
         self._written: dict[Key, tuple[tuple[str, ...], float]] = {}
         self._fights: dict[Key, list[float]] = {}
         self._yielded: dict[Key, float] = {}
@@ -43,7 +71,85 @@ class Allocator:
         self._in_flight: set[Key] = set()
         """Keys whose last write the watch has not shown yet."""
 
-    def observe(self, svc: Service) -> None:
+    # ---- inputs (other threads)
+    def offer(self, event: WatchEvent) -> None:
+        """A Service watch event (REPLACE, SET or DELETE), as the agent received it."""
+        with self._cond:
+            self._pending.append(event)
+            self._cond.notify()
+
+    def on_leader(self, leader: bool) -> None:
+        with self._cond:
+            self._leader = leader
+            self._cond.notify()
+
+    def retry(self, key: Key) -> None:
+        """A status write was refused because the Service changed meanwhile: decide again."""
+        with self._cond:
+            self._refused.add(key)
+            self._cond.notify()
+
+    # ---- the loop
+    def start(self, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(stop,), name="allocator", daemon=True)
+        thread.start()
+        return thread
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            with self._cond:
+                while not (self._pending or self._refused or self._leader != self._leading or stop.is_set()):
+                    self._cond.wait(1.0)
+                events, self._pending = self._pending, []
+                refused, self._refused = self._refused, set()
+                leader = self._leader
+            self.step(events, leader, refused)
+            stop.wait(BATCH)
+
+    def step(self, events: list[WatchEvent], leader: bool, refused: Iterable[Key] = ()) -> None:
+        """Records ``events`` and refused writes, follows a change of leadership, and allocates if we lead
+        and anything changed. The loop's body; tests call it directly."""
+        for e in events:
+            self._record(e, leader)
+        dirty = False
+        for key in refused:
+            self._in_flight.discard(key)
+            self._written.pop(key, None)
+            dirty = True
+        if leader != self._leading:
+            self._leading = leader
+            if not leader:
+                # A new term starts from the Services' status alone; nothing decided in this one goes out.
+                self.writer.drop_status()
+                self._written.clear()
+                self._in_flight.clear()
+                self._reported.clear()
+                return
+            log.info("leading the allocator: %d LoadBalancer Services", len(self.services))
+            dirty = True
+        if self._leading and (events or dirty):
+            self.allocate_now()
+            if events and log.isEnabledFor(logging.DEBUG):
+                log.debug("handled %s", "; ".join(map(str, events[:20])))
+
+    def _record(self, e: WatchEvent, leader: bool) -> None:
+        if e.kind == "REPLACE":
+            self.services = dict(e.value)
+            for gone in self._written.keys() - self.services.keys():
+                del self._written[gone]
+                self._in_flight.discard(gone)
+            return
+        key, svc = e.value
+        if e.kind == "DELETE":
+            self.services.pop(key, None)
+            self._written.pop(key, None)
+            self._in_flight.discard(key)
+            return
+        self.services[key] = svc
+        if leader:
+            self._observe(svc)
+
+    def _observe(self, svc: Service) -> None:
         """Follows our writes landing, and notices a status that is neither what we wrote nor empty, soon
         after we wrote it: a fight."""
         written = self._written.get(svc.key)
@@ -70,13 +176,16 @@ class Allocator:
             )
             self._report(svc, STATUS_CONFLICT, message)
 
-    def run(self, services: Mapping[Key, Service]) -> None:
+    def allocate_now(self) -> None:
+        """One run over the full state."""
+        self.runs += 1
         now = self.clock()
         self._yielded = {k: t for k, t in self._yielded.items() if now - t < YIELD_FOR}
+        ours = {k: s for k, s in self.services.items() if is_ours(s, self.config)}
         # Our own writes count as the status until the watch shows them (or they are too old to trust):
         # without that, a second run before they land could hand the same address to another Service.
         view = {}
-        for key, svc in services.items():
+        for key, svc in ours.items():
             written = self._written.get(key)
             if (
                 written is not None
@@ -91,13 +200,12 @@ class Allocator:
             svc = view[key]
             if ips == svc.ingress_ips or key in self._yielded:
                 continue
-            self.writer.status(key, ips)
-            self._written[key] = (ips, now)
-            self._in_flight.add(key)
+            self._write(svc, ips, now)
             if ips:
                 self.metrics.allocations.inc()
                 log.info("allocating %s to %s", ", ".join(ips), fmt_key(key))
                 self.writer.event(key, svc.uid, "Normal", "Allocated", f"allocated {', '.join(ips)}")
+        self._release_not_ours(now)
         by_key: dict[Key, list[tuple[str, str]]] = {}
         for c in result.conflicts:
             by_key.setdefault(c.key, []).append((c.reason, c.message))
@@ -106,13 +214,33 @@ class Allocator:
             if self._reported.get(key) != signature:
                 self._reported[key] = signature
                 for reason, message in items:
-                    self._report(services[key], reason, message)
+                    self._report(ours[key], reason, message)
         for key in list(self._reported):
             if key not in by_key:
                 del self._reported[key]
-        for gone in self._written.keys() - services.keys():
-            del self._written[gone]
-            self._in_flight.discard(gone)
+
+    def _release_not_ours(self, now: float) -> None:
+        """Status that l3lb wrote (managedFields) with IPs of our prefixes, on a LoadBalancer Service that
+        is not ours (the agents' class settings changed), is cleared. Another group of l3lb agents, with its
+        own class and prefixes, is left alone. A Service that stops being a LoadBalancer needs nothing: the
+        apiserver clears status.loadBalancer itself when the type changes."""
+        for key, svc in self.services.items():
+            if (
+                svc.status_by_us
+                and svc.ingress_ips
+                and all(self.config.in_prefix(ip) for ip in svc.ingress_ips)
+                and not is_ours(svc, self.config)
+            ):
+                if key in self._in_flight and now - self._written[key][1] < IN_FLIGHT_FOR:
+                    continue
+                log.info("releasing %s of %s: not ours any more", ", ".join(svc.ingress_ips), fmt_key(key))
+                self._write(svc, (), now)
+
+    def _write(self, svc: Service, ips: tuple[str, ...], now: float) -> None:
+        log.debug("writing status of %s: %s", fmt_key(svc.key), ", ".join(ips) or "nothing")
+        self.writer.status(svc.key, ips, svc.resource_version)
+        self._written[svc.key] = (ips, now)
+        self._in_flight.add(svc.key)
 
     def _report(self, svc: Service, reason: str, message: str) -> None:
         log.warning("%s: %s: %s", fmt_key(svc.key), reason, message)

@@ -107,6 +107,15 @@ def make_config(
     )
 
 
+LEASE_NAMESPACE = click.option(
+    "--lease-namespace",
+    envvar="L3LB_LEASE_NAMESPACE",
+    default="kube-system",
+    show_default=True,
+    help="Namespace of the allocator's Lease (l3lb-allocator).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="l3lb")
 def cli() -> None:
@@ -141,13 +150,7 @@ def cli() -> None:
     callback=_reserves,
     help="CIDR inside the prefixes that is never allocated; repeatable.",
 )
-@click.option(
-    "--lease-namespace",
-    envvar="L3LB_LEASE_NAMESPACE",
-    default="kube-system",
-    show_default=True,
-    help="Namespace of the allocator's Lease (l3lb-allocator).",
-)
+@LEASE_NAMESPACE
 @click.option(
     "--metrics-address",
     envvar="L3LB_METRICS_ADDRESS",
@@ -250,9 +253,12 @@ def status(
 
 @cli.command()
 @shared
+@LEASE_NAMESPACE
 @VTY
 @OUTPUT
-def check(kubeconfig: str | None, vty_socket: str | None, output: str, **shared_opts: Any) -> None:
+def check(
+    kubeconfig: str | None, lease_namespace: str, vty_socket: str | None, output: str, **shared_opts: Any
+) -> None:
     """Check everything the agent depends on; print a fix for each failure. Exits 1 if any check fails."""
     from .doctor import Doctor, as_json, failed, render
     from .frr import Vtysh
@@ -260,7 +266,8 @@ def check(kubeconfig: str | None, vty_socket: str | None, output: str, **shared_
 
     setup_logging("error")
     config = make_config(**shared_opts)
-    results = Doctor(Api(load_client(kubeconfig)), config, Vtysh(vty_socket)).run()
+    api = Api(load_client(kubeconfig))
+    results = Doctor(api, config, Vtysh(vty_socket), lease_namespace=lease_namespace).run()
     click.echo(json.dumps(as_json(results), indent=2) if output == "json" else render(results))
     sys.exit(1 if failed(results) else 0)
 

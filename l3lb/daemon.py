@@ -36,17 +36,29 @@ def serve(
         raise click.ClickException(f"{err}; pass --interface with an existing one") from None
     api = Api(load_client(kubeconfig))
     metrics = Metrics()
-    writer = None if config.dry_run else Writer(api, config.node_name)
-    allocator = None if writer is None else Allocator(config, config.reserved, writer, metrics)
+    writer = allocator = elector = None
+    if not config.dry_run:
+        # The allocator decides and the writer writes, only while the election says we lead.
+        writer = Writer(api, config.node_name)
+        allocator = Allocator(config, config.reserved, writer, metrics)
+        writer.on_refused = allocator.retry
+
+        def on_leader(leader: bool) -> None:
+            metrics.leader.set(1 if leader else 0)
+            assert allocator is not None
+            allocator.on_leader(leader)
+
+        elector = LeaderElector(api, lease_namespace, config.node_name, on_leader)
+        writer.may_write = elector.is_leader
     agent = Agent(config, table, writer=writer, metrics=metrics, notifier=Notifier(), allocator=allocator)
-    elector = (
-        None if writer is None else LeaderElector(api, lease_namespace, config.node_name, agent.on_leader)
-    )
     stop = threading.Event()
 
+    received: list[int] = []
+
     def on_signal(signum: int, frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        agent.stop(stop)
+        # No logging and no lock here (logging takes one): the signal must not deadlock what it interrupts.
+        received.append(signum)
+        agent.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -73,11 +85,13 @@ def serve(
         log.info("metrics and health on http://%s:%d/ (metrics, healthz, readyz)", listen[0], health.port)
     for r in reflectors:
         r.start(stop)
-    if writer is not None:
+    if writer is not None and allocator is not None and elector is not None:
         writer.start(stop)
-    if elector is not None:
+        allocator.start(stop)
         elector.start(stop)
-    agent.run(stop)
+    agent.run()
+    log.info("received %s, stopping", " and ".join(signal.Signals(n).name for n in received) or "stop")
+    stop.set()
     # Routes first (they carry traffic), then the Lease (a successor then takes over in seconds).
     if config.keep_on_exit or config.dry_run:
         log.info("leaving the addresses in place")

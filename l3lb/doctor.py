@@ -14,25 +14,13 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
+from . import permissions
 from .config import Config, Network
 from .frr import Vtysh, check_config
-from .kube import Api, api_message, may
+from .kube import Api, api_message
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
-# (verb, group, resource, subresource, required): what the agent does with the API.
-PERMISSIONS = [
-    ("list", "", "services", "", True),
-    ("watch", "", "services", "", True),
-    ("list", "discovery.k8s.io", "endpointslices", "", True),
-    ("watch", "discovery.k8s.io", "endpointslices", "", True),
-    ("list", "", "nodes", "", True),
-    ("watch", "", "nodes", "", True),
-    ("patch", "", "services", "status", False),
-    ("create", "", "events", "", False),
-    ("patch", "", "events", "", False),
-    ("update", "coordination.k8s.io", "leases", "", False),
-]
 RBAC_FIX = (
     "apply deploy/rbac.yaml and bind the agent's identity "
     "(group l3lb:agents or ServiceAccount kube-system/l3lb)"
@@ -99,22 +87,22 @@ class Doctor:
         if not self.api_ok:
             yield Result("permissions", SKIP, "no API connection")
             return
-        for verb, group, resource, sub, required in PERMISSIONS:
-            ns = self.lease_namespace if resource == "leases" else None
-            name = f"{verb} {resource}{'/' + sub if sub else ''}" + (f" in {ns}" if ns else "")
-            try:
-                allowed = may(self.api, verb, group, resource, sub, ns)
-            except ApiException as err:
-                yield Result("permissions", FAIL, f"cannot ask about {name}: {api_message(err)}", RBAC_FIX)
-                continue
+        try:
+            results = permissions.check(self.api, self.lease_namespace)
+        except ApiException as err:
+            yield Result("permissions", FAIL, f"cannot ask what it may do: {api_message(err)}", RBAC_FIX)
+            return
+        for p, allowed in results:
+            name = p.describe(self.lease_namespace)
             if allowed:
                 yield Result("permissions", OK, f"may {name}")
-            elif required:
+            elif p.purpose == permissions.WATCH:
                 yield Result("permissions", FAIL, f"may not {name}: the agent cannot watch it", RBAC_FIX)
             else:
-                what = {"services": "allocate (write status)", "leases": "allocate (lead the election)"}.get(
-                    resource, "write Events"
-                )
+                what = {
+                    permissions.STATUS: "allocate (write status)",
+                    permissions.ELECT: "allocate (lead the election)",
+                }.get(p.purpose, "write Events")
                 yield Result(
                     "permissions", WARN, f"may not {name}: the agent announces but cannot {what}", RBAC_FIX
                 )
@@ -190,11 +178,13 @@ class Doctor:
     def _kubernetes_service_ips(self) -> list[str]:
         if not self.api_ok:
             return []
-        try:
-            svc = self.api.get_json("/api/v1/namespaces/default/services/kubernetes")
+        try:  # a list, not a get: the agent's identity may list Services (l3lb/permissions.py)
+            found = self.api.get_json(
+                "/api/v1/namespaces/default/services", query={"fieldSelector": "metadata.name=kubernetes"}
+            ).get("items")
         except ApiException:
             return []
-        return (svc.get("spec") or {}).get("clusterIPs") or []
+        return [ip for svc in found or [] for ip in (svc.get("spec") or {}).get("clusterIPs") or []]
 
     def check_interface(self) -> Iterator[Result]:
         from .apply import InterfaceMissing, NetlinkTable

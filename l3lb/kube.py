@@ -107,13 +107,20 @@ class Api:
     def get_json(self, url_path: str, **kw: Any) -> Any:
         return json.loads(self.request("GET", url_path, **kw).data)
 
-    def merge_patch(self, url_path: str, body: Any) -> Any:
+    def merge_patch(self, url_path: str, body: Any, **kw: Any) -> Any:
         return json.loads(
-            self.request("PATCH", url_path, body=body, content_type="application/merge-patch+json").data
+            self.request("PATCH", url_path, body=body, content_type="application/merge-patch+json", **kw).data
         )
 
-    def post(self, url_path: str, body: Any) -> Any:
-        return json.loads(self.request("POST", url_path, body=body, content_type="application/json").data)
+    def post(self, url_path: str, body: Any, **kw: Any) -> Any:
+        return json.loads(
+            self.request("POST", url_path, body=body, content_type="application/json", **kw).data
+        )
+
+    def put(self, url_path: str, body: Any, **kw: Any) -> Any:
+        return json.loads(
+            self.request("PUT", url_path, body=body, content_type="application/json", **kw).data
+        )
 
 
 def pages(

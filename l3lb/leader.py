@@ -2,8 +2,12 @@
 
 The Lease is taken over only after it went unrenewed for its whole duration *as observed locally* (no
 trust in other nodes' clocks), renewed every retry period, and given up if it cannot be renewed within the
-renew deadline. On stop the leader releases it (empty holder, 1 s duration), so a successor takes over at
-once instead of after 15 s.
+renew deadline. Leadership is valid until the time an attempt that succeeded was *sent* plus the renew
+deadline, judged on the local clock: every attempt (its GET and its PUT) is bounded by that time, and
+``is_leader()`` turns False at it even if the election thread is still blocked in a request. A rival takes
+over only after seeing the Lease unchanged for its duration (15 s) counted from after our last write
+landed, so two leaders never overlap (10 s < 15 s). On stop the leader releases the Lease (empty holder,
+1 s duration), so a successor takes over at once instead of after 15 s.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from .kube import Api, api_message, may, path
+from .kube import Api, path
+from .permissions import may_allocate
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,8 @@ class LeaderElector:
         self.clock = clock
         self.leader = False
         self._observed: tuple[Any, float] | None = None  # (holder/renewTime record, when we saw it change)
-        self._last_renew = 0.0
+        self.valid_until = 0.0
+        """Local time we lead until, unless renewed: the last good attempt's send time + renew deadline."""
 
     @property
     def url(self) -> str:
@@ -69,7 +75,7 @@ class LeaderElector:
         delay = 1.0
         while not stop.is_set():
             try:
-                ok, missing = may_stand(self.api, self.namespace)
+                ok, missing = may_allocate(self.api, self.namespace)
                 break
             except Exception as err:  # apiserver unreachable: ask again
                 log.debug("cannot check permissions yet: %s", err)
@@ -92,31 +98,47 @@ class LeaderElector:
         )
         self.run(stop)
 
+    def is_leader(self) -> bool:
+        """Whether this agent leads right now: checked before every status write."""
+        return self.leader and self.clock() < self.valid_until
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            sent = self.clock()
+            # An attempt never outlives our leadership; a candidate's is bounded by the renew deadline.
+            deadline = self.valid_until if self.leader else sent + self.renew_deadline
             try:
-                ok = self.try_acquire_or_renew()
-            except Exception as err:  # apiserver unreachable: the renew deadline decides
+                ok = self.try_acquire_or_renew(deadline)
+            except Exception as err:  # apiserver unreachable or slow: the renew deadline decides
                 log.debug("lease %s/%s: %s", self.namespace, LEASE_NAME, err)
                 ok = False
             if ok:
-                self._last_renew = self.clock()
-            if ok != self.leader and (ok or self.clock() - self._last_renew > self.renew_deadline):
-                self._set(ok)
-            stop.wait(self.retry_period)
+                self.valid_until = sent + self.renew_deadline
+                if not self.leader:
+                    self._set(True)
+            elif self.leader and self.clock() >= self.valid_until:
+                self._set(False)
+            stop.wait(max(0.0, self.retry_period - (self.clock() - sent)))
 
     def _set(self, leader: bool) -> None:
         self.leader = leader
         log.info("%s the allocator lease %s/%s", "acquired" if leader else "lost", self.namespace, LEASE_NAME)
         self.on_change(leader)
 
-    def try_acquire_or_renew(self) -> bool:
+    def _timeout(self, deadline: float) -> float:
+        left = deadline - self.clock()
+        if left <= 0:
+            raise TimeoutError("the renew deadline passed")
+        return left
+
+    def try_acquire_or_renew(self, deadline: float) -> bool:
+        """One attempt; every request in it ends by ``deadline`` (local clock)."""
         try:
-            lease = self.api.get_json(self.url)
+            lease = self.api.get_json(self.url, timeout=self._timeout(deadline))
         except ApiException as err:
             if err.status != 404:
                 raise
-            return self._create()
+            return self._create(deadline)
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"))
@@ -137,14 +159,14 @@ class LeaderElector:
             "leaseTransitions": transitions,
         }
         try:
-            self.api.request("PUT", self.url, body=lease, content_type="application/json").release_conn()
+            self.api.put(self.url, lease, timeout=self._timeout(deadline))
         except ApiException as err:
             if err.status == 409:
                 return False  # someone else wrote it first
             raise
         return True
 
-    def _create(self) -> bool:
+    def _create(self, deadline: float) -> bool:
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -158,7 +180,7 @@ class LeaderElector:
             },
         }
         try:
-            self.api.post(path(LEASES, ns=self.namespace), body)
+            self.api.post(path(LEASES, ns=self.namespace), body, timeout=self._timeout(deadline))
         except ApiException as err:
             if err.status == 409:
                 return False
@@ -169,35 +191,14 @@ class LeaderElector:
         """Gives the lease up at once (on SIGTERM), if we hold it."""
         if not self.leader:
             return
+        self.valid_until = 0.0  # no status write from here on
         try:
-            lease = self.api.get_json(self.url)
+            lease = self.api.get_json(self.url, timeout=5.0)
             if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 lease["spec"].update({"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _now()})
-                self.api.request("PUT", self.url, body=lease, content_type="application/json").release_conn()
+                self.api.put(self.url, lease, timeout=5.0)
                 log.info("released the allocator lease %s/%s", self.namespace, LEASE_NAME)
         except Exception as err:
             log.warning("could not release the allocator lease: %s", err)
         self.leader = False
         self.on_change(False)
-
-
-def may_stand(api: Api, namespace: str) -> tuple[bool, str]:
-    """Whether these credentials may allocate: patch services/status and write Leases (by
-    SelfSubjectAccessReview), and if not, what is missing."""
-    needs = [
-        ("patch", "", "services", "status", None),
-        ("get", "coordination.k8s.io", "leases", "", namespace),
-        ("create", "coordination.k8s.io", "leases", "", namespace),
-        ("update", "coordination.k8s.io", "leases", "", namespace),
-    ]
-    missing = []
-    for verb, group, resource, sub, ns in needs:
-        try:
-            allowed = may(api, verb, group, resource, sub, ns)
-        except ApiException as err:
-            if err.status not in (401, 403):
-                raise  # the apiserver could not answer: ask again later
-            return False, f"create selfsubjectaccessreviews ({api_message(err)})"
-        if not allowed:
-            missing.append(f"{verb} {resource}{'/' + sub if sub else ''}" + (f" in {ns}" if ns else ""))
-    return (not missing), ", ".join(missing)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
@@ -18,6 +18,8 @@ SHARING_ANNOTATION = "l3lb.io/allow-shared-ip"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 AUTOSCALER_TAINT = "ToBeDeletedByClusterAutoscaler"
+FIELD_MANAGER = "l3lb"
+"""The field manager of l3lb's status writes: managedFields then say who wrote status.loadBalancer."""
 
 
 def key_of(obj: dict[str, Any]) -> Key:
@@ -56,6 +58,10 @@ class Service:
     """The ``l3lb.io/allow-shared-ip`` annotation: Services with the same key may share an IP."""
     ports: frozenset[tuple[str, int]] = frozenset()
     selector: tuple[tuple[str, str], ...] = ()
+    status_by_us: bool = False
+    """Whether l3lb's field manager owns status.loadBalancer (from managedFields): l3lb wrote it."""
+    resource_version: str = field(default="", compare=False)
+    """For conditional status writes; not part of the value, so that a bump alone is no change."""
 
 
 def parse_requested(annotations: dict[str, str], spec: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
@@ -105,6 +111,17 @@ def parse_service(obj: dict[str, Any]) -> Service:
             (p.get("protocol") or "TCP", int(p.get("port") or 0)) for p in spec.get("ports") or []
         ),
         selector=tuple(sorted((spec.get("selector") or {}).items())),
+        status_by_us=_status_by_us(meta.get("managedFields") or []),
+        resource_version=meta.get("resourceVersion") or "",
+    )
+
+
+def _status_by_us(managed: list[dict[str, Any]]) -> bool:
+    return any(
+        m.get("manager") == FIELD_MANAGER
+        and m.get("subresource") == "status"
+        and "f:loadBalancer" in ((m.get("fieldsV1") or {}).get("f:status") or {})
+        for m in managed
     )
 
 

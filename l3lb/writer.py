@@ -1,6 +1,11 @@
-"""Writes to the API from one background thread, so the sync loop never waits on the apiserver: Service
-status (latest wins per Service) and Events (deduplicated and aggregated: a repeat bumps ``count``, written
-at most once a minute, so a flapping input can never flood the API).
+"""Writes to the API from one background thread, so no loop ever waits on the apiserver: Service status
+(latest wins per Service) and Events (deduplicated and aggregated: a repeat bumps ``count``, written at most
+once a minute, so a flapping input can never flood the API).
+
+Status writes are the allocator's: each is a merge patch conditional on the resourceVersion it was decided
+on (a 409 sends the Service back to the allocator), made as field manager ``l3lb`` (so managedFields say
+who wrote it), and only while ``may_write()`` (the election: we lead); the allocator drops what is queued
+when leadership is lost.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kubernetes.client.rest import ApiException
 
 from .kube import Api, api_message, path
-from .model import Key, fmt_key
+from .model import FIELD_MANAGER, Key, fmt_key
 
 log = logging.getLogger(__name__)
 
@@ -76,25 +82,43 @@ class _Seen:
 class Writer:
     """Background writer of Service status and Events."""
 
-    def __init__(self, api: Api, node_name: str) -> None:
+    def __init__(
+        self,
+        api: Api,
+        node_name: str,
+        *,
+        may_write: Callable[[], bool] = lambda: True,
+        on_refused: Callable[[Key], None] = lambda key: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.api = api
+        self.clock = clock
         self.node_name = node_name
+        self.may_write = may_write
+        self.on_refused = on_refused
+        """Told when a status write is refused because the Service changed since the decision (409)."""
         self._cond = threading.Condition()
-        self._status: dict[Key, tuple[str, ...]] = {}
+        self._status: dict[Key, tuple[tuple[str, ...], str]] = {}
         self._events: deque[tuple[Key, str, str, str, str]] = deque(maxlen=1000)
         self._seen: dict[tuple[Key, str, str], _Seen] = {}
         self._denied: set[str] = set()
         self._buckets: dict[Key, Bucket] = {}
-        self._global = Bucket(AGENT_EVENT_BURST, AGENT_EVENT_REFILL, time.monotonic())
+        self._global = Bucket(AGENT_EVENT_BURST, AGENT_EVENT_REFILL, clock())
         self.errors = 0
         self.dropped = 0
 
     # ---- requests from the sync loop (never block)
-    def status(self, key: Key, ips: tuple[str, ...]) -> None:
-        """Asks for ``status.loadBalancer.ingress`` of ``key`` to become ``ips`` (ipMode VIP)."""
+    def status(self, key: Key, ips: tuple[str, ...], resource_version: str = "") -> None:
+        """Asks for ``status.loadBalancer.ingress`` of ``key`` to become ``ips`` (ipMode VIP), if the
+        Service is still at ``resource_version`` (when given)."""
         with self._cond:
-            self._status[key] = ips
+            self._status[key] = (ips, resource_version)
             self._cond.notify()
+
+    def drop_status(self) -> None:
+        """Forgets the status writes not yet made (leadership was lost)."""
+        with self._cond:
+            self._status.clear()
 
     def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None:
         """Queues an Event. Normal ones pass a token bucket per Service; Warnings are deduplicated later."""
@@ -107,7 +131,7 @@ class Writer:
 
     def _take_token(self, key: Key) -> bool:
         """A token from the Service's bucket and from the agent's: Normal Events never flood the API."""
-        now = time.monotonic()
+        now = self.clock()
         if len(self._buckets) > 10000:  # forget Services whose buckets are full again
             self._buckets = {k: b for k, b in self._buckets.items() if b.level(now) < b.burst}
         bucket = self._buckets.setdefault(key, Bucket(NORMAL_EVENT_BURST, NORMAL_EVENT_REFILL, now))
@@ -131,23 +155,38 @@ class Writer:
                     events = (
                         [] if status else [self._events.popleft() for _ in range(min(20, len(self._events)))]
                     )
-                list(pool.map(lambda item: self._write_status(*item), status.items()))
+                list(pool.map(lambda item: self._write_status(item[0], *item[1]), status.items()))
                 for ev in events:
                     self._write_event(*ev)
 
-    def _write_status(self, key: Key, ips: tuple[str, ...]) -> None:
-        body = {"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ips]}}}
+    def _write_status(self, key: Key, ips: tuple[str, ...], resource_version: str) -> None:
+        if not self.may_write():
+            log.debug("not writing status of %s: not leading", fmt_key(key))
+            return
+        body: dict = {"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ips]}}}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
-            self.api.merge_patch(path(STATUS_PATH, ns=key[0], name=key[1]), body)
-            log.info("published %s for %s in status.loadBalancer.ingress", ", ".join(ips), fmt_key(key))
+            self.api.merge_patch(
+                path(STATUS_PATH, ns=key[0], name=key[1]), body, query={"fieldManager": FIELD_MANAGER}
+            )
+            log.info(
+                "published %s for %s in status.loadBalancer.ingress",
+                ", ".join(ips) or "nothing",
+                fmt_key(key),
+            )
         except ApiException as err:
+            if err.status == 409:
+                log.info("status of %s changed since the decision; deciding again", fmt_key(key))
+                self.on_refused(key)
+                return
             self._failed("patch services/status", err, key)
         except Exception as err:  # apiserver unreachable: the next event retries
             self.errors += 1
             log.warning("could not publish status of %s: %s", fmt_key(key), err)
 
     def _write_event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None:
-        now = time.monotonic()
+        now = self.clock()
         seen_key = (key, reason, message)
         seen = self._seen.get(seen_key)
         try:

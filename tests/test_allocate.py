@@ -22,6 +22,7 @@ from l3lb.allocator import Allocator
 from l3lb.config import Config, parse_prefixes
 from l3lb.metrics import Metrics
 from l3lb.model import Service
+from l3lb.runner import WatchEvent
 
 V4, V6 = parse_prefixes(["10.0.100.0/29"]), parse_prefixes(["10.0.100.0/29", "fd00:100::/125"])
 
@@ -203,48 +204,95 @@ def test_random_histories_keep_the_invariants(steps: list) -> None:
         assert again.ips == result.ips, "a settled allocation is a fixed point: no churn"
 
 
+class FakeWriter:
+    """Records what the allocator asks the writer for."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, tuple[str, ...], str]] = []
+        self.warnings: list[str] = []
+        self.drops = 0
+
+    def status(self, key, ips, resource_version="") -> None:  # type: ignore[no-untyped-def]
+        self.writes.append((key[1], ips, resource_version))
+
+    def drop_status(self) -> None:
+        self.drops += 1
+
+    def event(self, key, uid, kind, reason, message) -> None:  # type: ignore[no-untyped-def]
+        if kind == "Warning":
+            self.warnings.append(reason)
+
+
+def sets(*services: Service) -> list[WatchEvent]:
+    return [WatchEvent("services", "SET", (s.key, s), 0.0) for s in services]
+
+
+def make_allocator(clock=lambda: 0.0) -> tuple[Allocator, FakeWriter]:  # type: ignore[no-untyped-def]
+    writer = FakeWriter()
+    return Allocator(Config(prefixes=V4, node_name="n1"), (), writer, Metrics(), clock=clock), writer
+
+
 def test_the_leader_counts_its_writes_in_flight_as_status() -> None:
     """A second run before the first writes are seen must not hand b's address to a (same second, first by
     name): allocations never move."""
-    writes: list = []
-
-    class Writer:
-        def status(self, key, ips) -> None:  # type: ignore[no-untyped-def]
-            writes.append((key[1], ips))
-
-        def event(self, *args) -> None:  # type: ignore[no-untyped-def]
-            pass
-
-    allocator = Allocator(Config(prefixes=V4, node_name="n1"), (), Writer(), Metrics())
+    allocator, writer = make_allocator()
     b = svc("b", "2026-01-01T00:00:01Z")
-    allocator.run({b.key: b})
+    allocator.step(sets(b), leader=True)
     a = svc("a", "2026-01-01T00:00:01Z")
-    allocator.run({a.key: a, b.key: b})
-    assert writes == [("b", ("10.0.100.1",)), ("a", ("10.0.100.2",))]
+    allocator.step(sets(a), leader=True)
+    assert [(n, ips) for n, ips, _ in writer.writes] == [("b", ("10.0.100.1",)), ("a", ("10.0.100.2",))]
 
 
 def test_the_leader_yields_to_a_controller_that_keeps_rewriting_status() -> None:
-    writes: list = []
-    reports: list = []
-
-    class Writer:
-        def status(self, key, ips) -> None:  # type: ignore[no-untyped-def]
-            writes.append(ips)
-
-        def event(self, key, uid, kind, reason, message) -> None:  # type: ignore[no-untyped-def]
-            if kind == "Warning":
-                reports.append(reason)
-
     now = [0.0]
-    allocator = Allocator(Config(prefixes=V4, node_name="n1"), (), Writer(), Metrics(), clock=lambda: now[0])
+    allocator, writer = make_allocator(clock=lambda: now[0])
     s = svc("s")
+    allocator.step(sets(s), leader=True)
     for _ in range(5):
-        allocator.run({s.key: s})
         now[0] += 1
         s = dataclasses.replace(s, ingress_ips=("198.51.100.1",))  # the rival's write lands
-        allocator.observe(s)
-    assert writes == [("10.0.100.1",)] * 3, "rewrote until the third fight, then stopped"
-    assert reports == ["StatusConflict"]
+        allocator.step(sets(s), leader=True)
+    assert [ips for _, ips, _ in writer.writes] == [("10.0.100.1",)] * 3, "rewrote until the third fight"
+    assert writer.warnings == ["StatusConflict"]
     now[0] += 601
-    allocator.run({s.key: s})
-    assert writes[-1] == ("10.0.100.1",) and len(writes) == 4, "tries again after yielding for 10 minutes"
+    allocator.step(sets(s), leader=True)
+    assert writer.writes[-1][1] == ("10.0.100.1",) and len(writer.writes) == 4, "tries again after 10 minutes"
+
+
+def test_status_writes_are_conditional_on_the_version_decided_on() -> None:
+    allocator, writer = make_allocator()
+    allocator.step(sets(dataclasses.replace(svc("s"), resource_version="41")), leader=True)
+    assert writer.writes == [("s", ("10.0.100.1",), "41")]
+
+
+def test_only_a_leader_allocates_and_losing_leadership_drops_queued_writes() -> None:
+    allocator, writer = make_allocator()
+    allocator.step(sets(svc("a")), leader=False)
+    assert writer.writes == []
+    allocator.step([], leader=True)  # a new leader decides from the full state it already holds
+    assert writer.writes == [("a", ("10.0.100.1",), "")]
+    allocator.step(sets(svc("b")), leader=False)
+    assert writer.drops == 1 and len(writer.writes) == 1, "nothing decided after the loss, the queue dropped"
+
+
+def test_a_refused_write_is_decided_again() -> None:
+    allocator, writer = make_allocator()
+    a = svc("a")
+    allocator.step(sets(a), leader=True)
+    allocator.step([], leader=True, refused=[a.key])
+    assert [n for n, _, _ in writer.writes] == ["a", "a"]
+
+
+def test_status_we_wrote_on_a_service_no_longer_ours_is_cleared_from_full_state() -> None:
+    """The agents' class settings changed: a class-less Service is not ours any more. A new leader that
+    never saw it change still clears what l3lb wrote (managedFields) from its own prefixes, and nothing
+    another controller or another group of l3lb agents wrote."""
+    allocator, writer = make_allocator()
+    allocator.config = Config(prefixes=V4, node_name="n1", default_class=False)
+    mine = dataclasses.replace(svc("mine", ingress=("10.0.100.3",)), status_by_us=True, resource_version="7")
+    theirs = dataclasses.replace(svc("theirs", ingress=("10.0.100.4",)), resource_version="8")
+    # another group of l3lb agents (its own class and prefix) wrote this one: not ours to clear
+    other_group = dataclasses.replace(svc("other", ingress=("10.200.0.1",)), status_by_us=True)
+    everything = [(s.key, s) for s in (mine, theirs, other_group)]
+    allocator.step([WatchEvent("services", "REPLACE", everything, 0.0)], leader=True)
+    assert writer.writes == [("mine", (), "7")]
