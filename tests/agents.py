@@ -8,6 +8,7 @@ Services even while an old namespace is still being deleted.
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +68,17 @@ class SimNode:
     def log(self) -> str:
         assert self.ns.logdir is not None
         return (self.ns.logdir / f"{self.ns.name}-agent.log").read_text()
+
+    def mark(self) -> int:
+        """A place in the agent's log: wait_handled(..., since=mark) looks only after it."""
+        return len(self.log())
+
+    def wait_handled(self, what: str, since: int = 0, timeout: float = 15.0, by: str = "agent") -> None:
+        """Waits until the agent's loop (by="agent") or its allocator (by="allocator") has acted on a
+        message (their debug line "handled ... <what> ..."): before asserting that something did not
+        happen."""
+        pattern = re.compile(rf"l3lb\.{by}: handled [^\n]*{re.escape(what)}")
+        wait_for(lambda: pattern.search(self.log(), since), timeout=timeout, what=f"{self.name}: {by} {what}")
 
 
 @dataclass

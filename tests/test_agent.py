@@ -69,8 +69,9 @@ def test_cluster_policy_every_eligible_node_while_any_endpoint_is_ready(lab: Lab
     a, b = lab.node("a"), lab.node("b")
     lab.node("notready", ready=False)
     ip = _service(lab, policy="Cluster")
-    time.sleep(1)
-    assert a.addresses() == b.addresses() == set()  # no ready endpoint anywhere yet
+    for node in (a, b):  # once each has acted on the Service with its IP: no ready endpoint anywhere yet
+        node.wait_handled(f"services SET {lab.namespace}/web [{ip}]")
+    assert a.addresses() == b.addresses() == set()
     pod = _pod(lab, a, 1)
     wait_addresses(a, {ip})
     wait_addresses(b, {ip})
@@ -131,7 +132,7 @@ def test_class_filtering(lab: Lab) -> None:
     _pod(lab, ours, 1)
     wait_addresses(ours, {mine})
     wait_addresses(classless, {mine, lab.ip(21)})
-    time.sleep(1)
+    ours.wait_handled(f"services SET {lab.namespace}/noclass [{lab.ip(21)}]")
     assert ours.addresses() == {mine}
     other = lab.core.read_namespaced_service_status("other", lab.namespace).status.load_balancer.ingress
     assert not other, "a Service of another class is never touched"
@@ -197,8 +198,8 @@ def test_sigkill_and_restart_adopts_without_a_delete(lab: Lab) -> None:
     try:
         a.signal(signal.SIGKILL)
         a.start()
-        wait_for(lambda: "adopting" in a.log(), what="the restarted agent to adopt the address")
-        time.sleep(0.5)
+        wait_for(lambda: a.log().count("initial sync done") == 2, what="the restarted agent's initial sync")
+        assert "adopting" in a.log()
     finally:
         monitor.terminate()
     out = monitor.communicate(timeout=5)[0]

@@ -187,7 +187,7 @@ def test_bad_input_gets_warning_events_and_the_older_service_keeps_its_ip(lab: L
 
 
 def test_another_controller_rewriting_status_is_reported_not_fought(lab: Lab) -> None:
-    lab.node("a")
+    a = lab.node("a")
     lab.service("contested")
     wait_for(lambda: ingress(lab.core, lab.namespace).get("contested"), what="an allocation")
     stop = threading.Event()
@@ -212,8 +212,12 @@ def test_another_controller_rewriting_status_is_reported_not_fought(lab: Lab) ->
         assert "another controller" in ev.message
         stop.set()
         thread.join()
-        time.sleep(3)
-        assert ingress(lab.core, lab.namespace)["contested"] == ("198.51.100.1",), "l3lb stopped fighting"
+        since = a.mark()
+        rival_ip = {"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.2"}]}}}
+        lab.core.patch_namespaced_service_status("contested", lab.namespace, rival_ip)  # one more
+        a.wait_handled(f"services SET {lab.namespace}/contested [198.51.100.2]", since, by="allocator")
+        assert f"writing status of {lab.namespace}/contested" not in a.log()[since:], "l3lb stopped fighting"
+        assert ingress(lab.core, lab.namespace)["contested"] == ("198.51.100.2",)
     finally:
         stop.set()
         thread.join()
@@ -230,8 +234,9 @@ def test_shared_ip_is_announced_while_any_sharer_wants_it(lab: Lab) -> None:
     create_pod(lab.core, lab.namespace, "dns-1", a.name, "10.244.0.2", labels={"app": "dns"}, ready=False)
     wait_addresses(a, {ip})
     set_pod_ready(lab.core, lab.namespace, "dns-1", True)
+    since = a.mark()
     set_pod_ready(lab.core, lab.namespace, "web-1", False)
-    time.sleep(1)
-    wait_addresses(a, {ip})  # dns still wants it
+    a.wait_handled(f"endpointslices SET {lab.namespace}/web-", since)
+    assert a.addresses() == {ip}  # dns still wants it
     set_pod_ready(lab.core, lab.namespace, "dns-1", False)
     wait_addresses(a, set())  # the last sharer let go
