@@ -1,14 +1,20 @@
-"""Benchmark of one node agent at scale: 1,000 LoadBalancer Services, 10,000 endpoints, 50 nodes.
+"""Benchmark of one node agent at scale: event -> address latency, CPU, memory and sync times against the
+size of the cluster, quiet or under endpoint churn elsewhere.
 
 Real control plane (with an audit log to count the agent's requests), one real agent in a network
-namespace under the least-privilege identity, real netlink. Endpoints are written as EndpointSlices by the
-benchmark itself (selector-less Services), so the timing starts at a write we control rather than at the
-EndpointSlice controller's batching. Run as root::
+namespace under the least-privilege identity, real netlink. Services are selector-less and the benchmark
+writes their EndpointSlices itself (10 endpoints each), so each timing starts at a write it controls rather
+than at the EndpointSlice controller's batching. A fifth of the Services are Local (half of those with an
+endpoint on the measured node n00), the rest Cluster, all with ``allocateLoadBalancerNodePorts: false``.
+The measured events flip the n00 endpoint of Local Services (not ready -> the address goes, ready -> it
+comes back). Run as root::
 
-    .venv/bin/python bench/agent.py [--events 200] [--out bench/results/agent.json]
+    .venv/bin/python bench/agent.py [--services 1000] [--nodes 100] [--events 200] [--churn 200]
+    .venv/bin/python bench/agent.py --sweep        # 1k, 2.5k, 10k Services; quiet and under churn at each
 
-Prints: initial sync time, latency from an endpoint's ready condition written in the API to the address
-added on (or removed from) lo, the agent's API requests during the events, its RSS and CPU per 1,000 events.
+Each point prints: initial sync (agent start -> every address on lo), event -> address p50/p99, CPU per
+1,000 events, RSS, the mean duration of a periodic full sync, and the agent's API reads per event.
+``--sweep`` writes bench/results/agent-sweep.json and a PNG of the figures against cluster size.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,56 +40,88 @@ from kubernetes import client, config, utils  # noqa: E402
 from netns import AddressEvents, ApiRelay, NetNS  # noqa: E402
 from testenv import ControlPlane, interrupt_on_sigterm  # noqa: E402
 
-SERVICES, ENDPOINTS_PER_SLICE, NODES = 1000, 10, 50
+ENDPOINTS_PER_SLICE = 10
 NS = "bench"
 AGENT_USER = "l3lb-agent"
+SWEEP = (1000, 2500, 10000)
+TARGETS = {
+    "p50_ms": 4.0,
+    "p99_ms": 10.0,
+    "cpu_s_per_1000": 1.5,
+    "rss_mib_10k": 96.0,
+    "rss_mib_1k": 64.0,
+    "initial_sync_s": 5.0,
+    "full_sync_ms": 50.0,
+    "churn_p99_ms": 20.0,
+}
 
 
-def svc_ip(i: int) -> str:
-    return f"10.100.{i // 250}.{i % 250 + 1}"
+class Layout:
+    """Which Services exist and where their endpoints are, for ``services`` Services on ``nodes`` nodes."""
+
+    def __init__(self, services: int, nodes: int) -> None:
+        self.services, self.nodes = services, nodes
+
+    @staticmethod
+    def local(i: int) -> bool:
+        return i % 5 == 0
+
+    def endpoint_nodes(self, i: int) -> list[int]:
+        """Ten distinct nodes; n00 is among them for a Local Service exactly when i % 10 == 0."""
+        first = (i * 7) % self.nodes if i % 10 else 0
+        return [
+            (first + j * (self.nodes // ENDPOINTS_PER_SLICE)) % self.nodes for j in range(ENDPOINTS_PER_SLICE)
+        ]
+
+    def ip(self, i: int) -> str:
+        return f"10.100.{i // 250}.{i % 250 + 1}"
+
+    def expected(self) -> set[str]:
+        """What n00 announces: every Cluster Service, and the Local ones with an endpoint on n00."""
+        return {self.ip(i) for i in range(self.services) if not self.local(i) or i % 10 == 0}
+
+    def measured(self) -> list[int]:
+        return [i for i in range(self.services) if self.local(i) and i % 10 == 0]
+
+    def churned(self) -> list[int]:
+        return [i for i in range(self.services) if not self.local(i)]
+
+    def endpoints(self, i: int, *, n00_ready: bool = True, flip: int | None = None) -> list[dict]:
+        """The endpoints of Service ``i``; ``flip``: that endpoint (not on n00) not ready, as in a rollout."""
+        eps = []
+        for j, node in enumerate(self.endpoint_nodes(i)):
+            ready = (n00_ready if node == 0 else True) and j != flip
+            eps.append(
+                {
+                    "addresses": [f"10.{200 + i // 250}.{i % 250}.{j + 1}"],
+                    "nodeName": f"n{node:02d}",
+                    "conditions": {"ready": ready, "serving": ready, "terminating": False},
+                }
+            )
+        return eps
 
 
-def policy(i: int) -> str:
-    """i % 5 == 1: Cluster. Others Local; those with i % 5 == 0 have an endpoint on n00, the measured node."""
-    return "Cluster" if i % 5 == 1 else "Local"
-
-
-def endpoints(i: int, local_ready: bool = True) -> list[dict]:
-    eps = []
-    for j in range(ENDPOINTS_PER_SLICE):
-        node = (i + j * 5) % NODES
-        ready = local_ready if node == 0 else True
-        eps.append(
-            {
-                "addresses": [f"10.{200 + i // 250}.{i % 250}.{j + 1}"],
-                "nodeName": f"n{node:02d}",
-                "conditions": {"ready": ready, "serving": ready, "terminating": False},
-            }
-        )
-    return eps
-
-
-def setup(core: client.CoreV1Api, disc: client.DiscoveryV1Api) -> None:
+def setup(core: client.CoreV1Api, disc: client.DiscoveryV1Api, layout: Layout) -> None:
     core.create_namespace({"metadata": {"name": NS}})
-    for n in range(NODES):
-        create_node(core, f"n{n:02d}")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: create_node(core, f"n{n:02d}"), range(layout.nodes)))
 
     def one(i: int) -> None:
-        name = f"svc-{i:04d}"
+        name = f"svc-{i:05d}"
         core.create_namespaced_service(
             NS,
             {
                 "metadata": {"name": name},
                 "spec": {
                     "type": "LoadBalancer",
-                    "externalTrafficPolicy": policy(i),
+                    "externalTrafficPolicy": "Local" if layout.local(i) else "Cluster",
                     "allocateLoadBalancerNodePorts": False,
                     "ports": [{"port": 80, "protocol": "TCP"}],
                 },
             },
         )
         core.patch_namespaced_service_status(
-            name, NS, {"status": {"loadBalancer": {"ingress": [{"ip": svc_ip(i), "ipMode": "VIP"}]}}}
+            name, NS, {"status": {"loadBalancer": {"ingress": [{"ip": layout.ip(i), "ipMode": "VIP"}]}}}
         )
         disc.create_namespaced_endpoint_slice(
             NS,
@@ -95,12 +135,12 @@ def setup(core: client.CoreV1Api, disc: client.DiscoveryV1Api) -> None:
                 },
                 "addressType": "IPv4",
                 "ports": [{"port": 8080, "protocol": "TCP"}],
-                "endpoints": endpoints(i),
+                "endpoints": layout.endpoints(i),
             },
         )
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(SERVICES)))
+        list(pool.map(one, range(layout.services)))
 
 
 def proc_stats(pid: int) -> tuple[float, float, float]:
@@ -124,30 +164,56 @@ def agent_requests(audit: Path, since: float, until: float) -> dict[str, int]:
             continue
         if e["stage"] == "ResponseComplete" and e["verb"] == "watch":
             continue  # a watch logs ResponseStarted when it begins; count it once
-        t = (
-            time.mktime(time.strptime(e["requestReceivedTimestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
-            - time.timezone
-        )
-        t += float("0." + e["requestReceivedTimestamp"][20:-1] or "0")
+        stamp = e["requestReceivedTimestamp"]
+        t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        t += float("0." + stamp[20:-1] or "0")
         if since <= t <= until:
             what = f"{e['verb']} {e.get('objectRef', {}).get('resource', '?')}"
             counts[what] = counts.get(what, 0) + 1
     return counts
 
 
-def pct(values: list[float], q: float) -> float:
+def full_syncs(ns: NetNS) -> tuple[float, float]:
+    """(sum of seconds, count) of the agent's full syncs, from its /metrics."""
+    text = ns.run(
+        [
+            sys.executable,
+            "-c",
+            "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9655/metrics').read().decode())",
+        ]
+    ).stdout
+    got = dict(re.findall(r'^l3lb_reconcile_duration_seconds_(sum|count)\{sync="full"\} (\S+)$', text, re.M))
+    return float(got.get("sum", 0)), float(got.get("count", 0))
+
+
+def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=200, help="ready->not-ready->ready cycles (2 events each)")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "agent.json")
-    args = ap.parse_args()
-    interrupt_on_sigterm()
-    if os.geteuid() != 0:
-        print("bench/agent.py needs root (network namespaces)", file=sys.stderr)
-        return 2
+def churn(
+    disc: client.DiscoveryV1Api, layout: Layout, rate: float, stop: threading.Event, done: list[int]
+) -> None:
+    """A rolling update elsewhere: ``rate`` EndpointSlice writes a second on Cluster Services, each taking
+    one endpoint (not on n00) out of ready, then the next one; what n00 announces never changes."""
+    targets = layout.churned()
+    k = 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        i = targets[k % len(targets)]
+        flip = (k // len(targets)) % ENDPOINTS_PER_SLICE
+        if layout.endpoint_nodes(i)[flip] == 0:
+            flip = (flip + 1) % ENDPOINTS_PER_SLICE
+        disc.patch_namespaced_endpoint_slice(
+            f"svc-{i:05d}", NS, {"endpoints": layout.endpoints(i, flip=flip)}
+        )
+        done[0] += 1
+        k += 1
+        next_at += 1 / rate
+        stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+def run_point(services: int, nodes: int, events: int, churn_rate: float) -> dict:
+    layout = Layout(services, nodes)
     with (
         tempfile.TemporaryDirectory(prefix="l3lb-bench-") as tmp,
         ControlPlane(Path(tmp) / "cp", audit=True) as cp,
@@ -157,106 +223,229 @@ def main() -> int:
         utils.create_from_yaml(api, str(REPO / "deploy" / "rbac.yaml"))
         kubeconfig = cp.identity(AGENT_USER, ["l3lb:agents"])
         t = time.monotonic()
-        setup(core, disc)
+        setup(core, disc, layout)
         print(
-            f"setup: {SERVICES} Services, {SERVICES * ENDPOINTS_PER_SLICE} endpoints, {NODES} nodes "
-            f"in {time.monotonic() - t:.1f}s"
+            f"  setup: {services} Services, {services * ENDPOINTS_PER_SLICE} endpoints, {nodes} nodes "
+            f"in {time.monotonic() - t:.0f} s",
+            flush=True,
         )
         relay = ApiRelay(cp.state.apiserver_port, tmp)
         try:
             with NetNS(tmp) as ns:
                 relay.attach(ns)
                 watcher = AddressEvents(ns)
-                expected = {svc_ip(i) for i in range(SERVICES) if i % 5 in (0, 1)}
+                expected = layout.expected()
                 t0 = time.monotonic()
-                agent = ns.popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "l3lb",
-                        "run",
-                        "--prefix",
-                        "10.100.0.0/16",
-                        "--node-name",
-                        "n00",
-                        "--kubeconfig",
-                        str(kubeconfig),
-                        "--log-level",
-                        "warning",
-                    ],
-                    "agent",
-                )
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "l3lb",
+                    "run",
+                    "--prefix",
+                    "10.100.0.0/16",
+                    "--node-name",
+                    "n00",
+                    "--kubeconfig",
+                    str(kubeconfig),
+                    "--log-level",
+                    "warning",
+                ]
+                agent = ns.popen(argv, "agent")
                 while ns.host_addresses() != expected:
-                    if time.monotonic() - t0 > 120:
-                        raise SystemExit("the agent did not converge in 120 s")
+                    if time.monotonic() - t0 > 300:
+                        raise SystemExit("the agent did not converge in 300 s")
                     time.sleep(0.05)
                 initial = time.monotonic() - t0
-                time.sleep(2)
-                rss0, _, cpu0 = proc_stats(agent.pid)
+                time.sleep(12)  # past the first periodic full sync and its renewals
+                rss0, _, _ = proc_stats(agent.pid)
+                full0 = full_syncs(ns)
                 print(
-                    f"initial sync: {len(expected)} addresses in {initial * 1000:.0f} ms; RSS {rss0:.1f} MiB"
+                    f"  initial sync: {len(expected)} addresses in {initial:.2f} s; RSS {rss0:.1f} MiB",
+                    flush=True,
                 )
-
-                targets = [i for i in range(SERVICES) if i % 5 == 0][: args.events]
-                add_ms: list[float] = []
-                del_ms: list[float] = []
-                wall0 = time.time()
-                for i in targets:
-                    for ready, kind, out in ((False, "del", del_ms), (True, "add", add_ms)):
-                        start = time.monotonic()
-                        disc.patch_namespaced_endpoint_slice(
-                            f"svc-{i:04d}", NS, {"endpoints": endpoints(i, ready)}
-                        )
-                        out.append((watcher.wait(kind, svc_ip(i), start) - start) * 1000)
-                wall1 = time.time()
-                time.sleep(1)
-                rss1, hwm, cpu1 = proc_stats(agent.pid)
-                reqs = agent_requests(cp.audit_log, wall0, wall1)
-                n_events = len(add_ms) + len(del_ms)
-                result = {
-                    "services": SERVICES,
-                    "endpoints": SERVICES * ENDPOINTS_PER_SLICE,
-                    "nodes": NODES,
-                    "initial_sync_ms": round(initial * 1000, 1),
-                    "addresses": len(expected),
-                    "ready_to_add_ms": {
-                        "n": len(add_ms),
-                        "p50": round(pct(add_ms, 50), 2),
-                        "p99": round(pct(add_ms, 99), 2),
-                        "max": round(max(add_ms), 2),
-                    },
-                    "notready_to_del_ms": {
-                        "n": len(del_ms),
-                        "p50": round(pct(del_ms, 50), 2),
-                        "p99": round(pct(del_ms, 99), 2),
-                        "max": round(max(del_ms), 2),
-                    },
-                    "agent_requests_during_events": reqs,
-                    # reads per event must be 0; the writes are the rate-limited Announced/Withdrawn Events;
-                    # the Lease requests are the election's, on a timer, not per event
-                    "agent_reads_per_event": round(
-                        sum(
-                            v
-                            for k, v in reqs.items()
-                            if k.split()[0] in ("get", "list") and "leases" not in k
-                        )
-                        / n_events,
-                        3,
-                    ),
-                    "agent_event_writes_per_event": round(
-                        sum(v for k, v in reqs.items() if k.endswith(" events")) / n_events, 3
-                    ),
-                    "rss_mib": round(rss1, 1),
-                    "peak_rss_mib": round(hwm, 1),
-                    "cpu_s_per_1000_events": round((cpu1 - cpu0) / n_events * 1000, 2),
-                }
+                results = {}
+                for rate in (0.0, churn_rate) if churn_rate else (0.0,):
+                    results["churn" if rate else "quiet"] = measure(
+                        disc, cp.admin_kubeconfig, layout, watcher, agent.pid, rate, events
+                    )
+                full1 = full_syncs(ns)
+                rss1, hwm, _ = proc_stats(agent.pid)
                 ns.stop(agent)
+                quiet = results["quiet"]
+                wall0, wall1 = quiet.pop("_wall")
+                reqs = agent_requests(cp.audit_log, wall0, wall1)
+                if "churn" in results:
+                    results["churn"].pop("_wall")
         finally:
             relay.close()
-    print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.out}")
+    full_n = full1[1] - full0[1]
+    return {
+        "services": services,
+        "local_services": sum(1 for i in range(services) if layout.local(i)),
+        "endpoints": services * ENDPOINTS_PER_SLICE,
+        "nodes": nodes,
+        "addresses_on_lo": len(expected),
+        "initial_sync_s": round(initial, 2),
+        "full_sync_mean_ms": round((full1[0] - full0[0]) / full_n * 1000, 1) if full_n else None,
+        "full_syncs": int(full_n),
+        "rss_mib": round(rss1, 1),
+        "peak_rss_mib": round(hwm, 1),
+        "agent_reads_per_event": round(
+            sum(v for k, v in reqs.items() if k.split()[0] in ("get", "list") and "leases" not in k)
+            / quiet["events"],
+            3,
+        ),
+        **results,
+    }
+
+
+def measure(
+    disc: client.DiscoveryV1Api,
+    admin: Path,
+    layout: Layout,
+    watcher: AddressEvents,
+    pid: int,
+    rate: float,
+    events: int,
+) -> dict:
+    """The measured events, with ``rate`` churn writes a second elsewhere (from their own API client)."""
+    stop, done = threading.Event(), [0]
+    writer = None
+    if rate:
+        churn_disc = client.DiscoveryV1Api(config.new_client_from_config(str(admin)))
+        writer = threading.Thread(target=churn, args=(churn_disc, layout, rate, stop, done))
+        writer.start()
+        time.sleep(2)
+    _, _, cpu0 = proc_stats(pid)
+    churn0, t0 = done[0], time.monotonic()
+    ms: list[float] = []
+    wall0 = time.time()
+    for i in layout.measured()[: events // 2]:
+        for ready, kind in ((False, "del"), (True, "add")):
+            start = time.monotonic()
+            disc.patch_namespaced_endpoint_slice(
+                f"svc-{i:05d}", NS, {"endpoints": layout.endpoints(i, n00_ready=ready)}
+            )
+            ms.append((watcher.wait(kind, layout.ip(i), start) - start) * 1000)
+    wall1 = time.time()
+    _, _, cpu1 = proc_stats(pid)
+    elapsed = time.monotonic() - t0
+    churned = done[0] - churn0
+    stop.set()
+    if writer is not None:
+        writer.join()
+    return {
+        "events": len(ms),
+        "p50_ms": round(pct(ms, 50), 2),
+        "p99_ms": round(pct(ms, 99), 2),
+        "max_ms": round(max(ms), 2),
+        "churn_writes_per_s": round(churned / elapsed, 1),
+        # CPU of the agent over the window, per 1,000 measured events (under churn it includes the churn's)
+        "cpu_s_per_1000_events": round((cpu1 - cpu0) / len(ms) * 1000, 2),
+        "_wall": (wall0, wall1),
+    }
+
+
+def print_table(points: list[dict]) -> None:
+    head = (
+        "Services",
+        "endpoints",
+        "on lo",
+        "p50 ms",
+        "p99 ms",
+        "CPU s/1k",
+        "RSS MiB",
+        "initial s",
+        "full sync ms",
+        "churn p99 ms",
+    )
+    rows = [
+        (
+            f"{p['services']:,}",
+            f"{p['endpoints']:,}",
+            f"{p['addresses_on_lo']:,}",
+            f"{p['quiet']['p50_ms']}",
+            f"{p['quiet']['p99_ms']}",
+            f"{p['quiet']['cpu_s_per_1000_events']}",
+            f"{p['rss_mib']}",
+            f"{p['initial_sync_s']}",
+            f"{p['full_sync_mean_ms']}",
+            f"{p['churn']['p99_ms']}" if "churn" in p else "-",
+        )
+        for p in points
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def plot(points: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [p["services"] for p in points]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    ax = axes[0][0]
+    ax.plot(x, [p["quiet"]["p50_ms"] for p in points], "o-", label="p50, quiet")
+    ax.plot(x, [p["quiet"]["p99_ms"] for p in points], "o-", label="p99, quiet")
+    if all("churn" in p for p in points):
+        ax.plot(x, [p["churn"]["p50_ms"] for p in points], "s--", label="p50, 200/s churn elsewhere")
+        ax.plot(x, [p["churn"]["p99_ms"] for p in points], "s--", label="p99, 200/s churn elsewhere")
+    ax.set_title("EndpointSlice written -> address on lo (ms)")
+    ax.legend(fontsize=8)
+    axes[0][1].plot(x, [p["quiet"]["cpu_s_per_1000_events"] for p in points], "o-")
+    axes[0][1].set_title("agent CPU seconds per 1,000 events (quiet)")
+    axes[1][0].plot(x, [p["rss_mib"] for p in points], "o-")
+    axes[1][0].set_title("agent RSS (MiB)")
+    axes[1][1].plot(x, [p["initial_sync_s"] for p in points], "o-", label="initial sync (s)")
+    axes[1][1].plot(
+        x, [(p["full_sync_mean_ms"] or 0) / 1000 for p in points], "o-", label="periodic full sync (s)"
+    )
+    axes[1][1].set_title("sync times (s)")
+    axes[1][1].legend(fontsize=8)
+    for row in axes:
+        for a in row:
+            a.set_xscale("log")
+            a.set_xticks(x, [f"{v:,}" for v in x])
+            a.set_xlabel("LoadBalancer Services (10 endpoints each)")
+            a.set_ylim(bottom=0)
+    fig.suptitle("l3lb agent at scale (one run, 2 cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--nodes", type=int, default=100)
+    ap.add_argument("--events", type=int, default=200, help="measured events per point (half del, half add)")
+    ap.add_argument(
+        "--churn", type=float, default=200.0, help="writes/s elsewhere for the churn run (0: none)"
+    )
+    ap.add_argument("--sweep", action="store_true", help=f"every point of {SWEEP}, then the table and a PNG")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    interrupt_on_sigterm()
+    if os.geteuid() != 0:
+        print("bench/agent.py needs root (network namespaces)", file=sys.stderr)
+        return 2
+    sizes = SWEEP if args.sweep else (args.services,)
+    points = []
+    for n in sizes:
+        print(f"{n:,} Services on {args.nodes} nodes", flush=True)
+        points.append(run_point(n, args.nodes, args.events, args.churn))
+        print(json.dumps(points[-1], indent=2), flush=True)
+    print()
+    print_table(points)
+    out = args.out or REPO / "bench" / "results" / ("agent-sweep.json" if args.sweep else "agent.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"targets": TARGETS, "points": points}, indent=2) + "\n")
+    print(f"written to {out}")
+    if args.sweep:
+        plot(points, out.with_suffix(".png"))
+        print(f"plot in {out.with_suffix('.png')}")
     return 0
 
 

@@ -233,7 +233,9 @@ class Agent:
             if len(self.synced) < 3:
                 self._keep_what_is_there(now)
                 return True
-            if kind is Sync.FULL or self.sync_count == 0:
+            if self.sync_count == 0:
+                kind = Sync.FULL  # the first sync with the full picture
+            if kind is Sync.FULL:
                 self._sync_full(now)
             else:
                 ips = self.tracker.update() | self._dirty_ips
@@ -244,7 +246,7 @@ class Agent:
             log.exception("sync failed; retrying with a full sync")
             self._needs_dump = True
             return False
-        self._account(started)
+        self._account(started, kind)
         return True
 
     def _dump(self) -> None:
@@ -299,10 +301,10 @@ class Agent:
             self._renewals.clear()
             self.runner.done(Sync.FULL, False)
 
-    def _account(self, started: float) -> None:
+    def _account(self, started: float, kind: Sync) -> None:
         m = self.metrics
         end = self.clock()
-        m.reconcile.observe(end - started)
+        m.reconcile.labels(kind.value).observe(end - started)
         if self._batch_start is not None:
             m.event_to_apply.observe(end - self._batch_start)
             self._batch_start = None

@@ -22,7 +22,7 @@ from .allocate import allocate
 from .config import Config, Network
 from .decide import is_ours
 from .metrics import Metrics
-from .model import Key, Service, fmt_key
+from .model import Key, Service, field_manager, fmt_key
 from .runner import WatchEvent
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,10 @@ class Allocator:
         writer: StatusWriter,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        lease_namespace: str = "kube-system",
     ) -> None:
         self.config = config
+        self.field_manager = field_manager(lease_namespace)
         self.reserved = reserved
         self.writer = writer
         self.metrics = metrics
@@ -220,13 +222,14 @@ class Allocator:
                 del self._reported[key]
 
     def _release_not_ours(self, now: float) -> None:
-        """Status that l3lb wrote (managedFields) with IPs of our prefixes, on a LoadBalancer Service that
-        is not ours (the agents' class settings changed), is cleared. Another group of l3lb agents, with its
-        own class and prefixes, is left alone. A Service that stops being a LoadBalancer needs nothing: the
-        apiserver clears status.loadBalancer itself when the type changes."""
+        """Status that our group of agents wrote (managedFields: our field manager) with IPs of our
+        prefixes, on a LoadBalancer Service that is not ours (the agents' class settings changed), is
+        cleared. What another group of l3lb agents (another Lease) or another controller wrote is left
+        alone. A Service that stops being a LoadBalancer needs nothing: the apiserver clears
+        status.loadBalancer itself when the type changes."""
         for key, svc in self.services.items():
             if (
-                svc.status_by_us
+                self.field_manager in svc.status_managers
                 and svc.ingress_ips
                 and all(self.config.in_prefix(ip) for ip in svc.ingress_ips)
                 and not is_ours(svc, self.config)

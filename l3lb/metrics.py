@@ -34,7 +34,8 @@ class Metrics:
         )
         self.reconcile = Histogram(
             "l3lb_reconcile_duration_seconds",
-            "Duration of one sync (decide and apply).",
+            "Duration of one sync (decide and apply): sync=changes, or sync=full (plans every address).",
+            ["sync"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

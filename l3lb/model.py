@@ -18,8 +18,12 @@ SHARING_ANNOTATION = "l3lb.io/allow-shared-ip"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 AUTOSCALER_TAINT = "ToBeDeletedByClusterAutoscaler"
-FIELD_MANAGER = "l3lb"
-"""The field manager of l3lb's status writes: managedFields then say who wrote status.loadBalancer."""
+
+
+def field_manager(lease_namespace: str) -> str:
+    """The field manager of the status writes of the agents sharing one Lease (one group of agents):
+    managedFields then say which group wrote status.loadBalancer."""
+    return f"l3lb/{lease_namespace}"
 
 
 def key_of(obj: dict[str, Any]) -> Key:
@@ -58,8 +62,8 @@ class Service:
     """The ``l3lb.io/allow-shared-ip`` annotation: Services with the same key may share an IP."""
     ports: frozenset[tuple[str, int]] = frozenset()
     selector: tuple[tuple[str, str], ...] = ()
-    status_by_us: bool = False
-    """Whether l3lb's field manager owns status.loadBalancer (from managedFields): l3lb wrote it."""
+    status_managers: frozenset[str] = frozenset()
+    """The field managers that own status.loadBalancer (managedFields): who wrote it."""
     resource_version: str = field(default="", compare=False)
     """For conditional status writes; not part of the value, so that a bump alone is no change."""
 
@@ -111,17 +115,17 @@ def parse_service(obj: dict[str, Any]) -> Service:
             (p.get("protocol") or "TCP", int(p.get("port") or 0)) for p in spec.get("ports") or []
         ),
         selector=tuple(sorted((spec.get("selector") or {}).items())),
-        status_by_us=_status_by_us(meta.get("managedFields") or []),
+        status_managers=_status_managers(meta.get("managedFields") or []),
         resource_version=meta.get("resourceVersion") or "",
     )
 
 
-def _status_by_us(managed: list[dict[str, Any]]) -> bool:
-    return any(
-        m.get("manager") == FIELD_MANAGER
-        and m.get("subresource") == "status"
-        and "f:loadBalancer" in ((m.get("fieldsV1") or {}).get("f:status") or {})
+def _status_managers(managed: list[dict[str, Any]]) -> frozenset[str]:
+    return frozenset(
+        m.get("manager") or ""
         for m in managed
+        if m.get("subresource") == "status"
+        and "f:loadBalancer" in ((m.get("fieldsV1") or {}).get("f:status") or {})
     )
 
 

@@ -3,9 +3,9 @@
 once a minute, so a flapping input can never flood the API).
 
 Status writes are the allocator's: each is a merge patch conditional on the resourceVersion it was decided
-on (a 409 sends the Service back to the allocator), made as field manager ``l3lb`` (so managedFields say
-who wrote it), and only while ``may_write()`` (the election: we lead); the allocator drops what is queued
-when leadership is lost.
+on (a 409 sends the Service back to the allocator), made as field manager ``l3lb/<lease namespace>`` (so
+managedFields say which group of agents wrote it), and only while ``may_write()`` (the election: we lead);
+the allocator drops what is queued when leadership is lost.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from kubernetes.client.rest import ApiException
 
 from .kube import Api, api_message, path
-from .model import FIELD_MANAGER, Key, fmt_key
+from .model import Key, field_manager, fmt_key
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,11 @@ class Writer:
         may_write: Callable[[], bool] = lambda: True,
         on_refused: Callable[[Key], None] = lambda key: None,
         clock: Callable[[], float] = time.monotonic,
+        lease_namespace: str = "kube-system",
     ) -> None:
         self.api = api
         self.clock = clock
+        self.field_manager = field_manager(lease_namespace)
         self.node_name = node_name
         self.may_write = may_write
         self.on_refused = on_refused
@@ -168,7 +170,7 @@ class Writer:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
             self.api.merge_patch(
-                path(STATUS_PATH, ns=key[0], name=key[1]), body, query={"fieldManager": FIELD_MANAGER}
+                path(STATUS_PATH, ns=key[0], name=key[1]), body, query={"fieldManager": self.field_manager}
             )
             log.info(
                 "published %s for %s in status.loadBalancer.ingress",

@@ -48,11 +48,21 @@ class SimNode:
     ns: NetNS
     argv: list[str]
     proc: subprocess.Popen | None = None
+    starts: int = 0
 
     def start(self, *extra: str) -> SimNode:
         assert self.proc is None or self.proc.poll() is not None, "agent already running"
         self.proc = self.ns.popen([*self.argv, *extra], "agent")
+        self.starts += 1
         return self
+
+    def wait_synced(self, timeout: float = 15.0) -> None:
+        """Waits for the agent's initial sync since its last start (its "initial sync done" line)."""
+        wait_for(
+            lambda: self.log().count("initial sync done") >= self.starts,
+            timeout=timeout,
+            what=f"{self.name}: initial sync",
+        )
 
     def signal(self, sig: signal.Signals, timeout: float = 15.0) -> int | None:
         assert self.proc is not None

@@ -12,6 +12,7 @@ connects to that socket. A kubeconfig for ``https://127.0.0.1:PORT`` then works 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import json
@@ -254,6 +255,7 @@ class AddressEvents(NetlinkWatch):
         """The time of the first ``kind`` event for ``ip`` at or after ``after``."""
 
         def first() -> float | None:
-            return next((t for t, k, a in self.events if t >= after and k == kind and a == ip), None)
+            start = bisect.bisect_left(self.events, after, key=lambda e: e[0])  # events come in time order
+            return next((t for t, k, a in self.events[start:] if k == kind and a == ip), None)
 
         return self.wait_until(first, timeout)

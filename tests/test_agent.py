@@ -68,6 +68,8 @@ def test_local_policy_follows_local_readiness(lab: Lab) -> None:
 def test_cluster_policy_every_eligible_node_while_any_endpoint_is_ready(lab: Lab) -> None:
     a, b = lab.node("a"), lab.node("b")
     lab.node("notready", ready=False)
+    a.wait_synced()
+    b.wait_synced()  # so that each sees the Service come and get its IP as watch events
     ip = _service(lab, policy="Cluster")
     for node in (a, b):  # once each has acted on the Service with its IP: no ready endpoint anywhere yet
         node.wait_handled(f"services SET {lab.namespace}/web [{ip}]")
@@ -117,6 +119,7 @@ def test_class_filtering(lab: Lab) -> None:
     # what is theirs): this one uses the Lease in kube-system that deploy/rbac.yaml grants.
     classless.argv[classless.argv.index("--lease-namespace") + 1] = "kube-system"
     classless.start()
+    ours.wait_synced()  # so that it sees the Services come as watch events
     mine = _service(lab, "mine", policy="Cluster")
     create_lb_service(
         lab.core,
@@ -198,7 +201,7 @@ def test_sigkill_and_restart_adopts_without_a_delete(lab: Lab) -> None:
     try:
         a.signal(signal.SIGKILL)
         a.start()
-        wait_for(lambda: a.log().count("initial sync done") == 2, what="the restarted agent's initial sync")
+        a.wait_synced()
         assert "adopting" in a.log()
     finally:
         monitor.terminate()

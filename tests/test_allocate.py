@@ -285,14 +285,19 @@ def test_a_refused_write_is_decided_again() -> None:
 
 def test_status_we_wrote_on_a_service_no_longer_ours_is_cleared_from_full_state() -> None:
     """The agents' class settings changed: a class-less Service is not ours any more. A new leader that
-    never saw it change still clears what l3lb wrote (managedFields) from its own prefixes, and nothing
+    never saw it change still clears what its group wrote (managedFields) in its prefixes, and nothing that
     another controller or another group of l3lb agents wrote."""
     allocator, writer = make_allocator()
     allocator.config = Config(prefixes=V4, node_name="n1", default_class=False)
-    mine = dataclasses.replace(svc("mine", ingress=("10.0.100.3",)), status_by_us=True, resource_version="7")
+    ours = frozenset({"l3lb/kube-system"})
+    mine = dataclasses.replace(
+        svc("mine", ingress=("10.0.100.3",)), status_managers=ours, resource_version="7"
+    )
     theirs = dataclasses.replace(svc("theirs", ingress=("10.0.100.4",)), resource_version="8")
-    # another group of l3lb agents (its own class and prefix) wrote this one: not ours to clear
-    other_group = dataclasses.replace(svc("other", ingress=("10.200.0.1",)), status_by_us=True)
-    everything = [(s.key, s) for s in (mine, theirs, other_group)]
+    # another group of l3lb agents (its own Lease) wrote these, even one inside our prefix: not ours to clear
+    group = frozenset({"l3lb/other-lease-namespace"})
+    other_group = dataclasses.replace(svc("other", ingress=("10.0.100.5",)), status_managers=group)
+    outside = dataclasses.replace(svc("outside", ingress=("10.200.0.1",)), status_managers=ours)
+    everything = [(s.key, s) for s in (mine, theirs, other_group, outside)]
     allocator.step([WatchEvent("services", "REPLACE", everything, 0.0)], leader=True)
     assert writer.writes == [("mine", (), "7")]

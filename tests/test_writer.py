@@ -86,7 +86,9 @@ def test_status_is_conditional_made_as_l3lb_and_refusals_go_back_to_the_allocato
     w._write_status(("ns", "a"), ("10.0.100.1",), "42")
     (_, url, body, kw) = api.calls[0]
     assert url == "/api/v1/namespaces/ns/services/a/status"
-    assert body["metadata"] == {"resourceVersion": "42"} and kw["query"] == {"fieldManager": "l3lb"}
+    assert body["metadata"] == {"resourceVersion": "42"} and kw["query"] == {
+        "fieldManager": "l3lb/kube-system"
+    }
     assert body["status"]["loadBalancer"]["ingress"] == [{"ip": "10.0.100.1", "ipMode": "VIP"}]
     api.refuse_with = 409
     w._write_status(("ns", "a"), ("10.0.100.2",), "42")
