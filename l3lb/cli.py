@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -185,6 +186,10 @@ def run(
     **shared_opts: Any,
 ) -> None:
     """Run the node agent: keep exactly the right Service IPs on the interface."""
+    # A stop asked for while the modules load (a second or so) is kept and honoured once the agent runs.
+    early: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: early.append(signum))
     from .daemon import serve
 
     listen = None if metrics_address == "off" else _host_port(metrics_address)
@@ -209,7 +214,7 @@ def run(
         " dry-run" if dry_run else "",
         " keep-on-exit" if keep_on_exit else "",
     )
-    serve(config, kubeconfig, listen, lease_namespace)
+    serve(config, kubeconfig, listen, lease_namespace, received=early)
 
 
 @cli.command()

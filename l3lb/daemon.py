@@ -29,7 +29,9 @@ def serve(
     kubeconfig: str | None,
     listen: tuple[str, int] | None,
     lease_namespace: str = "kube-system",
+    received: list[int] | None = None,
 ) -> None:
+    """Runs the agent until SIGTERM or SIGINT. ``received``: signals that arrived before (while loading)."""
     try:
         table = MemoryTable() if config.dry_run else NetlinkTable(config.interface)
     except InterfaceMissing as err:
@@ -53,7 +55,7 @@ def serve(
     agent = Agent(config, table, writer=writer, metrics=metrics, notifier=Notifier(), allocator=allocator)
     stop = threading.Event()
 
-    received: list[int] = []
+    received = received if received is not None else []
 
     def on_signal(signum: int, frame: object) -> None:
         # No logging and no lock here (logging takes one): the signal must not deadlock what it interrupts.
@@ -62,6 +64,8 @@ def serve(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if received:
+        agent.stop()
 
     def on_restart(resource: str, err: Exception | None) -> None:
         metrics.watch_restarts.labels(resource).inc()

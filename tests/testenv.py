@@ -330,6 +330,14 @@ class ControlPlane:
     def stop_apiserver(self) -> None:
         self._stop_one("kube-apiserver")
 
+    def stop_etcd(self) -> None:
+        """Stops etcd alone: the apiserver stays up and fails what needs storage."""
+        self._stop_one("etcd")
+
+    def start_etcd(self) -> None:
+        """Starts etcd again on its data, after ``stop_etcd()``."""
+        self._start_etcd(binaries()["etcd"])
+
     def _stop_one(self, name: str) -> None:
         assert self.state is not None
         pid = self.state.pids.pop(name, None)

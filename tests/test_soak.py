@@ -1,0 +1,20 @@
+"""The chaos soak (tests/soak.py) in make test: a minute with a fixed seed, then one with a fresh random
+seed, printed so that a failure can be replayed with ``bench/soak.py --seed N``."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from soak import run_soak
+
+pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.frr, pytest.mark.nix]
+
+
+@pytest.mark.parametrize("seed", [1, random.randrange(1 << 31)], ids=["fixed-seed", "random-seed"])
+def test_soak_keeps_every_invariant(seed: int) -> None:
+    print(f"soak seed {seed} (replay: sudo .venv/bin/python bench/soak.py --minutes 1 --seed {seed})")
+    report = run_soak(seed, 60, log=lambda _: None)
+    print(report.table())
+    assert report.violations == [], f"seed {seed}:\n" + "\n".join(report.violations + report.log[-80:])
+    assert sum(report.faults.values()) >= 40 and len(report.faults) >= 12, report.faults
