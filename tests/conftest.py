@@ -15,6 +15,7 @@ from kubernetes import client, config, utils
 from lab import FRR
 from lab import Lab as FrrLab
 from netns import ApiRelay, sweep_stale
+from soak import SEEDS
 from testenv import NIXPKGS_LIB, ControlPlane, cache_dir, interrupt_on_sigterm, versions
 
 
@@ -67,6 +68,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if name in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=unmet[name]))
                 break
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The chaos soaks' tables, with their seeds: replay one with ``bench/soak.py --seed N``."""
+    for table in config.stash.get(SEEDS, []):
+        terminalreporter.write_line(table)
 
 
 @pytest.fixture(scope="session")
