@@ -29,9 +29,11 @@ unit:
 	@$(SETUP) unit
 	$(PY) -m pytest -q -p no:cacheprovider -m "not cluster and not root"
 
-# Benchmarks (root): the agent at scale, the allocator, convergence through FRR. Results in bench/results/.
+# Benchmarks (root): the agent at scale (a sweep of cluster sizes, quiet and under churn), the allocator,
+# convergence through FRR, and a 10-minute chaos soak. Results in bench/results/.
 bench:
 	@$(SETUP) bench
-	$(PY) bench/agent.py
+	$(PY) bench/agent.py --sweep
 	$(PY) bench/allocation.py
 	$(PY) bench/convergence.py
+	$(PY) bench/soak.py --minutes 10
