@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -37,8 +38,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from kubelet import create_node  # noqa: E402
 from kubernetes import client, config, utils  # noqa: E402
+from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
 from netns import AddressEvents, ApiRelay, NetNS  # noqa: E402
 from testenv import ControlPlane, interrupt_on_sigterm  # noqa: E402
+
+from l3lb.kube import Api  # noqa: E402
 
 ENDPOINTS_PER_SLICE = 10
 NS = "bench"
@@ -173,28 +177,39 @@ def agent_requests(audit: Path, since: float, until: float) -> dict[str, int]:
     return counts
 
 
-def full_syncs(ns: NetNS) -> tuple[float, float]:
-    """(sum of seconds, count) of the agent's full syncs, from its /metrics."""
-    text = ns.run(
+def agent_metrics(ns: NetNS) -> str:
+    """The agent's /metrics, read inside its namespace."""
+    return ns.run(
         [
             sys.executable,
             "-c",
             "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9655/metrics').read().decode())",
         ]
     ).stdout
+
+
+def full_syncs(ns: NetNS) -> tuple[float, float]:
+    """(sum of seconds, count) of the agent's full syncs."""
+    text = agent_metrics(ns)
     got = dict(re.findall(r'^l3lb_reconcile_duration_seconds_(sum|count)\{sync="full"\} (\S+)$', text, re.M))
     return float(got.get("sum", 0)), float(got.get("count", 0))
+
+
+def event_to_apply(ns: NetNS) -> dict[float, float]:
+    """The agent's own l3lb_event_to_apply_seconds histogram: {upper bound in ms: count}."""
+    found = re.findall(r'^l3lb_event_to_apply_seconds_bucket\{le="([^"]+)"\} (\S+)$', agent_metrics(ns), re.M)
+    return {float(le) * 1000: float(n) for le, n in found}
 
 
 def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def churn(
-    disc: client.DiscoveryV1Api, layout: Layout, rate: float, stop: threading.Event, done: list[int]
-) -> None:
+def churn(admin: str, layout: Layout, rate: float, stop: Any, done: Any) -> None:
     """A rolling update elsewhere: ``rate`` EndpointSlice writes a second on Cluster Services, each taking
-    one endpoint (not on n00) out of ready, then the next one; what n00 announces never changes."""
+    one endpoint (not on n00) out of ready, then the next one; what n00 announces never changes. Runs in
+    a process of its own, so that it never holds the measuring process's GIL."""
+    disc = client.DiscoveryV1Api(config.new_client_from_config(admin))
     targets = layout.churned()
     k = 0
     next_at = time.monotonic()
@@ -206,10 +221,26 @@ def churn(
         disc.patch_namespaced_endpoint_slice(
             f"svc-{i:05d}", NS, {"endpoints": layout.endpoints(i, flip=flip)}
         )
-        done[0] += 1
+        done.value += 1
         k += 1
         next_at += 1 / rate
         stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+def deliveries(admin: str, stop: Any, out: Any) -> None:
+    """Another watcher of the EndpointSlices, in a process of its own: when the apiserver delivers each
+    change (time.monotonic() is the same clock in every process). The floor of the event -> address time."""
+    api = config.new_client_from_config(admin)
+    rv = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice(NS, limit=1).metadata.resource_version
+    query = {"watch": "true", "resourceVersion": rv, "timeoutSeconds": 600}
+    resp = Api(api).request(
+        "GET", f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices", query=query, timeout=(5, 620)
+    )
+    for line in iter_resp_lines(resp):
+        if stop.is_set():
+            break
+        event = json.loads(line)
+        out.put((event["object"]["metadata"]["name"], time.monotonic()))
 
 
 def run_point(services: int, nodes: int, events: int, churn_rate: float) -> dict:
@@ -266,9 +297,12 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float) -> dict
                 results = {}
                 for rate in (0.0, churn_rate) if churn_rate else (0.0,):
                     results["churn" if rate else "quiet"] = measure(
-                        disc, cp.admin_kubeconfig, layout, watcher, agent.pid, rate, events
+                        disc, cp.admin_kubeconfig, ns, layout, watcher, agent.pid, rate, events
                     )
                 full1 = full_syncs(ns)
+                while full1[1] - full0[1] < 3:  # at least three periodic full syncs to average
+                    time.sleep(1)
+                    full1 = full_syncs(ns)
                 rss1, hwm, _ = proc_stats(agent.pid)
                 ns.stop(agent)
                 quiet = results["quiet"]
@@ -302,6 +336,7 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float) -> dict
 def measure(
     disc: client.DiscoveryV1Api,
     admin: Path,
+    ns: NetNS,
     layout: Layout,
     watcher: AddressEvents,
     pid: int,
@@ -309,16 +344,21 @@ def measure(
     events: int,
 ) -> dict:
     """The measured events, with ``rate`` churn writes a second elsewhere (from their own API client)."""
-    stop, done = threading.Event(), [0]
+    stop, done = multiprocessing.Event(), multiprocessing.Value("L", 0)
+    delivered: Any = multiprocessing.Queue()
+    observer = multiprocessing.Process(target=deliveries, args=(str(admin), stop, delivered), daemon=True)
+    observer.start()
     writer = None
     if rate:
-        churn_disc = client.DiscoveryV1Api(config.new_client_from_config(str(admin)))
-        writer = threading.Thread(target=churn, args=(churn_disc, layout, rate, stop, done))
+        writer = multiprocessing.Process(target=churn, args=(str(admin), layout, rate, stop, done))
         writer.start()
         time.sleep(2)
     _, _, cpu0 = proc_stats(pid)
-    churn0, t0 = done[0], time.monotonic()
+    inside0 = event_to_apply(ns)
+    churn0, t0 = done.value, time.monotonic()
     ms: list[float] = []
+    write_ms: list[float] = []
+    writes: list[tuple[str, float]] = []
     wall0 = time.time()
     for i in layout.measured()[: events // 2]:
         for ready, kind in ((False, "del"), (True, "add")):
@@ -326,19 +366,42 @@ def measure(
             disc.patch_namespaced_endpoint_slice(
                 f"svc-{i:05d}", NS, {"endpoints": layout.endpoints(i, n00_ready=ready)}
             )
+            write_ms.append((time.monotonic() - start) * 1000)
+            writes.append((f"svc-{i:05d}", start))
             ms.append((watcher.wait(kind, layout.ip(i), start) - start) * 1000)
     wall1 = time.time()
     _, _, cpu1 = proc_stats(pid)
     elapsed = time.monotonic() - t0
-    churned = done[0] - churn0
+    churned = done.value - churn0
+    seen: dict[str, list[float]] = {}
+    while not delivered.empty():
+        name, at = delivered.get()
+        seen.setdefault(name, []).append(at)
+    delivery_ms = [(min(t for t in seen.get(n, [s + 60]) if t >= s) - s) * 1000 for n, s in writes]
+    inside = {le: n - inside0.get(le, 0) for le, n in event_to_apply(ns).items()}
     stop.set()
     if writer is not None:
         writer.join()
+    observer.terminate()
     return {
         "events": len(ms),
         "p50_ms": round(pct(ms, 50), 2),
         "p99_ms": round(pct(ms, 99), 2),
         "max_ms": round(max(ms), 2),
+        # the write alone, until the apiserver answered (the agent may act before the answer arrives)
+        "api_write_p50_ms": round(pct(write_ms, 50), 2),
+        "api_write_p99_ms": round(pct(write_ms, 99), 2),
+        # the same change seen by another watcher: the apiserver's own delivery, the floor of the above
+        "apiserver_delivery_p50_ms": round(pct(delivery_ms, 50), 2),
+        "apiserver_delivery_p99_ms": round(pct(delivery_ms, 99), 2),
+        # inside the agent: from an event's arrival (parsed) to the end of its sync, as a share of events
+        "agent_share_within_ms": {
+            f"{le:g}": round(n / inside[float("inf")], 3)
+            for le, n in inside.items()
+            if le in (1, 2.5, 5, 10, 25, 50)
+        }
+        if inside.get(float("inf"))
+        else {},
         "churn_writes_per_s": round(churned / elapsed, 1),
         # CPU of the agent over the window, per 1,000 measured events (under churn it includes the churn's)
         "cpu_s_per_1000_events": round((cpu1 - cpu0) / len(ms) * 1000, 2),

@@ -290,11 +290,19 @@ class Agent:
         """Renews the lifetimes of up to RENEW_BATCH addresses that are still wanted and present."""
         lifetime = self.config.address_lifetime
         batch = [self._renewals.popleft() for _ in range(min(RENEW_BATCH, len(self._renewals)))]
+        batch = [
+            ip
+            for ip in batch
+            if ip in self.present and (len(self.synced) < 3 or ip in self.tracker.announced)
+        ]
         try:
+            failed = self.table.set_many(batch, lifetime)
+            expires = Present(self.clock() + lifetime if lifetime else None)
             for ip in batch:
-                if ip in self.present and (len(self.synced) < 3 or ip in self.tracker.announced):
-                    self.table.set(ip, lifetime)
-                    self.present[ip] = Present(self.clock() + lifetime if lifetime else None)
+                if ip not in failed:
+                    self.present[ip] = expires
+            if failed:
+                raise OSError(f"the kernel refused to renew {failed}")
         except Exception:
             log.exception("renewing lifetimes failed; retrying with a full sync")
             self._needs_dump = True

@@ -1,28 +1,27 @@
 """Applying decisions to the interface: a pure diff (``plan``) and the netlink calls that carry it out.
 
-Only this module imports pyroute2. Whatever the inputs, a plan never touches an address outside the
-configured prefixes or one that is not host-length (/32, /128).
+Only this module (and ``rtnl``, its hot-path codec) talks netlink. Whatever the inputs, a plan never
+touches an address outside the configured prefixes or one that is not host-length (/32, /128).
 """
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pyroute2 import IPRoute, NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
+from pyroute2 import IPRoute
 
+from . import rtnl
 from .config import Config
+from .rtnl import parse_address
 
 log = logging.getLogger(__name__)
-
-FOREVER = 0xFFFFFFFF
 
 
 def host_len(ip: str) -> int:
@@ -82,6 +81,7 @@ class AddressTable(Protocol):
 
     def dump(self) -> dict[str, Present]: ...
     def set(self, ip: str, lifetime: int) -> None: ...
+    def set_many(self, ips: list[str], lifetime: int) -> dict[str, int]: ...
     def remove(self, ip: str) -> None: ...
     def close(self) -> None: ...
 
@@ -99,6 +99,11 @@ class MemoryTable:
     def set(self, ip: str, lifetime: int) -> None:
         self.addresses[ip] = Present(self.clock() + lifetime if lifetime else None)
 
+    def set_many(self, ips: list[str], lifetime: int) -> dict[str, int]:
+        for ip in ips:
+            self.set(ip, lifetime)
+        return {}
+
     def remove(self, ip: str) -> None:
         self.addresses.pop(ip, None)
 
@@ -115,8 +120,8 @@ def _present(msg: object, now: float) -> tuple[str, Present] | None:
     ip = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")  # type: ignore[attr-defined]
     if not ip or msg["prefixlen"] != host_len(ip):  # type: ignore[index]
         return None
-    valid = (msg.get("IFA_CACHEINFO") or {}).get("ifa_valid", FOREVER)  # type: ignore[attr-defined]
-    return str(ipaddress.ip_address(ip)), Present(None if valid == FOREVER else now + valid)
+    valid = (msg.get("IFA_CACHEINFO") or {}).get("ifa_valid", rtnl.FOREVER)  # type: ignore[attr-defined]
+    return str(ipaddress.ip_address(ip)), Present(None if valid == rtnl.FOREVER else now + valid)
 
 
 ECHO_WITHIN = 5.0
@@ -159,7 +164,8 @@ class Echoes:
 
 
 class NetlinkTable:
-    """The real interface, through rtnetlink."""
+    """The real interface: writes and the monitor through ``rtnl`` (batched, struct-coded), the interface
+    lookup and dumps through pyroute2."""
 
     def __init__(self, ifname: str) -> None:
         self.ipr = IPRoute()
@@ -169,6 +175,7 @@ class NetlinkTable:
             raise InterfaceMissing(f"interface {ifname!r} does not exist")
         self.index: int = found[0]
         self.ifname = ifname
+        self.requests = rtnl.Requests()
         self.echoes = Echoes()
         self.monitor_error: str | None = None
         """Why the monitor is not following the interface right now (for /healthz), or None."""
@@ -186,27 +193,38 @@ class NetlinkTable:
         return out
 
     def set(self, ip: str, lifetime: int) -> None:
-        lifetimes = {"valid_lft": lifetime, "preferred_lft": lifetime} if lifetime else {}
-        self.echoes.expect("add", ip)
+        failed = self.set_many([ip], lifetime)
+        if failed:
+            raise rtnl.RequestError(failed[ip], f"cannot add {ip}: {os.strerror(failed[ip])}")
+
+    def set_many(self, ips: list[str], lifetime: int) -> dict[str, int]:
+        """Adds or renews ``ips`` in batches; returns {ip: errno} of those the kernel refused."""
+        for ip in ips:
+            self.echoes.expect("add", ip)
         try:
-            self.ipr.addr("replace", index=self.index, address=ip, prefixlen=host_len(ip), **lifetimes)
+            failed = self.requests.run((rtnl.RTM_NEWADDR, self.index, ip, lifetime) for ip in ips)
         except BaseException:
-            self.echoes.forget("add", ip)
+            for ip in ips:
+                self.echoes.forget("add", ip)
             raise
+        for ip in failed:
+            self.echoes.forget("add", ip)
+        return failed
 
     def remove(self, ip: str) -> None:
         self.echoes.expect("del", ip)
         try:
-            self.ipr.addr("del", index=self.index, address=ip, prefixlen=host_len(ip))
-        except NetlinkError as err:
-            self.echoes.forget("del", ip)
-            if err.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
-                raise
+            failed = self.requests.run([(rtnl.RTM_DELADDR, self.index, ip, 0)])
         except BaseException:
             self.echoes.forget("del", ip)
             raise
+        if ip in failed:
+            self.echoes.forget("del", ip)
+            if failed[ip] not in rtnl.GONE:
+                raise rtnl.RequestError(failed[ip], f"cannot remove {ip}: {os.strerror(failed[ip])}")
 
     def close(self) -> None:
+        self.requests.close()
         self.ipr.close()
 
     def monitor_health(self) -> str | None:
@@ -229,15 +247,14 @@ class NetlinkTable:
         delay = 0.1
         while True:
             try:
-                with IPRoute() as ipr:
-                    ipr.bind(groups=RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+                with rtnl.monitor_socket() as sock:
                     self.monitoring.set()
                     if self.monitor_error is not None:
                         self.monitor_error = None
                         on_change("lost", "", None)
                     while True:
-                        for msg in ipr.get():
-                            self._event(msg, on_change)
+                        for kind, _, payload in rtnl.messages(sock.recv(1 << 16)):
+                            self._event(parse_address(kind, payload), on_change)
                         delay = 0.1
             except Exception as err:  # whatever it was (ENOBUFS, a parse error...): restart, then re-read
                 self.monitoring.clear()
@@ -246,14 +263,13 @@ class NetlinkTable:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _event(self, msg: object, on_change: Callable[[str, str, Present | None], None]) -> None:
-        if msg.get("index") != self.index:  # type: ignore[attr-defined]
+    def _event(
+        self, addr: rtnl.Address | None, on_change: Callable[[str, str, Present | None], None]
+    ) -> None:
+        if addr is None or addr.index != self.index or addr.prefixlen != host_len(addr.ip):
             return
-        item = _present(msg, time.monotonic())
-        if item is None:
+        kind = "del" if addr.kind == rtnl.RTM_DELADDR else "add"
+        if self.echoes.consume(kind, addr.ip):
             return
-        event = msg["event"]  # type: ignore[index]
-        kind = "del" if event == "RTM_DELADDR" else "add" if event == "RTM_NEWADDR" else None
-        if kind is None or self.echoes.consume(kind, item[0]):
-            return
-        on_change(kind, item[0], item[1] if kind == "add" else None)
+        expires = None if addr.valid == rtnl.FOREVER else time.monotonic() + addr.valid
+        on_change(kind, addr.ip, Present(expires) if kind == "add" else None)

@@ -145,7 +145,7 @@ class ApiRelay:
         self.socket = self.workdir / f"api-{port}.sock"
         self.socket.unlink(missing_ok=True)
         self.proc = spawn(
-            ["socat", f"UNIX-LISTEN:{self.socket},fork,mode=600", f"TCP:127.0.0.1:{port}"],
+            ["socat", f"UNIX-LISTEN:{self.socket},fork,mode=600", f"TCP:127.0.0.1:{port},nodelay"],
             self.workdir / "relay-root.log",
             detach=False,
         )
@@ -153,7 +153,11 @@ class ApiRelay:
     def attach(self, ns: NetNS) -> subprocess.Popen:
         """Starts the namespace's end: 127.0.0.1:``port`` inside ``ns`` leads to the apiserver."""
         proc = ns.popen(
-            ["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{self.socket}"],
+            [
+                "socat",
+                f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr,nodelay",
+                f"UNIX-CONNECT:{self.socket}",
+            ],
             "relay",
         )
         ns.run(["socat", "-u", "OPEN:/dev/null", f"TCP:127.0.0.1:{self.port},retry=100,interval=0.05"])

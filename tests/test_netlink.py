@@ -24,13 +24,13 @@ got = []
 seen = threading.Event()
 t = NetlinkTable("lo")
 if sys.argv[1] == "fail-once":  # the monitor meets an exception that is not an OSError
-    real, calls = apply._present, []
-    def once(msg, now):
+    real, calls = apply.parse_address, []
+    def once(kind, payload):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("unexpected message")
-        return real(msg, now)
-    apply._present = once
+        return real(kind, payload)
+    apply.parse_address = once
 
 def on_change(kind, ip, present):
     got.append([kind, ip, t.monitor_health()])
