@@ -20,10 +20,12 @@ Each point prints: initial sync (agent start -> every address on lo), event -> a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
 import re
+import signal
 import statistics
 import sys
 import tempfile
@@ -205,12 +207,17 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def churn(admin: str, layout: Layout, rate: float, stop: Any, done: Any) -> None:
-    """A rolling update elsewhere: ``rate`` EndpointSlice writes a second on Cluster Services, each taking
-    one endpoint (not on n00) out of ready, then the next one; what n00 announces never changes. Runs in
-    a process of its own, so that it never holds the measuring process's GIL."""
+CHURN_WRITERS = 4
+
+
+def churn(admin: str, layout: Layout, rate: float, stop: Any, done: Any, part: int) -> None:
+    """A rolling update elsewhere: ``rate`` EndpointSlice writes a second on Cluster Services (this writer's
+    share of them), each taking one endpoint (not on n00) out of ready, then the next one; what n00
+    announces never changes. Each writer is a process of its own, so none holds the measuring process's
+    GIL, and there are several because one write takes longer than 1/200 s on a large cluster."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     disc = client.DiscoveryV1Api(config.new_client_from_config(admin))
-    targets = layout.churned()
+    targets = layout.churned()[part::CHURN_WRITERS]
     k = 0
     next_at = time.monotonic()
     while not stop.is_set():
@@ -221,7 +228,8 @@ def churn(admin: str, layout: Layout, rate: float, stop: Any, done: Any) -> None
         disc.patch_namespaced_endpoint_slice(
             f"svc-{i:05d}", NS, {"endpoints": layout.endpoints(i, flip=flip)}
         )
-        done.value += 1
+        with done.get_lock():
+            done.value += 1
         k += 1
         next_at += 1 / rate
         stop.wait(max(0.0, next_at - time.monotonic()))
@@ -230,6 +238,7 @@ def churn(admin: str, layout: Layout, rate: float, stop: Any, done: Any) -> None
 def deliveries(admin: str, stop: Any, out: Any) -> None:
     """Another watcher of the EndpointSlices, in a process of its own: when the apiserver delivers each
     change (time.monotonic() is the same clock in every process). The floor of the event -> address time."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ended by terminate(), quietly
     api = config.new_client_from_config(admin)
     rv = client.DiscoveryV1Api(api).list_namespaced_endpoint_slice(NS, limit=1).metadata.resource_version
     query = {"watch": "true", "resourceVersion": rv, "timeoutSeconds": 600}
@@ -288,7 +297,9 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float) -> dict
                     time.sleep(0.05)
                 initial = time.monotonic() - t0
                 time.sleep(12)  # past the first periodic full sync and its renewals
-                rss0, _, _ = proc_stats(agent.pid)
+                rss0, _, idle0 = proc_stats(agent.pid)
+                time.sleep(20)  # two periodic full syncs and their renewals, and nothing else
+                idle_cpu = (proc_stats(agent.pid)[2] - idle0) / 20
                 full0 = full_syncs(ns)
                 print(
                     f"  initial sync: {len(expected)} addresses in {initial:.2f} s; RSS {rss0:.1f} MiB",
@@ -322,6 +333,7 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float) -> dict
         "initial_sync_s": round(initial, 2),
         "full_sync_mean_ms": round((full1[0] - full0[0]) / full_n * 1000, 1) if full_n else None,
         "full_syncs": int(full_n),
+        "idle_cpu_percent": round(idle_cpu * 100, 2),
         "rss_mib": round(rss1, 1),
         "peak_rss_mib": round(hwm, 1),
         "agent_reads_per_event": round(
@@ -348,10 +360,13 @@ def measure(
     delivered: Any = multiprocessing.Queue()
     observer = multiprocessing.Process(target=deliveries, args=(str(admin), stop, delivered), daemon=True)
     observer.start()
-    writer = None
-    if rate:
-        writer = multiprocessing.Process(target=churn, args=(str(admin), layout, rate, stop, done))
-        writer.start()
+    writers = [
+        multiprocessing.Process(target=churn, args=(str(admin), layout, rate / CHURN_WRITERS, stop, done, k))
+        for k in range(CHURN_WRITERS if rate else 0)
+    ]
+    for w in writers:
+        w.start()
+    if writers:
         time.sleep(2)
     _, _, cpu0 = proc_stats(pid)
     inside0 = event_to_apply(ns)
@@ -360,7 +375,7 @@ def measure(
     write_ms: list[float] = []
     writes: list[tuple[str, float]] = []
     wall0 = time.time()
-    for i in layout.measured()[: events // 2]:
+    for i in itertools.islice(itertools.cycle(layout.measured()), events // 2):
         for ready, kind in ((False, "del"), (True, "add")):
             start = time.monotonic()
             disc.patch_namespaced_endpoint_slice(
@@ -380,8 +395,8 @@ def measure(
     delivery_ms = [(min(t for t in seen.get(n, [s + 60]) if t >= s) - s) * 1000 for n, s in writes]
     inside = {le: n - inside0.get(le, 0) for le, n in event_to_apply(ns).items()}
     stop.set()
-    if writer is not None:
-        writer.join()
+    for w in writers:
+        w.join()
     observer.terminate()
     return {
         "events": len(ms),
@@ -483,7 +498,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--nodes", type=int, default=100)
-    ap.add_argument("--events", type=int, default=200, help="measured events per point (half del, half add)")
+    ap.add_argument("--events", type=int, default=1000, help="measured events per point (half del, half add)")
     ap.add_argument(
         "--churn", type=float, default=200.0, help="writes/s elsewhere for the churn run (0: none)"
     )

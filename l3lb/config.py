@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ def parse_prefixes(values: Iterable[str], *, allow_empty: bool = False) -> tuple
     return tuple(nets)
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _in_prefixes(prefixes: tuple[Network, ...], ip: str | Address) -> bool:
+    """Cached: a full sync asks it of every held address (parsing the text is most of the cost)."""
+    addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    return any(addr.version == net.version and addr in net for net in prefixes)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     prefixes: tuple[Network, ...]
@@ -51,8 +59,7 @@ class Config:
 
     def in_prefix(self, ip: str | Address) -> bool:
         """Whether ``ip`` lies inside one of our prefixes: the only addresses l3lb may ever touch."""
-        addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-        return any(addr.version == net.version and addr in net for net in self.prefixes)
+        return _in_prefixes(self.prefixes, ip)
 
     def owns_class(self, lb_class: str | None) -> bool:
         if lb_class is None:

@@ -79,6 +79,16 @@ class SimNode:
         assert self.ns.logdir is not None
         return (self.ns.logdir / f"{self.ns.name}-agent.log").read_text()
 
+    def metrics(self) -> dict[str, float]:
+        """The agent's Prometheus samples: {'name{labels}': value}, read inside its namespace."""
+        code = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9655/metrics').read().decode())"
+        out = {}
+        for line in self.ns.run([sys.executable, "-c", code]).stdout.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
     def mark(self) -> int:
         """A place in the agent's log: wait_handled(..., since=mark) looks only after it."""
         return len(self.log())

@@ -232,5 +232,8 @@ def test_sigkill_without_restart_expires_with_the_lifetime(lab: Lab) -> None:
     assert 0 < entry["valid_life_time"] <= 3
     time.sleep(4)  # renewed: still there
     assert a.addresses() == {ip}
+    # The renewals' own netlink echoes start no sync: every event -> apply time is an event's, well under 1 s.
+    m = a.metrics()
+    assert m['l3lb_event_to_apply_seconds_bucket{le="0.25"}'] == m["l3lb_event_to_apply_seconds_count"] > 0
     a.signal(signal.SIGKILL)
     wait_addresses(a, set(), timeout=5)
