@@ -471,6 +471,12 @@ def plot(points: list[dict], path: Path) -> None:
     if all("churn" in p for p in points):
         ax.plot(x, [p["churn"]["p50_ms"] for p in points], "s--", label="p50, 200/s churn elsewhere")
         ax.plot(x, [p["churn"]["p99_ms"] for p in points], "s--", label="p99, 200/s churn elsewhere")
+    ax.plot(
+        x,
+        [p["quiet"]["apiserver_delivery_p50_ms"] for p in points],
+        "k:",
+        label="apiserver delivery p50 (floor)",
+    )
     ax.set_title("EndpointSlice written -> address on lo (ms)")
     ax.legend(fontsize=8)
     axes[0][1].plot(x, [p["quiet"]["cpu_s_per_1000_events"] for p in points], "o-")
