@@ -256,7 +256,7 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float) -> dict
     layout = Layout(services, nodes)
     with (
         tempfile.TemporaryDirectory(prefix="l3lb-bench-") as tmp,
-        ControlPlane(Path(tmp) / "cp", audit=True) as cp,
+        ControlPlane(Path(tmp) / "cp", audit=(AGENT_USER,)) as cp,
     ):
         api = config.new_client_from_config(str(cp.admin_kubeconfig))
         core, disc = client.CoreV1Api(api), client.DiscoveryV1Api(api)
