@@ -15,15 +15,16 @@ the allocator, which decides and writes status in its own thread.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from .allocator import Allocator
 from .apply import AddressTable, NetlinkTable, Plan, Present, plan
-from .config import Config
+from .config import CLASS_PREFIX, Config
 from .decide import NOT_WANTED
 from .metrics import Metrics
 from .model import NODE, SERVICES, SLICES, Key, fmt_key
@@ -34,6 +35,8 @@ from .tracker import Tracker
 log = logging.getLogger(__name__)
 
 LOOP_STUCK_AFTER = 30.0
+WEIGHT_HOLD = 5.0
+"""Seconds an IP stays in its weight class after a move before it may move again."""
 RENEW_BATCH = 200
 """Renewals applied between two looks at the inbox."""
 STRAY = "stray"
@@ -48,6 +51,24 @@ class Watched(Protocol):
     resource: str
     last_progress: float
     stuck_after: float
+
+
+class Placement(Mapping[str, str]):
+    """The announced IPs and the interface each goes on: what ``plan()`` brings the interfaces to."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def __getitem__(self, ip: str) -> str:
+        if ip not in self.agent.tracker.announced:
+            raise KeyError(ip)
+        return self.agent.interface_for(ip)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.agent.tracker.announced)
+
+    def __len__(self) -> int:
+        return len(self.agent.tracker.announced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +121,11 @@ class Agent:
         self._needs_dump = True
         self._next_ping = 0.0
         self._batch_start: float | None = None
+        self._duplicates: set[tuple[str, str]] = set()
+        """(ip, interface) of second copies of an address on our interfaces: collected by the next sync."""
+        self._moved: dict[str, float] = {}
+        """When each IP last moved between weight classes."""
+        self.placement = Placement(self)
 
     @property
     def resync_interval(self) -> float:
@@ -174,14 +200,22 @@ class Agent:
             self._changed(m.at)
             return
         if isinstance(m, AddressEvent):
+            have = self.present.get(m.ip)
+            where = m.present.interface if m.present is not None else self.config.interface
             if m.kind == "del":
-                if self.present.pop(m.ip, None) is not None and m.ip in self.tracker.announced:
-                    self._dirty_ips.add(m.ip)  # ours, removed by someone else: restore it
+                self._duplicates.discard((m.ip, where))
+                if have is not None and have.interface == where:
+                    del self.present[m.ip]
+                    if m.ip in self.tracker.announced:
+                        self._dirty_ips.add(m.ip)  # ours, removed by someone else: restore it
+            elif have is not None and have.interface != where:
+                if self.config.in_prefix(m.ip):
+                    self._duplicates.add((m.ip, where))  # a second copy on another of our interfaces
             elif m.present is not None:
                 self.present[m.ip] = m.present
                 if m.ip not in self.tracker.announced and self.config.in_prefix(m.ip):
                     self._dirty_ips.add(m.ip)  # a stray: collect it
-            if self._dirty_ips:
+            if self._dirty_ips or self._duplicates:
                 self._changed(m.at)
             return
         self._record_watch(m)
@@ -240,7 +274,8 @@ class Agent:
             else:
                 ips = self.tracker.update() | self._dirty_ips
                 self._dirty_ips = set()
-                self._apply(plan(self.tracker.announced, self.present, self.config, now, ips))
+                self._collect_duplicates()
+                self._apply(plan(self.placement, self.present, self.config, now, ips))
                 self._hold(ips)
         except Exception:
             log.exception("sync failed; retrying with a full sync")
@@ -252,25 +287,36 @@ class Agent:
     def _dump(self) -> None:
         if self._needs_dump:
             self.present = self.table.dump()
+            self._duplicates = set(self.table.duplicates)
             self._needs_dump = False
         self._dirty_ips = set()
         self._renewals.clear()
+
+    def _collect_duplicates(self) -> None:
+        """Second copies of an address on another of our interfaces (a person, or an older agent): gone."""
+        for ip, interface in sorted(self._duplicates):
+            self.table.remove(ip, interface)
+            self.metrics.withdrawals.labels(STRAY).inc()
+            where = self.present[ip].interface if ip in self.present else "none"
+            log.info("collecting stray %s on %s: it is held on %s", ip, interface, where)
+        self._duplicates.clear()
 
     def _keep_what_is_there(self, now: float) -> None:
         """No full picture yet (Services, EndpointSlices and the Node not each listed once): remove nothing,
         add nothing, and renew the lifetimes of what is there, so that it expires only if the agent dies."""
         self._dump()
-        ours = {ip for ip in self.present if self.config.in_prefix(ip)}
+        ours = {ip: have.interface for ip, have in self.present.items() if self.config.in_prefix(ip)}
         self._renewals.extend(plan(ours, self.present, self.config, now).renew)
 
     def _sync_full(self, now: float) -> None:
         self._dump()
         self.tracker.update()
+        self._collect_duplicates()
         wanted = self.tracker.announced
         if self.sync_count == 0:
             for ip in sorted(wanted & self.present.keys()):
-                log.info("adopting %s%s; already on the interface", ip, self._why(ip))
-        p = plan(wanted, self.present, self.config, now)
+                log.info("adopting %s%s; already on %s", ip, self._why(ip), self.present[ip].interface)
+        p = plan(self.placement, self.present, self.config, now)
         self._renewals.extend(p.renew)
         p.renew = []
         self._apply(p)
@@ -290,19 +336,21 @@ class Agent:
         """Renews the lifetimes of up to RENEW_BATCH addresses that are still wanted and present."""
         lifetime = self.config.address_lifetime
         batch = [self._renewals.popleft() for _ in range(min(RENEW_BATCH, len(self._renewals)))]
-        batch = [
-            ip
-            for ip in batch
-            if ip in self.present and (len(self.synced) < 3 or ip in self.tracker.announced)
-        ]
+        by_interface: dict[str, list[str]] = {}
+        for ip, interface in batch:
+            have = self.present.get(ip)
+            still = len(self.synced) < 3 or ip in self.tracker.announced
+            if have is not None and have.interface == interface and still:
+                by_interface.setdefault(interface, []).append(ip)
         try:
-            failed = self.table.set_many(batch, lifetime)
-            expires = Present(self.clock() + lifetime if lifetime else None)
-            for ip in batch:
-                if ip not in failed:
-                    self.present[ip] = expires
-            if failed:
-                raise OSError(f"the kernel refused to renew {failed}")
+            for interface, ips in by_interface.items():
+                failed = self.table.set_many(ips, lifetime, interface)
+                expires = Present(self.clock() + lifetime if lifetime else None, interface)
+                for ip in ips:
+                    if ip not in failed:
+                        self.present[ip] = expires
+                if failed:
+                    raise OSError(f"the kernel refused to renew {failed}")
         except Exception:
             log.exception("renewing lifetimes failed; retrying with a full sync")
             self._needs_dump = True
@@ -326,22 +374,13 @@ class Agent:
 
     def _apply(self, p: Plan) -> None:
         lifetime = self.config.address_lifetime
-        for ip in p.add + p.renew:
-            self.table.set(ip, lifetime)
-            self.present[ip] = Present(self.clock() + lifetime if lifetime else None)
-        for ip in p.add:
-            why = self._why(ip)
-            if ip in self.held:
-                self.metrics.repairs.inc()
-                self.metrics.announcements.labels(REPAIR).inc()
-                log.warning("restoring %s%s; it was removed by someone else", ip, why)
-            else:
-                self.metrics.announcements.labels(why.reason).inc()
-                log.info("assuming %s%s", ip, why)
-                self._event(why, "Announced", f"{self.config.node_name} announces {ip}: {why.detail}")
-        for ip in p.remove:
-            self.table.remove(ip)
+        moving = {ip for ip, _ in p.add} & {ip for ip, _ in p.remove}
+        for ip, interface in p.remove:  # first: a move deletes from the old interface before it adds
+            self.table.remove(ip, interface)
             self.present.pop(ip, None)
+            self._weigh(ip, None)
+            if ip in moving:
+                continue
             if ip in self.held:
                 why = self._why(ip)
                 self.metrics.withdrawals.labels(why.reason).inc()
@@ -350,6 +389,56 @@ class Agent:
             else:
                 self.metrics.withdrawals.labels(STRAY).inc()
                 log.info("collecting stray %s: no Service of ours wants it", ip)
+        for ip, interface in p.add + p.renew:
+            self.table.set(ip, lifetime, interface)
+            self.present[ip] = Present(self.clock() + lifetime if lifetime else None, interface)
+        for ip, interface in p.add:
+            self._weigh(ip, interface)
+        for ip, interface in p.add:
+            why = self._why(ip)
+            if ip in moving:
+                self._moved[ip] = self.clock()
+                self.metrics.moves.inc()
+                log.info("moving %s to %s%s", ip, interface, why)
+            elif ip in self.held:
+                self.metrics.repairs.inc()
+                self.metrics.announcements.labels(REPAIR).inc()
+                log.warning("restoring %s%s; it was removed by someone else", ip, why)
+            else:
+                self.metrics.announcements.labels(why.reason).inc()
+                log.info("assuming %s%s", ip, why)
+                self._event(why, "Announced", f"{self.config.node_name} announces {ip}: {why.detail}")
+
+    def _weigh(self, ip: str, interface: str | None) -> None:
+        """The weight gauge of ``ip``: its class on a class interface, no sample elsewhere."""
+        if not self.config.weight_classes:
+            return
+        if interface is not None and interface != self.config.interface:
+            self.metrics.weight.labels(ip).set(int(interface.removeprefix(CLASS_PREFIX)))
+        else:
+            with contextlib.suppress(KeyError):
+                self.metrics.weight.remove(ip)
+
+    def interface_for(self, ip: str) -> str:
+        """Where an announced IP goes: the agent's interface, or with weighted anycast the interface of its
+        weight class (a Local Service's local ready endpoints, at most the number of classes; Cluster IPs
+        stay on the agent's interface). A move between classes waits until WEIGHT_HOLD seconds after the
+        IP's last move, since every change of weights moves flows at the router; the full sync that comes
+        next after that makes it."""
+        classes = self.config.weight_classes
+        if not classes:
+            return self.config.interface
+        weight = self.tracker.weights.get(ip, 0)
+        want = self.config.interface if not weight else self.config.class_interface(weight)
+        have = self.present.get(ip)
+        if (
+            have is not None
+            and have.interface != want
+            and self.config.interface not in (have.interface, want)
+            and self.clock() - self._moved.get(ip, -WEIGHT_HOLD) < WEIGHT_HOLD
+        ):
+            return have.interface
+        return want
 
     def _why(self, ip: str) -> Why:
         t = self.tracker
@@ -374,10 +463,12 @@ class Agent:
         except Exception:
             log.exception("could not read the interface to withdraw")
             return
-        for ip in sorted(present):
+        for ip, have in sorted(
+            [*present.items(), *((ip, Present(None, i)) for ip, i in self.table.duplicates)]
+        ):
             if self.config.in_prefix(ip):
                 try:
-                    self.table.remove(ip)
+                    self.table.remove(ip, have.interface)
                     self.metrics.withdrawals.labels("stopping").inc()
                     log.info("withdrawing %s: the agent is stopping", ip)
                 except Exception:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetlinkError
 
 from . import rtnl
 from .config import Config
@@ -30,82 +30,102 @@ def host_len(ip: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Present:
-    """A host-length address on the interface."""
+    """A host-length address on one of our interfaces."""
 
     expires: float | None
     """``time.monotonic()`` at which its valid lifetime ends; None when permanent."""
+    interface: str = "lo"
+    """Which of our interfaces holds it."""
 
 
 @dataclass(slots=True)
 class Plan:
-    add: list[str] = field(default_factory=list)
-    renew: list[str] = field(default_factory=list)
-    remove: list[str] = field(default_factory=list)
+    """(ip, interface) pairs. A move to another interface is a removal from the old one and an add on the
+    new one; the removals are carried out first (zebra 8.4 keeps a stale route otherwise)."""
+
+    add: list[tuple[str, str]] = field(default_factory=list)
+    renew: list[tuple[str, str]] = field(default_factory=list)
+    remove: list[tuple[str, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.add or self.renew or self.remove)
 
 
 def plan(
-    desired: set[str],
+    desired: Mapping[str, str],
     present: Mapping[str, Present],
     config: Config,
     now: float,
     ips: Iterable[str] | None = None,
 ) -> Plan:
-    """What to add, renew and remove so that exactly ``desired`` is held inside our prefixes.
+    """What to add, renew and remove so that exactly ``desired`` (IP -> interface) is held inside our
+    prefixes.
 
     ``ips``: plan only these addresses (an incremental sync, O(len(ips))); None: every desired and present
     address (a full sync)."""
     p = Plan()
     lifetime = config.address_lifetime
-    for ip in sorted(desired | present.keys() if ips is None else ips):
+    for ip in sorted(desired.keys() | present.keys() if ips is None else ips):
         if not config.in_prefix(ip):
             continue  # decide() never asks for this, nor removes it; the check here makes it impossible
         have = present.get(ip)
-        if ip not in desired:
+        want = desired.get(ip)
+        if want is None:
             if have is not None:
-                p.remove.append(ip)
+                p.remove.append((ip, have.interface))
         elif have is None:
-            p.add.append(ip)
+            p.add.append((ip, want))
+        elif have.interface != want:
+            p.remove.append((ip, have.interface))
+            p.add.append((ip, want))
         elif lifetime == 0:
             if have.expires is not None:
-                p.renew.append(ip)
+                p.renew.append((ip, want))
         elif have.expires is None or have.expires - now < lifetime - config.renew_after:
-            p.renew.append(ip)
+            p.renew.append((ip, want))
     return p
 
 
 class AddressTable(Protocol):
-    """The host-length addresses of one interface."""
+    """The host-length addresses of the agent's interfaces: its interface (lo), and with weighted anycast
+    the weight-class interfaces too."""
+
+    interfaces: tuple[str, ...]
+    duplicates: list[tuple[str, str]]
+    """After ``dump()``: (ip, interface) of each address also held on an earlier interface of ours."""
 
     def dump(self) -> dict[str, Present]: ...
-    def set(self, ip: str, lifetime: int) -> None: ...
-    def set_many(self, ips: list[str], lifetime: int) -> dict[str, int]: ...
-    def remove(self, ip: str) -> None: ...
+    def set(self, ip: str, lifetime: int, interface: str) -> None: ...
+    def set_many(self, ips: list[str], lifetime: int, interface: str) -> dict[str, int]: ...
+    def remove(self, ip: str, interface: str) -> None: ...
     def close(self) -> None: ...
 
 
 class MemoryTable:
-    """An interface that exists only in memory: for ``--dry-run`` (never touches netlink) and unit tests."""
+    """Interfaces that exist only in memory: for ``--dry-run`` (never touches netlink) and unit tests."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, interfaces: tuple[str, ...] = ("lo",)
+    ) -> None:
         self.clock = clock
+        self.interfaces = interfaces
+        self.duplicates: list[tuple[str, str]] = []
         self.addresses: dict[str, Present] = {}
 
     def dump(self) -> dict[str, Present]:
         return dict(self.addresses)
 
-    def set(self, ip: str, lifetime: int) -> None:
-        self.addresses[ip] = Present(self.clock() + lifetime if lifetime else None)
+    def set(self, ip: str, lifetime: int, interface: str = "lo") -> None:
+        self.addresses[ip] = Present(self.clock() + lifetime if lifetime else None, interface)
 
-    def set_many(self, ips: list[str], lifetime: int) -> dict[str, int]:
+    def set_many(self, ips: list[str], lifetime: int, interface: str = "lo") -> dict[str, int]:
         for ip in ips:
-            self.set(ip, lifetime)
+            self.set(ip, lifetime, interface)
         return {}
 
-    def remove(self, ip: str) -> None:
-        self.addresses.pop(ip, None)
+    def remove(self, ip: str, interface: str = "lo") -> None:
+        if ip in self.addresses and self.addresses[ip].interface == interface:
+            del self.addresses[ip]
 
     def close(self) -> None:
         pass
@@ -115,13 +135,13 @@ class InterfaceMissing(RuntimeError):
     pass
 
 
-def _present(msg: object, now: float) -> tuple[str, Present] | None:
+def _present(msg: object, now: float, interface: str) -> tuple[str, Present] | None:
     """(ip, Present) of a host-length address message, or None for other prefix lengths."""
     ip = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")  # type: ignore[attr-defined]
     if not ip or msg["prefixlen"] != host_len(ip):  # type: ignore[index]
         return None
     valid = (msg.get("IFA_CACHEINFO") or {}).get("ifa_valid", rtnl.FOREVER)  # type: ignore[attr-defined]
-    return str(ipaddress.ip_address(ip)), Present(None if valid == rtnl.FOREVER else now + valid)
+    return str(ipaddress.ip_address(ip)), Present(None if valid == rtnl.FOREVER else now + valid, interface)
 
 
 ECHO_WITHIN = 5.0
@@ -164,45 +184,80 @@ class Echoes:
 
 
 class NetlinkTable:
-    """The real interface: writes and the monitor through ``rtnl`` (batched, struct-coded), the interface
-    lookup and dumps through pyroute2."""
+    """The real interfaces: writes and the monitor through ``rtnl`` (batched, struct-coded), lookups,
+    dumps and the creation of weight-class interfaces through pyroute2."""
 
-    def __init__(self, ifname: str) -> None:
+    def __init__(self, ifname: str, classes: tuple[str, ...] = (), *, create: bool = True) -> None:
+        """``classes``: weight-class interfaces, made if missing (``create``; else those missing are left
+        out: a read-only look, as ``l3lb status`` takes)."""
         self.ipr = IPRoute()
         found = self.ipr.link_lookup(ifname=ifname)
         if not found:
             self.ipr.close()
             raise InterfaceMissing(f"interface {ifname!r} does not exist")
-        self.index: int = found[0]
         self.ifname = ifname
+        self.index: int = found[0]
+        self.indices = {ifname: self.index}
+        for name in classes:
+            if create:
+                self.indices[name] = self._class_interface(name)
+            elif found := self.ipr.link_lookup(ifname=name):
+                self.indices[name] = found[0]
+        self.interfaces = tuple(self.indices)
+        self._names = {i: n for n, i in self.indices.items()}
+        self.duplicates: list[tuple[str, str]] = []
         self.requests = rtnl.Requests()
         self.echoes = Echoes()
         self.monitor_error: str | None = None
-        """Why the monitor is not following the interface right now (for /healthz), or None."""
+        """Why the monitor is not following the interfaces right now (for /healthz), or None."""
         self._monitor_thread: threading.Thread | None = None
         self.monitoring = threading.Event()
         """Set once the monitor listens (and again after each restart): changes from then on are seen."""
 
+    def _class_interface(self, name: str) -> int:
+        """The index of weight-class interface ``name``, made if missing: a ``dummy``, or where the kernel
+        has no dummy driver a veth pair with both ends here (the peer named ``<name>p``). Either way up."""
+        found = self.ipr.link_lookup(ifname=name)
+        if not found:
+            try:
+                self.ipr.link("add", ifname=name, kind="dummy")
+            except NetlinkError:
+                self.ipr.link("add", ifname=name, kind="veth", peer={"ifname": f"{name}p"})
+                self.ipr.link("set", index=self.ipr.link_lookup(ifname=f"{name}p")[0], state="up")
+                log.info("made weight-class interface %s (a veth pair: no dummy driver here)", name)
+            else:
+                log.info("made weight-class interface %s (dummy)", name)
+            found = self.ipr.link_lookup(ifname=name)
+        self.ipr.link("set", index=found[0], state="up")
+        return found[0]
+
     def dump(self) -> dict[str, Present]:
         now = time.monotonic()
-        out = {}
-        for msg in self.ipr.get_addr(index=self.index):
-            item = _present(msg, now)
-            if item:
-                out[item[0]] = item[1]
+        out: dict[str, Present] = {}
+        self.duplicates = []
+        for name, index in self.indices.items():
+            for msg in self.ipr.get_addr(index=index):
+                item = _present(msg, now, name)
+                if item is None:
+                    continue
+                if item[0] in out:
+                    self.duplicates.append((item[0], name))
+                else:
+                    out[item[0]] = item[1]
         return out
 
-    def set(self, ip: str, lifetime: int) -> None:
-        failed = self.set_many([ip], lifetime)
+    def set(self, ip: str, lifetime: int, interface: str) -> None:
+        failed = self.set_many([ip], lifetime, interface)
         if failed:
             raise rtnl.RequestError(failed[ip], f"cannot add {ip}: {os.strerror(failed[ip])}")
 
-    def set_many(self, ips: list[str], lifetime: int) -> dict[str, int]:
-        """Adds or renews ``ips`` in batches; returns {ip: errno} of those the kernel refused."""
+    def set_many(self, ips: list[str], lifetime: int, interface: str) -> dict[str, int]:
+        """Adds or renews ``ips`` on ``interface`` in batches; returns {ip: errno} of those refused."""
+        index = self.indices[interface]
         for ip in ips:
             self.echoes.expect("add", ip)
         try:
-            failed = self.requests.run((rtnl.RTM_NEWADDR, self.index, ip, lifetime) for ip in ips)
+            failed = self.requests.run((rtnl.RTM_NEWADDR, index, ip, lifetime) for ip in ips)
         except BaseException:
             for ip in ips:
                 self.echoes.forget("add", ip)
@@ -211,10 +266,10 @@ class NetlinkTable:
             self.echoes.forget("add", ip)
         return failed
 
-    def remove(self, ip: str) -> None:
+    def remove(self, ip: str, interface: str) -> None:
         self.echoes.expect("del", ip)
         try:
-            failed = self.requests.run([(rtnl.RTM_DELADDR, self.index, ip, 0)])
+            failed = self.requests.run([(rtnl.RTM_DELADDR, self.indices[interface], ip, 0)])
         except BaseException:
             self.echoes.forget("del", ip)
             raise
@@ -234,9 +289,9 @@ class NetlinkTable:
         return self.monitor_error
 
     def monitor(self, on_change: Callable[[str, str, Present | None], None]) -> threading.Thread:
-        """Follows the interface's address events in a thread: ``on_change("add"|"del", ip, present)`` for
-        changes made by someone else (echoes of our own writes are dropped), ``on_change("lost", "", None)``
-        after a restart of the monitor, which may have missed events."""
+        """Follows our interfaces' address events in a thread: ``on_change("add"|"del", ip, present)`` (the
+        interface in ``present``) for changes made by someone else (echoes of our own writes are dropped),
+        ``on_change("lost", "", None)`` after a restart of the monitor, which may have missed events."""
         self._monitor_thread = threading.Thread(
             target=self._monitor, args=(on_change,), name="netlink-monitor", daemon=True
         )
@@ -266,10 +321,10 @@ class NetlinkTable:
     def _event(
         self, addr: rtnl.Address | None, on_change: Callable[[str, str, Present | None], None]
     ) -> None:
-        if addr is None or addr.index != self.index or addr.prefixlen != host_len(addr.ip):
+        if addr is None or addr.index not in self._names or addr.prefixlen != host_len(addr.ip):
             return
         kind = "del" if addr.kind == rtnl.RTM_DELADDR else "add"
         if self.echoes.consume(kind, addr.ip):
             return
-        expires = None if addr.valid == rtnl.FOREVER else time.monotonic() + addr.valid
-        on_change(kind, addr.ip, Present(expires) if kind == "add" else None)
+        expires = None if addr.valid == rtnl.FOREVER or kind == "del" else time.monotonic() + addr.valid
+        on_change(kind, addr.ip, Present(expires, self._names[addr.index]))

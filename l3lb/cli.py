@@ -72,6 +72,21 @@ SHARED = [
         show_default=True,
         help="Also take Services that set no loadBalancerClass.",
     ),
+    click.option(
+        "--weighted",
+        envvar="L3LB_WEIGHTED",
+        is_flag=True,
+        help="Weighted anycast: put each Local Service's IP on the interface of its weight class (l3lbw1 "
+        "... l3lbwN: its local ready endpoints, capped), for FRR to tag with the link-bandwidth community.",
+    ),
+    click.option(
+        "--weight-classes",
+        envvar="L3LB_WEIGHT_CLASSES",
+        type=click.IntRange(1, 16),
+        default=4,
+        show_default=True,
+        help="With --weighted: the number of weight classes (FRR's config needs the same number).",
+    ),
 ]
 VTY = click.option(
     "--vty-socket",
@@ -96,6 +111,8 @@ def make_config(
     interface: str,
     load_balancer_class: str,
     default_class: bool,
+    weighted: bool = False,
+    weight_classes: int = 4,
     **extra: Any,
 ) -> Config:
     return Config(
@@ -104,6 +121,7 @@ def make_config(
         interface=interface,
         load_balancer_class=load_balancer_class,
         default_class=default_class,
+        weight_classes=weight_classes if weighted else 0,
         **extra,
     )
 
@@ -202,7 +220,7 @@ def run(
         reserved=reserved,
     )
     log.info(
-        "l3lb %s starting: node=%s interface=%s prefixes=%s class=%s%s lifetime=%ss metrics=%s%s%s",
+        "l3lb %s starting: node=%s interface=%s prefixes=%s class=%s%s lifetime=%ss metrics=%s%s%s%s",
         __version__,
         config.node_name,
         config.interface,
@@ -213,6 +231,7 @@ def run(
         metrics_address,
         " dry-run" if dry_run else "",
         " keep-on-exit" if keep_on_exit else "",
+        f" weighted ({config.weight_classes} classes)" if config.weight_classes else "",
     )
     serve(config, kubeconfig, listen, lease_namespace, received=early)
 
@@ -241,8 +260,8 @@ def status(
         from .apply import InterfaceMissing, NetlinkTable
 
         try:
-            t = NetlinkTable(config.interface)
-            present = set(t.dump())
+            t = NetlinkTable(config.interface, config.class_interfaces, create=False)
+            present = {ip: have.interface for ip, have in t.dump().items()}
             t.close()
         except (InterfaceMissing, OSError) as err:
             click.echo(f"cannot read {config.interface}: {err}", err=True)
@@ -253,7 +272,11 @@ def status(
         click.echo(json.dumps(as_json(rows, config.node_name), indent=2))
     else:
         click.echo(f"node {config.node_name}" + ("" if local else " (from the API alone)"))
-        click.echo(table(rows, local=present is not None, frr=vtysh is not None))
+        click.echo(
+            table(
+                rows, local=present is not None, frr=vtysh is not None, weighted=bool(config.weight_classes)
+            )
+        )
 
 
 @cli.command()

@@ -11,6 +11,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DEFAULT_CLASS = "l3lb.io/l3lb"
+CLASS_PREFIX = "l3lbw"
+"""Weight-class interfaces are l3lbw1 ... l3lbwN (nixos/frr.nix matches the same names)."""
 
 
 def parse_prefixes(values: Iterable[str], *, allow_empty: bool = False) -> tuple[Network, ...]:
@@ -56,6 +58,16 @@ class Config:
     keep_on_exit: bool = False
     reserved: tuple[Network, ...] = ()
     """Ranges inside the prefixes that the allocator never hands out."""
+    weight_classes: int = 0
+    """Weighted anycast: the number of weight classes (0: off, every IP on ``interface``)."""
+
+    def class_interface(self, weight: int) -> str:
+        """The interface of the weight class of ``weight`` local ready endpoints (capped at the classes)."""
+        return f"{CLASS_PREFIX}{min(weight, self.weight_classes)}"
+
+    @property
+    def class_interfaces(self) -> tuple[str, ...]:
+        return tuple(f"{CLASS_PREFIX}{w}" for w in range(1, self.weight_classes + 1))
 
     def in_prefix(self, ip: str | Address) -> bool:
         """Whether ``ip`` lies inside one of our prefixes: the only addresses l3lb may ever touch."""

@@ -33,7 +33,12 @@ def serve(
 ) -> None:
     """Runs the agent until SIGTERM or SIGINT. ``received``: signals that arrived before (while loading)."""
     try:
-        table = MemoryTable() if config.dry_run else NetlinkTable(config.interface)
+        interfaces = (config.interface, *config.class_interfaces)
+        table = (
+            MemoryTable(interfaces=interfaces)
+            if config.dry_run
+            else NetlinkTable(config.interface, config.class_interfaces)
+        )
     except InterfaceMissing as err:
         raise click.ClickException(f"{err}; pass --interface with an existing one") from None
     api = Api(load_client(kubeconfig))

@@ -72,6 +72,8 @@ class ServiceDecision:
     announce: bool
     reason: str
     detail: str
+    weight: int = 0
+    """Local ready endpoints on this node, when it announces a Local Service; else 0 (weighted anycast)."""
 
 
 def _plural(n: int, what: str) -> str:
@@ -94,7 +96,12 @@ def decide_service(svc: Service, counts: Counts, node_why: str | None, config: C
     if svc.local_policy:
         if counts.local_ready:
             return ServiceDecision(
-                ips, outside, True, LOCAL_READY, _plural(counts.local_ready, "local ready endpoint")
+                ips,
+                outside,
+                True,
+                LOCAL_READY,
+                _plural(counts.local_ready, "local ready endpoint"),
+                counts.local_ready,
             )
         return ServiceDecision(ips, outside, False, NO_LOCAL_READY, "no local ready endpoint")
     if counts.ready:
@@ -109,6 +116,12 @@ class IPDecision:
     detail: str
     services: tuple[Key, ...]
     """Every Service of ours that has this IP, sorted; the reason is the first announcing one's."""
+    weight: int = 0
+    """The most local ready endpoints of the announcing Services that share it (they share a selector)."""
+
+
+def ip_weight(by_key: Mapping[Key, ServiceDecision]) -> int:
+    return max((d.weight for d in by_key.values() if d.announce), default=0)
 
 
 def combine(ip_services: Mapping[str, Mapping[Key, ServiceDecision]]) -> dict[str, IPDecision]:
@@ -117,7 +130,7 @@ def combine(ip_services: Mapping[str, Mapping[Key, ServiceDecision]]) -> dict[st
     for ip, by_key in ip_services.items():
         keys = tuple(sorted(by_key))
         chosen = next((by_key[k] for k in keys if by_key[k].announce), by_key[keys[0]])
-        out[ip] = IPDecision(chosen.announce, chosen.reason, chosen.detail, keys)
+        out[ip] = IPDecision(chosen.announce, chosen.reason, chosen.detail, keys, ip_weight(by_key))
     return out
 
 

@@ -252,7 +252,8 @@ class Doctor:
             f"bgpd runs with {peers} established BGP session(s)",
             "" if peers else "check the BGP sessions to the upstream routers",
         )
-        missing = check_config(self.vtysh.run("show running-config") or "", self.config.prefixes)
+        running = self.vtysh.run("show running-config") or ""
+        missing = check_config(running, self.config.prefixes, self.config.class_interfaces)
         for item in missing:
             yield Result(
                 "frr",
@@ -261,7 +262,14 @@ class Doctor:
                 "add l3lb's FRR snippet (NixOS: services.l3lb.frr.enable = true; see nixos/frr.nix)",
             )
         if not missing:
-            yield Result("frr", OK, "prefix-list, route-map and redistribute connected cover every prefix")
+            weights = (
+                f", and every one of {self.config.weight_classes} weight classes"
+                if self.config.weight_classes
+                else ""
+            )
+            yield Result(
+                "frr", OK, f"prefix-list, route-map and redistribute connected cover every prefix{weights}"
+            )
 
     def check_other_lbs(self) -> Iterator[Result]:
         if not self.api_ok:

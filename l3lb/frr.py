@@ -60,13 +60,17 @@ class Vtysh:
         )
 
 
-def check_config(running: str, prefixes: tuple[Network, ...]) -> list[str]:
+def check_config(running: str, prefixes: tuple[Network, ...], classes: tuple[str, ...] = ()) -> list[str]:
     """Checks that every prefix is matched (host routes only) by a prefix-list, used by a permit route-map,
-    that is applied by ``redistribute connected`` in the right address family under ``router bgp``.
+    that is applied by ``redistribute connected`` in the right address family under ``router bgp``; and
+    with weighted anycast (``classes``: the weight-class interfaces, weight 1, 2, ...) that this route-map
+    has, for each class, an entry that matches its interface and sets the link bandwidth to its weight.
 
     Returns what is missing, one phrase per item: empty when the configuration is complete."""
     lists: dict[str, list[tuple[str, int | None]]] = {}
     route_maps: dict[str, set[str]] = {}
+    weighted: dict[str, set[tuple[str, str]]] = {}  # route-map -> {(interface, bandwidth)} of its entries
+    entry: dict[str, str] = {}
     redistributed: dict[str, set[str]] = {"ipv4": set(), "ipv6": set()}
     current_map: str | None = None
     family: str | None = None
@@ -79,6 +83,14 @@ def check_config(running: str, prefixes: tuple[Network, ...]) -> list[str]:
         m = re.match(r"route-map (\S+) (permit|deny) \d+", line)
         if m:
             current_map = m.group(1) if m.group(2) == "permit" else None
+            entry = {}
+            continue
+        m = re.match(r"(match interface|set extcommunity bandwidth) (\S+)", line)
+        if m and current_map:
+            entry[m.group(1)] = m.group(2)
+            if len(entry) == 2:
+                pair = (entry["match interface"], entry["set extcommunity bandwidth"])
+                weighted.setdefault(current_map, set()).add(pair)
             continue
         m = re.match(r"match (?:ip|ipv6) address prefix-list (\S+)", line)
         if m and current_map:
@@ -113,4 +125,12 @@ def check_config(running: str, prefixes: tuple[Network, ...]) -> list[str]:
                 f"'redistribute connected route-map {sorted(maps)[0]}' under "
                 f"address-family {fam} unicast ({net})"
             )
+            continue
+        have = set().union(*(weighted.get(rm, set()) for rm in maps & redistributed[fam]))
+        for weight, interface in enumerate(classes, 1):
+            if (interface, str(weight)) not in have:
+                missing.append(
+                    f"a route-map {sorted(maps)[0]} entry with 'match interface {interface}' and "
+                    f"'set extcommunity bandwidth {weight}' ({net})"
+                )
     return missing

@@ -54,6 +54,17 @@ class Metrics:
         self.api_errors = Counter(
             "l3lb_api_errors_total", "Failed API requests, by resource.", ["resource"], registry=r
         )
+        self.weight = Gauge(
+            "l3lb_address_weight",
+            "Weighted anycast: the weight class of each address held on a weight-class interface.",
+            ["ip"],
+            registry=r,
+        )
+        self.moves = Counter(
+            "l3lb_weight_moves_total",
+            "Addresses moved to another weight-class interface (weighted anycast).",
+            registry=r,
+        )
         self.repairs = Counter(
             "l3lb_netlink_repairs_total",
             "Our addresses restored after someone else removed them.",

@@ -136,6 +136,8 @@ class SliceSummary:
     service: Key | None
     ready: int
     local_ready: int
+    family: str = "IPv4"
+    """``addressType``: a dual-stack Service has slices of each family, each listing the same pods."""
 
 
 def parse_slice(obj: dict[str, Any], node_name: str) -> SliceSummary:
@@ -151,7 +153,10 @@ def parse_slice(obj: dict[str, Any], node_name: str) -> SliceSummary:
             if ep.get("nodeName") == node_name:
                 local += 1
     return SliceSummary(
-        service=(meta.get("namespace") or "", svc) if svc else None, ready=ready, local_ready=local
+        service=(meta.get("namespace") or "", svc) if svc else None,
+        ready=ready,
+        local_ready=local,
+        family=obj.get("addressType") or "IPv4",
     )
 
 

@@ -20,6 +20,7 @@ RTM_NEWADDR, RTM_DELADDR = 20, 21
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x400
 IFA_ADDRESS, IFA_LOCAL, IFA_CACHEINFO = 1, 2, 6
+IFA_F_NODAD = 0x02
 RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x10, 0x100
 FOREVER = 0xFFFFFFFF
 NETLINK_ROUTE = 0
@@ -44,7 +45,10 @@ def encode(kind: int, index: int, ip: str, lifetime: int, seq: int) -> bytes:
     ``ip`` as a host-length address on interface ``index``, asking for an acknowledgement."""
     addr = ipaddress.ip_address(ip)
     family, plen = (socket.AF_INET, 32) if addr.version == 4 else (socket.AF_INET6, 128)
-    body = _IFADDRMSG.pack(family, plen, 0, 0, index) + _attr(IFA_LOCAL, addr.packed)
+    # No duplicate address detection: the address is ours by decision, and a tentative one (on a weight-
+    # class veth, say) would be held back from FRR for a second or two.
+    flags = IFA_F_NODAD if addr.version == 6 else 0
+    body = _IFADDRMSG.pack(family, plen, flags, 0, index) + _attr(IFA_LOCAL, addr.packed)
     flags = NLM_F_REQUEST | NLM_F_ACK
     if kind == RTM_NEWADDR:
         flags |= NLM_F_CREATE | NLM_F_REPLACE

@@ -24,8 +24,10 @@ class Row:
     announced: bool
     reason: str
     detail: str
+    weight_class: str | None = None
+    """With weighted anycast: the interface the decision puts its IPs on (lo for Cluster Services)."""
     on_interface: list[str] | None = None
-    """IPs found on the interface (only when looking at this node)."""
+    """IPs found on our interfaces, as "ip" or "ip@interface" off the main one (only on this node)."""
     frr: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per IP: {"rib": connected route in zebra, "peers": BGP peers it is advertised to}."""
 
@@ -44,7 +46,8 @@ def snapshot(api: Api, config: Config) -> Tracker:
     return tracker
 
 
-def collect(api: Api, config: Config, *, present: set[str] | None, vtysh: Vtysh | None) -> list[Row]:
+def collect(api: Api, config: Config, *, present: dict[str, str] | None, vtysh: Vtysh | None) -> list[Row]:
+    """``present``: the IPs on our interfaces (IP -> interface), when looking at this node."""
     tracker = snapshot(api, config)
     rows = []
     for key in sorted(tracker.services):
@@ -61,8 +64,14 @@ def collect(api: Api, config: Config, *, present: set[str] | None, vtysh: Vtysh 
             d.reason,
             d.detail,
         )
+        if config.weight_classes and d.announce:
+            row.weight_class = config.class_interface(d.weight) if d.weight else config.interface
         if present is not None:
-            row.on_interface = [ip for ip in d.ips if ip in present]
+            row.on_interface = [
+                ip if present[ip] == config.interface else f"{ip}@{present[ip]}"
+                for ip in d.ips
+                if ip in present
+            ]
         if vtysh is not None:
             for ip in d.ips:
                 rib, peers = vtysh.route(ip)
@@ -75,8 +84,10 @@ def as_json(rows: list[Row], node: str) -> dict[str, Any]:
     return {"node": node, "services": [asdict(r) for r in rows]}
 
 
-def table(rows: list[Row], *, local: bool, frr: bool) -> str:
+def table(rows: list[Row], *, local: bool, frr: bool, weighted: bool = False) -> str:
     header = ["SERVICE", "IPS", "POLICY", "LOCAL READY", "ANNOUNCED", "REASON"]
+    if weighted:
+        header.append("WEIGHT CLASS")
     if local:
         header.append("ON INTERFACE")
     if frr:
@@ -91,6 +102,8 @@ def table(rows: list[Row], *, local: bool, frr: bool) -> str:
             "yes" if r.announced else "no",
             r.reason,
         ]
+        if weighted:
+            cells.append(r.weight_class or "-")
         if local:
             cells.append(",".join(r.on_interface or []) or "-")
         if frr:

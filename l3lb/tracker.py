@@ -11,7 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .config import Config
-from .decide import Counts, IPDecision, ServiceDecision, combine, decide_service, is_ours, node_reason
+from .decide import (
+    Counts,
+    IPDecision,
+    ServiceDecision,
+    combine,
+    decide_service,
+    ip_weight,
+    is_ours,
+    node_reason,
+)
 from .model import Key, Node, Service, SliceSummary
 
 
@@ -21,11 +30,16 @@ class Tracker:
         self.services: dict[Key, Service] = {}  # ours only
         self.slices: dict[Key, SliceSummary] = {}
         self.counts: dict[Key, Counts] = {}
+        """Per Service: its ready endpoints, the most of any address family (each family's slices list the
+        same pods, so a dual-stack Service's pods are not counted twice)."""
+        self._family_counts: dict[Key, dict[str, Counts]] = {}
         self.node: Node | None = None
         self.node_why: str | None = node_reason(None)
         self.decisions: dict[Key, ServiceDecision] = {}
         self.by_ip: dict[str, dict[Key, ServiceDecision]] = {}
         self.announced: set[str] = set()
+        self.weights: dict[str, int] = {}
+        """Announced IPs of Local Services: their weight (most local ready endpoints among the sharers)."""
         self.released: dict[str, Key] = {}
         """IPs that lost their last Service in the latest update(), with that Service: for log lines."""
         self._dirty: set[Key] = set()
@@ -82,11 +96,18 @@ class Tracker:
     def _count(self, s: SliceSummary | None, sign: int) -> None:
         if s is None or s.service is None or not (s.ready or s.local_ready):
             return
-        c = self.counts.get(s.service, Counts())
+        families = self._family_counts.setdefault(s.service, {})
+        c = families.get(s.family, Counts())
         c = Counts(c.ready + sign * s.ready, c.local_ready + sign * s.local_ready)
         if c.ready or c.local_ready:
-            self.counts[s.service] = c
+            families[s.family] = c
         else:
+            families.pop(s.family, None)
+        if families:
+            ready = max(f.ready for f in families.values())
+            self.counts[s.service] = Counts(ready, max(f.local_ready for f in families.values()))
+        else:
+            del self._family_counts[s.service]
             self.counts.pop(s.service, None)
         if s.service in self.services:
             self._dirty.add(s.service)
@@ -143,8 +164,14 @@ class Tracker:
             holders = self.by_ip.get(ip)
             if holders and any(d.announce for d in holders.values()):
                 self.announced.add(ip)
+                weight = ip_weight(holders)
+                if weight:
+                    self.weights[ip] = weight
+                else:
+                    self.weights.pop(ip, None)
             else:
                 self.announced.discard(ip)
+                self.weights.pop(ip, None)
         return touched
 
     def explain(self, ip: str) -> IPDecision | None:

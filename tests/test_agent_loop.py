@@ -211,17 +211,17 @@ def test_renewals_of_a_large_table_do_not_delay_an_event(monkeypatch: pytest.Mon
     log: list[str] = []
     real_set, real_remove = rig.table.set, rig.table.remove
 
-    def slow_set(ip: str, lifetime: int) -> None:
+    def slow_set(ip: str, lifetime: int, interface: str = "lo") -> None:
         rig.clock.now += 0.0001  # a netlink call takes time
         log.append("set")
         if log.count("set") == 200 + 5:  # the renewals have begun: an event arrives
             log.append("event")
             rig.agent.sink(SLICES, "DELETE", slice_e(slices[0]))
-        real_set(ip, lifetime)
+        real_set(ip, lifetime, interface)
 
-    def logged_remove(ip: str) -> None:
+    def logged_remove(ip: str, interface: str = "lo") -> None:
         log.append(f"remove {ip}")
-        real_remove(ip)
+        real_remove(ip, interface)
 
     rig.table.set, rig.table.remove = slow_set, logged_remove  # type: ignore[method-assign]
     rig.inbox.at(1000, lists(rig.agent, services=services, slices=slices))
@@ -256,11 +256,11 @@ def test_a_failed_sync_is_retried_in_full_with_backoff() -> None:
     calls: list[float] = []
     real_set = rig.table.set
 
-    def flaky(ip: str, lifetime: int) -> None:
+    def flaky(ip: str, lifetime: int, interface: str = "lo") -> None:
         calls.append(rig.clock.now)
         if len(calls) <= 2:
             raise OSError("netlink busy")
-        real_set(ip, lifetime)
+        real_set(ip, lifetime, interface)
 
     rig.table.set = flaky  # type: ignore[method-assign]
     rig.inbox.at(1000, lists(rig.agent, services=[WEB], slices=[WEB_READY]))
@@ -305,3 +305,55 @@ def test_stop_from_a_signal_handler_never_deadlocks_the_loop() -> None:
         [sys.executable, "-c", STOP_BY_SIGNAL], capture_output=True, text=True, timeout=120, cwd=REPO
     )
     assert proc.returncode == 0 and "stopped 2000 times" in proc.stdout, proc.stderr
+
+
+def test_weighted_local_ips_go_to_their_weight_class_and_move_deleting_first() -> None:
+    """--weighted with 3 classes: a Local IP sits on l3lbwN (N = local ready endpoints, capped at 3), a
+    Cluster IP on lo; a change of class deletes from the old interface before adding on the new one, and
+    another change within WEIGHT_HOLD seconds waits for the full sync after it."""
+    rig = make_agent()
+    classes = ("lo", "l3lbw1", "l3lbw2", "l3lbw3")
+    rig.agent.config = rig.agent.tracker.config = Config(
+        prefixes=CFG.prefixes, node_name="n1", address_lifetime=60, weight_classes=3
+    )
+    rig.table.interfaces = classes
+    ops: list[str] = []
+    real_set, real_remove = rig.table.set, rig.table.remove
+    rig.table.set = lambda ip, lt, i: (ops.append(f"set {ip} {i}"), real_set(ip, lt, i))  # type: ignore[method-assign]
+    rig.table.remove = lambda ip, i: (ops.append(f"del {ip} {i}"), real_remove(ip, i))  # type: ignore[method-assign]
+    web = svc_obj("web", [VIP])
+    api = svc_obj("api", ["10.0.100.8"], policy="Cluster")
+    where: dict[float, dict[str, str]] = {}
+    seen = lambda t: where.setdefault(t, {ip: p.interface for ip, p in rig.table.dump().items()})  # noqa: E731
+
+    def endpoints(n: int) -> list:
+        return [("n1", True, False)] * n + [("n2", True, False)]
+
+    rig.inbox.at(
+        1000,
+        lists(
+            rig.agent,
+            services=[web, api],
+            slices=[slice_obj("s", "web", endpoints(1)), slice_obj("a", "api", endpoints(0))],
+        ),
+    )
+    rig.inbox.at(1001, lambda: seen(1001))
+    rig.inbox.at(
+        1002,
+        lambda: (ops.clear(), rig.agent.sink(SLICES, "SET", slice_e(slice_obj("s", "web", endpoints(5))))),
+    )
+    rig.inbox.at(1002.01, lambda: (seen(1002.01), where.setdefault(-1, {"ops": "; ".join(ops)})))
+    rig.inbox.at(1003, lambda: rig.agent.sink(SLICES, "SET", slice_e(slice_obj("s", "web", endpoints(2)))))
+    rig.inbox.at(1003.01, lambda: seen(1003.01))
+    rig.inbox.at(1030, lambda: seen(1030))
+    rig.agent.run()
+    assert where[1001] == {VIP: "l3lbw1", "10.0.100.8": "lo"}
+    assert where[1002.01] == {VIP: "l3lbw3", "10.0.100.8": "lo"}, "five endpoints: the top class"
+    assert where[-1]["ops"] == f"del {VIP} l3lbw1; set {VIP} l3lbw3", "the delete first"
+    assert where[1003.01][VIP] == "l3lbw3", "held back: it moved a second ago"
+    assert where[1030][VIP] == "l3lbw2", "moved by a later full sync"
+    assert rig.agent.metrics.registry.get_sample_value("l3lb_weight_moves_total") == 2
+    weight = rig.agent.metrics.registry.get_sample_value
+    assert weight("l3lb_address_weight", {"ip": VIP}) == 2
+    assert weight("l3lb_address_weight", {"ip": "10.0.100.8"}) is None, "Cluster IPs on lo carry no weight"
+    assert rig.agent.metrics.registry.get_sample_value("l3lb_netlink_repairs_total") == 0

@@ -179,6 +179,19 @@ def test_shared_ip_is_announced_while_any_sharer_wants_it() -> None:
     assert not out["10.0.100.5"].announce
 
 
+def test_the_weight_of_an_ip_is_its_local_ready_endpoints() -> None:
+    """For weighted anycast: a Local Service's weight is its local ready endpoints; sharers (one selector)
+    give the most of theirs; a Cluster Service, or one not announced, weighs nothing."""
+    a = parse_service(svc_obj("a", ["10.0.100.5"]))
+    b = parse_service(svc_obj("b", ["10.0.100.5"]))
+    c = parse_service(svc_obj("c", ["10.0.100.6"], policy="Cluster"))
+    counts = {a.key: Counts(3, 3), b.key: Counts(5, 2), c.key: Counts(4, 4)}
+    out = decide({a.key: a, b.key: b, c.key: c}, counts, NODE_OK, CFG)
+    assert out["10.0.100.5"].weight == 3 and out["10.0.100.6"].weight == 0
+    cordoned = parse_node(node_obj(unschedulable=True))
+    assert decide({a.key: a}, counts, cordoned, CFG)["10.0.100.5"].weight == 0
+
+
 # ---- trackers against the full decision (property)
 IPS = ["10.0.100.1", "10.0.100.2", "fd00:100::3", "192.0.2.9"]
 SVC_NAMES = ["a", "b", "c"]
@@ -221,7 +234,9 @@ def test_incremental_tracker_matches_the_full_decision(events: list) -> None:
             raw_services.pop(("default", ev[1]), None)
             t.delete_service(("default", ev[1]))
         elif ev[0] == "slice":
-            t.set_slice(("default", ev[1]), parse_slice(slice_obj(ev[1], ev[2], ev[3]), "n1"))
+            obj = slice_obj(ev[1], ev[2], ev[3])
+            obj["addressType"] = "IPv6" if ev[1] in ("s3", "s4") else "IPv4"
+            t.set_slice(("default", ev[1]), parse_slice(obj, "n1"))
         elif ev[0] == "delslice":
             t.delete_slice(("default", ev[1]))
         else:
@@ -232,14 +247,20 @@ def test_incremental_tracker_matches_the_full_decision(events: list) -> None:
                 else parse_node(node_obj(ready=kind != "notready", unschedulable=kind == "cordoned"))
             )
         t.update()
-        counts: dict = {}
+        per_family: dict = {}
         for s in t.slices.values():
             if s.service:
-                c = counts.get(s.service, Counts())
-                counts[s.service] = Counts(c.ready + s.ready, c.local_ready + s.local_ready)
+                c = per_family.get((s.service, s.family), Counts())
+                per_family[(s.service, s.family)] = Counts(c.ready + s.ready, c.local_ready + s.local_ready)
+        counts: dict = {}
+        for (svc, _), c in per_family.items():
+            old = counts.get(svc, Counts())
+            counts[svc] = Counts(max(old.ready, c.ready), max(old.local_ready, c.local_ready))
+        counts = {k: c for k, c in counts.items() if c.ready or c.local_ready}
         full = decide(raw_services, counts, t.node, CFG)
         assert t.announced == {ip for ip, d in full.items() if d.announce}
         assert {ip: t.explain(ip) for ip in t.by_ip} == full
+        assert t.weights == {ip: d.weight for ip, d in full.items() if d.announce and d.weight}
 
 
 # ---- the address plan (property)
@@ -248,25 +269,32 @@ ip_text = st.one_of(
     st.integers(0, 5).map(lambda i: f"fd00:100::{i}"),
     st.integers(0, 5).map(lambda i: f"fd00:200::{i}"),
 )
-present_map = st.dictionaries(ip_text, st.one_of(st.none(), st.floats(-10, 100)).map(Present), max_size=12)
+interface = st.sampled_from(["lo", "l3lbw1", "l3lbw2"])
+present_map = st.dictionaries(
+    ip_text, st.builds(Present, st.one_of(st.none(), st.floats(-10, 100)), interface), max_size=12
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sets(ip_text, max_size=12), present_map, st.sampled_from([0, 3, 60]))
-def test_plan_converges_and_never_leaves_the_prefixes(desired: set, present: dict, lifetime: int) -> None:
+@given(st.dictionaries(ip_text, interface, max_size=12), present_map, st.sampled_from([0, 3, 60]))
+def test_plan_converges_and_never_leaves_the_prefixes(desired: dict, present: dict, lifetime: int) -> None:
     cfg = Config(prefixes=CFG.prefixes, node_name="n1", address_lifetime=lifetime)
     p = plan(desired, present, cfg, now=0.0)
     touched = p.add + p.renew + p.remove
-    assert all(cfg.in_prefix(ip) for ip in touched)
-    assert not set(p.remove) & desired
-    table = MemoryTable(clock=lambda: 0.0)
+    assert all(cfg.in_prefix(ip) for ip, _ in touched)
+    assert not {(ip, i) for ip, i in p.remove} & set(desired.items()), (
+        "never removes what is wanted where it is"
+    )
+    table = MemoryTable(clock=lambda: 0.0, interfaces=("lo", "l3lbw1", "l3lbw2"))
     table.addresses = dict(present)
-    for ip in p.add + p.renew:
-        table.set(ip, lifetime)
-    for ip in p.remove:
-        table.remove(ip)
+    for ip, interface in p.remove:  # as the agent does: removals (a move's first half) first
+        table.remove(ip, interface)
+    for ip, interface in p.add + p.renew:
+        table.set(ip, lifetime, interface)
     after = table.dump()
-    assert {ip for ip in after if cfg.in_prefix(ip)} == {ip for ip in desired if cfg.in_prefix(ip)}
+    assert {ip: v.interface for ip, v in after.items() if cfg.in_prefix(ip)} == {
+        ip: i for ip, i in desired.items() if cfg.in_prefix(ip)
+    }
     assert {ip: v for ip, v in after.items() if not cfg.in_prefix(ip)} == {
         ip: v for ip, v in present.items() if not cfg.in_prefix(ip)
     }
@@ -275,8 +303,31 @@ def test_plan_converges_and_never_leaves_the_prefixes(desired: set, present: dic
 
 def test_renewal_happens_after_a_third_of_the_lifetime() -> None:
     cfg = Config(prefixes=CFG.prefixes, node_name="n1", address_lifetime=60)
-    assert plan({"10.0.100.1"}, {"10.0.100.1": Present(45.0)}, cfg, now=0.0).renew == []
-    assert plan({"10.0.100.1"}, {"10.0.100.1": Present(39.0)}, cfg, now=0.0).renew == ["10.0.100.1"]
-    assert plan({"10.0.100.1"}, {"10.0.100.1": Present(None)}, cfg, now=0.0).renew == ["10.0.100.1"]
+    want = {"10.0.100.1": "lo"}
+    assert plan(want, {"10.0.100.1": Present(45.0)}, cfg, now=0.0).renew == []
+    assert plan(want, {"10.0.100.1": Present(39.0)}, cfg, now=0.0).renew == [("10.0.100.1", "lo")]
+    assert plan(want, {"10.0.100.1": Present(None)}, cfg, now=0.0).renew == [("10.0.100.1", "lo")]
     permanent = Config(prefixes=CFG.prefixes, node_name="n1", address_lifetime=0)
-    assert plan({"10.0.100.1"}, {"10.0.100.1": Present(None)}, permanent, now=0.0).renew == []
+    assert plan(want, {"10.0.100.1": Present(None)}, permanent, now=0.0).renew == []
+
+
+def test_a_move_to_another_interface_removes_first_then_adds() -> None:
+    p = plan({"10.0.100.1": "l3lbw3"}, {"10.0.100.1": Present(50.0, "l3lbw1")}, CFG, now=0.0)
+    assert p.remove == [("10.0.100.1", "l3lbw1")] and p.add == [("10.0.100.1", "l3lbw3")] and not p.renew
+
+
+def test_a_dual_stack_services_pods_count_once() -> None:
+    """Each address family has its own EndpointSlices listing the same pods: counted once, not twice."""
+    t = Tracker(CFG)
+    t.set_node(parse_node(node_obj()))
+    t.set_service(parse_service(svc_obj("web", ["10.0.100.5", "fd00:100::5"])))
+    v4 = slice_obj("web-v4", "web", [("n1", True, False), ("n2", True, False)])
+    v6 = {**slice_obj("web-v6", "web", [("n1", True, False), ("n2", True, False)]), "addressType": "IPv6"}
+    t.set_slice(("default", "web-v4"), parse_slice(v4, "n1"))
+    t.set_slice(("default", "web-v6"), parse_slice(v6, "n1"))
+    t.update()
+    assert t.counts[("default", "web")] == Counts(2, 1)
+    assert t.weights == {"10.0.100.5": 1, "fd00:100::5": 1}
+    t.delete_slice(("default", "web-v4"))
+    t.update()
+    assert t.counts[("default", "web")] == Counts(2, 1), "the other family still lists them"
