@@ -9,6 +9,7 @@
 , metrics ? null # null (off) or { address; port; }
 , logLevel ? "info"
 , logFormat ? "text"
+, weightClasses ? 0 # 0: weighted anycast off
 , extraArgs ? [ ]
 }:
 [ "run" ]
@@ -23,4 +24,5 @@
   "--log-level" logLevel
   "--log-format" logFormat
 ]
+++ (if weightClasses > 0 then [ "--weighted" "--weight-classes" (toString weightClasses) ] else [ ])
 ++ extraArgs

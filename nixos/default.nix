@@ -36,6 +36,7 @@ let
   args = import ./args.nix {
     inherit prefixes;
     inherit (cfg) nodeName interface loadBalancerClass addressLifetime logLevel extraArgs;
+    weightClasses = if cfg.weighted.enable then cfg.weighted.classes else 0;
     kubeconfig = "%d/kubeconfig";
     metrics = if cfg.metrics.enable then { inherit (cfg.metrics) address port; } else null;
   };
@@ -179,6 +180,18 @@ in
       '';
     };
 
+    weighted = {
+      enable = mkEnableOption ''
+        weighted anycast: each Local Service's IP goes on the interface of its weight class (l3lbw1 ...
+        l3lbwN, by its local ready endpoints), and the FRR configuration tags each class with the
+        link-bandwidth extended community, so routers weight their next hops by it'';
+      classes = mkOption {
+        type = types.ints.between 1 16;
+        default = 4;
+        description = "The number of weight classes: a node with more local ready endpoints than this counts as this many.";
+      };
+    };
+
     frr = {
       enable = mkEnableOption "the FRR configuration that advertises l3lb's addresses (enables bgpd)";
       asn = mkOption {
@@ -249,6 +262,9 @@ in
       networking.firewall.allowedTCPPorts = lib.optional (cfg.metrics.enable && cfg.metrics.openFirewall) cfg.metrics.port;
     }
 
+    # The class interfaces are dummies, made by the agent; load the driver at boot (the unit may not).
+    (mkIf cfg.weighted.enable { boot.kernelModules = [ "dummy" ]; })
+
     (mkIf cfg.arpSysctls {
       boot.kernel.sysctl = {
         "net.ipv4.conf.all.arp_ignore" = 1;
@@ -262,7 +278,12 @@ in
 
     (mkIf cfg.frr.enable {
       services.frr.bgpd.enable = true;
-      services.frr.config = lib.mkAfter (import ./frr.nix { inherit prefixes; asn = cfg.frr.asn; });
+      services.frr.config = lib.mkAfter (import ./frr.nix {
+        inherit prefixes;
+        inherit (cfg) interface;
+        asn = cfg.frr.asn;
+        classes = if cfg.weighted.enable then cfg.weighted.classes else 0;
+      });
     })
   ]);
 }

@@ -58,17 +58,24 @@ FRR_PREFIXES = ["10.0.100.0/24", "fd00:100::/64", "10.0.200.7/32"]
 
 @pytest.mark.root
 @pytest.mark.frr
-def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> None:
-    """Both families and a host-length prefix: FRR keeps every line (it drops what it rejects)."""
-    snippet = nix_eval(f"import ./nixos/frr.nix {{ prefixes = {nix_list(FRR_PREFIXES)}; asn = 65101; }}")
+@pytest.mark.parametrize("classes", [0, 4], ids=["plain", "weighted"])
+def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path, classes: int) -> None:
+    """Both families and a host-length prefix, without and with weight classes: FRR keeps every line (it
+    drops what it rejects), and l3lb check finds everything it looks for in the running config."""
+    snippet = nix_eval(
+        f"import ./nixos/frr.nix {{ prefixes = {nix_list(FRR_PREFIXES)}; asn = 65101; classes = {classes}; }}"
+    )
     with NetNS(workdir) as ns:
-        frr = Frr(ns, workdir / "frr-snippet")  # under workdir: FRR runs as user frr and must reach it
+        frr = Frr(
+            ns, workdir / f"frr-snippet-{classes}"
+        )  # under workdir: FRR runs as user frr, must reach it
         frr.start("frr defaults datacenter\nhostname t\n", "frr defaults datacenter\nhostname t\n" + snippet)
         prefixes = parse_prefixes(FRR_PREFIXES)
+        names = tuple(f"l3lbw{w}" for w in range(1, classes + 1))
 
         def complete() -> str | None:
             running = frr.vtysh("show running-config")
-            return running if not check_config(running, prefixes) else None
+            return running if not check_config(running, prefixes, names) else None
 
         running = wait_for(complete, what="bgpd to load the whole snippet")
     for line in snippet.splitlines():
@@ -113,9 +120,10 @@ def test_frr_snippet_advertises_only_host_routes_inside_the_prefix(frr_lab: Lab)
 def test_command_line_is_accepted_by_l3lb_run(control_plane: ControlPlane, tmp_path: Path) -> None:
     args = nix_eval(
         f"import ./nixos/args.nix {{ prefixes = {nix_list(['10.0.100.0/24', 'fd00:100::/64'])}; "
-        'nodeName = "n1"; kubeconfig = "%d/kubeconfig"; extraArgs = [ "--no-default-class" ]; }'
+        'nodeName = "n1"; kubeconfig = "%d/kubeconfig"; extraArgs = [ "--no-default-class" ]; '
+        "weightClasses = 3; }"
     )
-    assert isinstance(args, list) and args[0] == "run"
+    assert isinstance(args, list) and args[0] == "run" and "--weighted" in args
     creds = tmp_path / "credentials"
     creds.mkdir()
     shutil.copy(control_plane.admin_kubeconfig, creds / "kubeconfig")
@@ -210,6 +218,15 @@ def test_module_on_a_k3s_agent_and_server() -> None:
         "Unit": "l3lb.service",
     }
     assert server["k3sDisable"] == ["servicelb"] and server["firewall"] == [9655]
+    assert server["kernelModules"] == [] and "--weighted" not in server["unit"]["serviceConfig"]["ExecStart"]
+
+    weighted = eval_module(
+        '{ services.k3s.enable = true; services.l3lb = { enable = true; prefix = "10.0.100.0/24"; '
+        "weighted = { enable = true; classes = 3; }; frr = { enable = true; asn = 65101; }; }; }"
+    )
+    assert "--weighted --weight-classes 3" in weighted["unit"]["serviceConfig"]["ExecStart"]
+    assert weighted["kernelModules"] == ["dummy"]
+    assert " match interface l3lbw3\n set extcommunity bandwidth 3" in weighted["frrConfig"]
 
     plain = eval_module(
         '{ services.l3lb = { enable = true; prefix = "10.0.100.0/24"; kubeconfig = "/etc/l3lb/kc"; }; }'

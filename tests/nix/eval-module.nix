@@ -22,6 +22,7 @@ if failed != [ ] then { failedAssertions = failed; } else
   frrConfig = c.services.frr.config;
   bgpd = c.services.frr.bgpd.enable;
   sysctl = c.boot.kernel.sysctl;
+  kernelModules = c.boot.kernelModules;
   variables = c.environment.variables;
   firewall = c.networking.firewall.allowedTCPPorts;
 }

@@ -52,6 +52,7 @@ in
     environment.variables = opt (types.attrsOf (types.either types.str (types.listOf types.str))) { };
     systemd.services = opt (types.attrsOf (unit { serviceConfig = opt (types.attrsOf types.anything) { }; })) { };
     systemd.paths = opt (types.attrsOf (unit { pathConfig = opt (types.attrsOf types.anything) { }; })) { };
+    boot.kernelModules = opt (types.listOf types.str) [ ];
     boot.kernel.sysctl = opt (types.attrsOf (types.nullOr (types.oneOf [ types.bool types.str types.int ]))) { };
     networking.hostName = opt types.str "nixos";
     networking.firewall.enable = opt types.bool true;
