@@ -60,7 +60,7 @@ def main() -> int:
 
 def walk_through() -> list[tuple[str, str, str, str, str]]:
     """The scenarios on the lab; one row per step for the table."""
-    from lab import VIP, Lab
+    from lab import VIP, VIP6, Lab
     from testenv import binaries
 
     binaries()  # already built by make demo's set-up; this builds them when demo.py is run directly
@@ -83,11 +83,21 @@ def walk_through() -> list[tuple[str, str, str, str, str]]:
             )
             say(f"  router next hops: {hops}; 20 client requests: {result}; converged in {ms:.0f} ms")
 
-        say(f"A LoadBalancer Service 'echo' asks for {VIP} (externalTrafficPolicy: Local). No pod is Ready.")
+        say(
+            f"A dual-stack LoadBalancer Service 'echo' asks for {VIP} and {VIP6} "
+            "(externalTrafficPolicy: Local). No pod is Ready."
+        )
         lab.create_service()
         time.sleep(1)
         step("ready on node1: its pod becomes Ready", lambda: lab.set_ready("node1", True), {"node1"})
         step("ready on node2: a second pod, ECMP", lambda: lab.set_ready("node2", True), {"node1", "node2"})
+        lab.routes.wait_for(VIP6, {"node1", "node2"}, time.monotonic() - 5)
+        served6 = lab.curl(VIP6, flows=20)
+        say(
+            f"  IPv6 too (the Service is dual-stack): router next hops for {VIP6}: "
+            f"{', '.join(sorted(lab.router_nexthops(VIP6)))}; 20 client requests over IPv6: "
+            + " ".join(f"{k}x{v}" for k, v in sorted(served6.items()))
+        )
         step("not ready on node1: readiness fails there", lambda: lab.set_ready("node1", False), {"node2"})
         lab.set_ready("node1", True)
         lab.set_ready("node3", True)

@@ -89,14 +89,16 @@ def create_pod(
 def set_pod_ready(
     core: client.CoreV1Api, namespace: str, name: str, ready: bool, *, ip: str | None = None
 ) -> None:
-    """Patches pod status as a kubelet would: phase Running, pod IPs, Ready and ContainersReady."""
+    """Patches pod status as a kubelet would: phase Running, pod IPs (``ip``: one, or "v4,v6" for a
+    dual-stack pod), Ready and ContainersReady."""
     status: dict[str, Any] = {
         "phase": "Running",
         "conditions": [_condition("Ready", ready), _condition("ContainersReady", ready)],
     }
     if ip is not None:
-        status["podIP"] = ip
-        status["podIPs"] = [{"ip": ip}]
+        ips = ip.split(",")
+        status["podIP"] = ips[0]
+        status["podIPs"] = [{"ip": i} for i in ips]
     core.patch_namespaced_pod_status(name, namespace, {"status": status})
 
 
@@ -122,8 +124,10 @@ def create_lb_service(
     target_port: int = 8080,
     annotations: dict[str, str] | None = None,
     service_type: str = "LoadBalancer",
+    families: list[str] | None = None,
 ) -> None:
-    """Creates a Service; ``ips`` goes into the ``l3lb.io/load-balancer-ips`` annotation."""
+    """Creates a Service; ``ips`` goes into the ``l3lb.io/load-balancer-ips`` annotation; ``families``
+    (e.g. ["IPv4", "IPv6"]) makes it dual-stack (RequireDualStack)."""
     ann = dict(annotations or {})
     if ips is not None:
         ann["l3lb.io/load-balancer-ips"] = ips
@@ -132,6 +136,9 @@ def create_lb_service(
         "selector": selector,
         "ports": [{"name": "http", "port": port, "targetPort": target_port, "protocol": "TCP"}],
     }
+    if families:
+        spec["ipFamilies"] = families
+        spec["ipFamilyPolicy"] = "RequireDualStack" if len(families) > 1 else "SingleStack"
     if service_type == "LoadBalancer":
         spec["externalTrafficPolicy"] = policy
     if lb_class is not None:

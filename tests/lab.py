@@ -43,25 +43,31 @@ from testenv import ControlPlane
 
 REPO = Path(__file__).resolve().parent.parent
 FRR = Path("/usr/lib/frr")
-PREFIX = "10.0.100.0/24"
-VIP = "10.0.100.5"
+PREFIX, PREFIX6 = "10.0.100.0/24", "fd00:100::/64"
+VIP, VIP6 = "10.0.100.5", "fd00:100::5"
 ROUTER_ASN = 65000
 NAMESPACE = "lab"
 APP = {"app": "echo"}
 HTTP_PORT = 80
 CLIENT_IP, ROUTER_CLIENT_IP = "192.0.2.2", "192.0.2.1"
+CLIENT_IP6, ROUTER_CLIENT_IP6 = "2001:db8:c::2", "2001:db8:c::1"
 PY = "/usr/bin/python3"  # inside namespaces: the system Python, not a user-level shim
 
 POD_SERVER = """
-import http.server, socketserver, sys
+import http.server, socket, socketserver, sys
 name = sys.argv[1].encode()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200); self.send_header("Content-Length", str(len(name))); self.end_headers()
         self.wfile.write(name)
     def log_message(self, *a): pass
-socketserver.ThreadingTCPServer.allow_reuse_address = True
-socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[2])), H).serve_forever()
+class Server(socketserver.ThreadingTCPServer):  # IPv6 and IPv4 (mapped) on one socket
+    address_family = socket.AF_INET6
+    allow_reuse_address = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+Server(("::", int(sys.argv[2])), H).serve_forever()
 """
 
 CLIENT = """
@@ -78,9 +84,11 @@ print(json.dumps(seen))
 """
 
 
-def frr_snippet(prefixes: list[str], asn: int) -> str:
+def frr_snippet(prefixes: list[str], asn: int, classes: int = 0) -> str:
     """What the NixOS module appends to services.frr.config, from its pure Nix function."""
-    return nix_eval(f"import ./nixos/frr.nix {{ prefixes = {nix_list(prefixes)}; asn = {asn}; }}")
+    return nix_eval(
+        f"import ./nixos/frr.nix {{ prefixes = {nix_list(prefixes)}; asn = {asn}; classes = {classes}; }}"
+    )
 
 
 def nix_eval(expr: str) -> Any:
@@ -186,15 +194,18 @@ class LabNode:
 
 class RouterRoutes(NetlinkWatch):
     """The router's kernel routes to Service IPs: ``state[ip]`` = the set of nodes it sends traffic to,
-    updated on every route or nexthop change, with ``changes`` = [(time, ip, nodes)]."""
+    updated on every route or nexthop change, with ``changes`` = [(time, ip, nodes)]; ``weights[ip]`` = the
+    weight of each node's next hop, with ``weight_changes`` = [(time, ip, weights)]."""
 
     def __init__(self, ns: NetNS, uplinks: dict[str, str]) -> None:
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
 
-        self.groups = RTMGRP_IPV4_ROUTE | (1 << 31)  # RTNLGRP_NEXTHOP = 32
+        self.groups = RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | (1 << 31)  # RTNLGRP_NEXTHOP = 32
         self.uplinks = uplinks  # router interface -> node name
         self.state: dict[str, frozenset[str]] = {}
         self.changes: list[tuple[float, str, frozenset[str]]] = []
+        self.weights: dict[str, dict[str, int]] = {}
+        self.weight_changes: list[tuple[float, str, dict[str, int]]] = []
         self.names: dict[int, str] = {}
         super().__init__(ns)
 
@@ -205,18 +216,30 @@ class RouterRoutes(NetlinkWatch):
         if not self.names:
             self.names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in query.get_links()}
         current: dict[str, frozenset[str]] = {}
-        for route in query.get_routes(family=socket.AF_INET, table=254):
+        weights: dict[str, dict[str, int]] = {}
+        routes = [*query.get_routes(family=socket.AF_INET, table=254)]
+        routes += query.get_routes(family=socket.AF_INET6, table=254)
+        for route in routes:
             dst = route.get_attr("RTA_DST")
-            if route["dst_len"] != 32 or not dst or not dst.startswith("10.0."):
+            if not dst or (route["dst_len"], dst[:5]) not in ((32, "10.0."), (128, "fd00:")):
                 continue
             multipath = route.get_attr("RTA_MULTIPATH")
-            oifs = [nh["oif"] for nh in multipath] if multipath else [route.get_attr("RTA_OIF")]
-            current[dst] = frozenset(self.uplinks.get(self.names.get(o, ""), f"?{o}") for o in oifs if o)
+            hops = (
+                [(nh["oif"], nh["hops"] + 1) for nh in multipath]
+                if multipath
+                else [(route.get_attr("RTA_OIF"), 1)]
+            )
+            named = {self.uplinks.get(self.names.get(o, ""), f"?{o}"): w for o, w in hops if o}
+            current[dst] = frozenset(named)
+            weights[dst] = named
         for dst in current.keys() | self.state.keys():
             nodes = current.get(dst, frozenset())
             if self.state.get(dst, frozenset()) != nodes:
                 self.changes.append((now, dst, nodes))
+            if self.weights.get(dst, {}) != weights.get(dst, {}):
+                self.weight_changes.append((now, dst, weights.get(dst, {})))
         self.state = current
+        self.weights = weights
 
     def nodes(self, ip: str) -> frozenset[str]:
         with self._cond:
@@ -242,6 +265,7 @@ class Lab:
         nodes: int = 3,
         *,
         address_lifetime: int = 10,
+        weight_classes: int = 0,
         workdir: Path | None = None,
         control_plane: ControlPlane | None = None,
         agents: bool = True,
@@ -250,6 +274,8 @@ class Lab:
         self.n = nodes
         self.agents = agents
         self.address_lifetime = address_lifetime
+        self.weight_classes = weight_classes
+        """Weighted anycast: the agents run with --weighted and FRR gets the class entries."""
         self._own_tmp = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="l3lb-lab-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -300,7 +326,11 @@ class Lab:
         ip("-n", r, "addr", "add", f"{ROUTER_CLIENT_IP}/24", "dev", "eth-c")
         ip("-n", self.client.name, "addr", "add", f"{CLIENT_IP}/24", "dev", "eth-r")
         ip("-n", self.client.name, "route", "add", "default", "via", ROUTER_CLIENT_IP)
+        ip("-n", r, "addr", "add", f"{ROUTER_CLIENT_IP6}/64", "dev", "eth-c")
+        ip("-n", self.client.name, "addr", "add", f"{CLIENT_IP6}/64", "dev", "eth-r")
+        ip("-n", self.client.name, "-6", "route", "add", "default", "via", ROUTER_CLIENT_IP6)
         self.router.sysctl("net.ipv4.ip_forward", "1")
+        self.router.sysctl("net.ipv6.conf.all.forwarding", "1")
         self.router.sysctl("net.ipv4.fib_multipath_hash_policy", "1")
 
         for i in range(1, self.n + 1):
@@ -330,15 +360,23 @@ class Lab:
         self.router.veth(uplink, ns, "eth-r")
         assert self.relay is not None
         self.relay.attach(ns)
+        weighted = ("--weighted", "--weight-classes", str(self.weight_classes)) if self.weight_classes else ()
         argv = agent_argv(
-            [PREFIX], name, kubeconfig, NAMESPACE, "--address-lifetime", str(self.address_lifetime)
+            [PREFIX, PREFIX6],
+            name,
+            kubeconfig,
+            NAMESPACE,
+            "--address-lifetime",
+            str(self.address_lifetime),
+            *weighted,
         )
         node = LabNode(name, i, ns, Frr(ns, self.workdir / f"frr-{name}"), uplink, argv)
         bgpd = (
             f"frr defaults datacenter\nhostname {name}\n!\nrouter bgp {node.asn}\n"
             f" bgp router-id 10.255.0.{100 + i}\n no bgp ebgp-requires-policy\n coalesce-time 100\n"
-            " neighbor eth-r interface remote-as external\nexit\n!\n"
-        ) + frr_snippet([PREFIX], node.asn)
+            " neighbor eth-r interface remote-as external\n"
+            " address-family ipv6 unicast\n  neighbor eth-r activate\n exit-address-family\nexit\n!\n"
+        ) + frr_snippet([PREFIX, PREFIX6], node.asn, self.weight_classes)
         node.frr.start(f"frr defaults datacenter\nhostname {name}\n" + _interface_ra("eth-r"), bgpd)
         create_node(self.core, name)
         node.pod_server = ns.popen([PY, "-c", POD_SERVER, name, str(HTTP_PORT)], "pod")
@@ -362,6 +400,14 @@ exit
 route-map TO-NODES permit 10
  match ip address prefix-list TO-NODES
 exit
+ipv6 prefix-list FROM-NODES6 seq 10 permit {PREFIX6} ge 128
+ipv6 prefix-list TO-NODES6 seq 10 permit 2001:db8:c::/64
+route-map FROM-NODES6 permit 10
+ match ipv6 address prefix-list FROM-NODES6
+exit
+route-map TO-NODES6 permit 10
+ match ipv6 address prefix-list TO-NODES6
+exit
 !
 router bgp {ROUTER_ASN}
  bgp router-id 10.255.0.1
@@ -375,6 +421,13 @@ router bgp {ROUTER_ASN}
   redistribute connected route-map TO-NODES
   neighbor NODES route-map FROM-NODES in
   neighbor NODES route-map TO-NODES out
+  maximum-paths 16
+ exit-address-family
+ address-family ipv6 unicast
+  neighbor NODES activate
+  redistribute connected route-map TO-NODES6
+  neighbor NODES route-map FROM-NODES6 in
+  neighbor NODES route-map TO-NODES6 out
   maximum-paths 16
  exit-address-family
 exit
@@ -397,7 +450,8 @@ exit
     def node(self, name: str) -> LabNode:
         return next(n for n in self.nodes if n.name == name)
 
-    def create_service(self, name: str = "echo", ip: str = VIP, policy: str = "Local") -> None:
+    def create_service(self, name: str = "echo", ip: str = f"{VIP},{VIP6}", policy: str = "Local") -> None:
+        """A LoadBalancer Service asking for ``ip`` (both families by default: a dual-stack Service)."""
         create_lb_service(
             self.core,
             NAMESPACE,
@@ -407,6 +461,7 @@ exit
             ips=ip,
             port=HTTP_PORT,
             target_port=HTTP_PORT,
+            families=["IPv4", "IPv6"] if "," in ip else None,
         )
 
     def set_ready(self, node: str, ready: bool) -> None:
@@ -422,7 +477,7 @@ exit
                 NAMESPACE,
                 n.pod,
                 node,
-                f"10.244.{n.index}.10",
+                f"10.244.{n.index}.10,fd00:244:{n.index}::10",
                 labels=APP,
                 ready=ready,
                 port=HTTP_PORT,
@@ -445,7 +500,8 @@ exit
 
     def router_nexthops(self, ip: str = VIP) -> set[str]:
         """From the router's kernel table, read with ``ip -j route``."""
-        out = json.loads(ip_json(self.router, "route", "show", f"{ip}/32") or "[]")
+        host = f"{ip}/128" if ":" in ip else f"{ip}/32"
+        out = json.loads(ip_json(self.router, "-6" if ":" in ip else "-4", "route", "show", host) or "[]")
         if not out:
             return set()
         hops = out[0].get("nexthops") or [out[0]]
@@ -483,7 +539,7 @@ exit
         n = self.node(node)
         argv = [sys.executable, "-m", "l3lb", *args]
         if "--prefix" not in args:
-            argv += ["--prefix", PREFIX]
+            argv += ["--prefix", PREFIX, "--prefix", PREFIX6]
         if "--node-name" not in args:
             argv += ["--node-name", node]
         if "--kubeconfig" not in args:

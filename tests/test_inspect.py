@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from kubelet import wait_for
 from kubernetes import client
-from lab import NAMESPACE, VIP, Lab
+from lab import NAMESPACE, VIP, VIP6, Lab
 from testenv import ControlPlane
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.frr, pytest.mark.nix]
@@ -46,10 +46,10 @@ def statuses(results: list[dict]) -> set[str]:
 def test_status_on_the_node_reads_api_interface_and_frr(lab: Lab) -> None:
     out = lab.l3lb("node1", "status", "-o", "json", check=True)
     (row,) = [r for r in json.loads(out.stdout)["services"] if r["service"] == f"{NAMESPACE}/echo"]
-    assert row["ips"] == [VIP] and row["policy"] == "Local" and row["local_ready"] == 1
+    assert row["ips"] == [VIP, VIP6] and row["policy"] == "Local" and row["local_ready"] == 1
     assert row["announced"] is True and row["reason"] == "localReadyEndpoints"
-    assert row["on_interface"] == [VIP]
-    assert row["frr"] == {VIP: {"rib": True, "peers": 1}}
+    assert row["on_interface"] == [VIP, VIP6]
+    assert row["frr"] == {VIP: {"rib": True, "peers": 1}, VIP6: {"rib": True, "peers": 1}}
     table = lab.l3lb("node1", "status", check=True).stdout
     line = next(x for x in table.splitlines() if x.startswith(f"{NAMESPACE}/echo"))
     assert "yes" in line and "localReadyEndpoints" in line and "10.0.100.5: rib, 1 peer" in line

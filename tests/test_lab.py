@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from kubelet import wait_for
-from lab import VIP, Lab
+from lab import VIP, VIP6, Lab
 from testenv import ControlPlane
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.frr, pytest.mark.nix]
@@ -34,6 +34,7 @@ def fresh(lab: Lab) -> Iterator[None]:
             what=f"{node.name}'s agent to be ready",
         )
     lab.routes.wait_for(VIP, set(), time.monotonic() - 1, timeout=30)
+    lab.routes.wait_for(VIP6, set(), time.monotonic() - 1, timeout=30)
     yield
 
 
@@ -67,6 +68,25 @@ def test_not_ready_endpoint_drops_its_next_hop_and_traffic_goes_on(lab: Lab) -> 
     lab.set_ready("node2", False)
     settle(lab, set())  # all endpoints gone: the route is gone
     assert lab.announcing() == []
+
+
+def test_ipv6_the_dual_stack_services_128_ecmp_and_withdraw(lab: Lab) -> None:
+    """The Service is dual-stack: its /128 reaches the router over the sessions' IPv6 address family, with
+    ECMP across two nodes, and the client is served over IPv6; a node whose pod stops being ready drops
+    its next hop for both families."""
+    lab.set_ready("node1", True)
+    lab.set_ready("node2", True)
+    start = time.monotonic()
+    lab.routes.wait_for(VIP6, {"node1", "node2"}, start)
+    assert lab.router_nexthops(VIP6) == {"node1", "node2"}
+    served = lab.curl(VIP6, flows=40)
+    assert set(served) == {"node1", "node2"}, served
+    lab.set_ready("node1", False)
+    lab.routes.wait_for(VIP6, {"node2"}, start)
+    lab.routes.wait_for(VIP, {"node2"}, start)
+    assert lab.curl(VIP6, flows=10) == {"node2": 10}
+    lab.set_ready("node2", False)
+    lab.routes.wait_for(VIP6, set(), start)
 
 
 def test_cordoned_node_drops_its_next_hop(lab: Lab) -> None:
@@ -114,20 +134,24 @@ def test_metrics_health_and_events_follow_the_scenario(lab: Lab) -> None:
     before = lab.metrics("node1")
     lab.set_ready("node1", True)
     settle(lab, {"node1"})
+    lab.routes.wait_for(VIP6, {"node1"}, time.monotonic() - 1)
     m = lab.metrics("node1")
-    assert m['l3lb_addresses{family="ipv4"}'] == 1
+    assert (
+        m['l3lb_addresses{family="ipv4"}'] == m['l3lb_addresses{family="ipv6"}'] == 1
+    )  # a dual-stack Service
     key = 'l3lb_announcements_total{reason="localReadyEndpoints"}'
-    assert m[key] == before.get(key, 0) + 1
+    assert m[key] == before.get(key, 0) + 2
     assert m["l3lb_last_sync_timestamp_seconds"] > time.time() - 60
     assert m["l3lb_event_to_apply_seconds_count"] > before["l3lb_event_to_apply_seconds_count"]
     assert lab.metrics("node2")['l3lb_addresses{family="ipv4"}'] == 0
 
     lab.set_ready("node1", False)
     settle(lab, set())
+    lab.routes.wait_for(VIP6, set(), time.monotonic() - 1)
     m = lab.metrics("node1")
     key = 'l3lb_withdrawals_total{reason="noLocalReadyEndpoint"}'
-    assert m[key] == before.get(key, 0) + 1
-    assert m['l3lb_addresses{family="ipv4"}'] == 0
+    assert m[key] == before.get(key, 0) + 2
+    assert m['l3lb_addresses{family="ipv4"}'] == m['l3lb_addresses{family="ipv6"}'] == 0
     events = [e for e in lab.core.list_namespaced_event("lab").items if e.involved_object.name == "echo"]
     messages = {e.message for e in events if e.reason in ("Announced", "Withdrawn")}
     assert "node1 announces 10.0.100.5: 1 local ready endpoint" in messages
