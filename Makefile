@@ -36,4 +36,5 @@ bench:
 	$(PY) bench/agent.py --sweep
 	$(PY) bench/allocation.py
 	$(PY) bench/convergence.py
+	$(PY) bench/weights.py
 	$(PY) bench/soak.py --minutes 10
