@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import re
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from kubelet import create_node  # noqa: E402
 from kubernetes import client, config, utils  # noqa: E402
 from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
 from netns import AddressEvents, ApiRelay, NetNS  # noqa: E402
+from stats import pct  # noqa: E402
 from testenv import ControlPlane, interrupt_on_sigterm  # noqa: E402
 
 from l3lb.kube import Api  # noqa: E402
@@ -201,10 +201,6 @@ def event_to_apply(ns: NetNS) -> dict[float, float]:
     """The agent's own l3lb_event_to_apply_seconds histogram: {upper bound in ms: count}."""
     found = re.findall(r'^l3lb_event_to_apply_seconds_bucket\{le="([^"]+)"\} (\S+)$', agent_metrics(ns), re.M)
     return {float(le) * 1000: float(n) for le, n in found}
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 CHURN_WRITERS = 4

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import queue
-import statistics
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from lab import VIP, Lab  # noqa: E402
 from netns import NetNS, enter_netns  # noqa: E402
+from stats import pct  # noqa: E402
 from testenv import interrupt_on_sigterm  # noqa: E402
 
 EVENTS = ("add", "ECMP add", "partial withdraw", "full withdraw")
@@ -56,10 +56,6 @@ class InNetns:
     def addr(self, op: str) -> None:
         self.calls.put(op)
         self.done.get()
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def run_trials(
