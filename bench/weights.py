@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -22,36 +21,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from kubelet import create_pod, set_pod_ready  # noqa: E402
-from kubernetes import client  # noqa: E402
-from lab import APP, HTTP_PORT, NAMESPACE, VIP, Lab  # noqa: E402
+from lab import VIP, Lab  # noqa: E402
 from netns import ip  # noqa: E402
+from stats import pct  # noqa: E402
 from testenv import interrupt_on_sigterm  # noqa: E402
 
 UP, DOWN = {"node1": 40, "node2": 60}, {"node1": 25, "node2": 75}
-
-
-def wait_weights(lab: Lab, want: dict[str, int], after: float, timeout: float = 20.0) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = [t for t, dst, w in lab.routes.weight_changes if dst == VIP and t >= after and w == want]
-        if got:
-            return got[0]
-        time.sleep(0.005)
-    raise SystemExit(f"router weights {lab.routes.weights.get(VIP)}, expected {want}")
-
-
-def pods(lab: Lab, node: str, n: int) -> None:
-    index = lab.node(node).index
-    for k in range(4):
-        name = f"echo-{node}-{k}"
-        try:
-            set_pod_ready(lab.core, NAMESPACE, name, k < n)
-        except client.ApiException as err:
-            if err.status != 404:
-                raise
-            ips = f"10.244.{index}.{20 + k},fd00:244:{index}::{20 + k}"
-            create_pod(lab.core, NAMESPACE, name, node, ips, labels=APP, ready=k < n, port=HTTP_PORT)
 
 
 def trials(lab: Lab, n: int, up: Callable[[], object], down: Callable[[], object]) -> dict[str, list[float]]:
@@ -60,13 +35,20 @@ def trials(lab: Lab, n: int, up: Callable[[], object], down: Callable[[], object
         for event, action, want in (("weight up", up, UP), ("weight down", down, DOWN)):
             t0 = time.monotonic()
             action()
-            out[event].append((wait_weights(lab, want, t0) - t0) * 1000)
+            out[event].append((lab.routes.wait_weights(VIP, want, t0) - t0) * 1000)
             time.sleep(6)  # past the agents' hold-down of a moved IP
     return out
 
 
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+def add_first(lab: Lab, node: str, frm: str, to: str, want: dict[str, int]) -> str:
+    """Moves the VIP on ``node`` in the other order (add on ``to``, then delete from ``frm``) and says what
+    the router made of it after 3 s."""
+    ns = lab.node(node).ns.name
+    ip("-n", ns, "addr", "add", f"{VIP}/32", "dev", to)
+    ip("-n", ns, "addr", "del", f"{VIP}/32", "dev", frm)
+    time.sleep(3)
+    got = lab.routes.weights.get(VIP)
+    return f"router weights {got}" + ("" if got == want else f", expected {want}")
 
 
 def main() -> int:
@@ -81,15 +63,11 @@ def main() -> int:
     results: dict[str, dict[str, list[float]]] = {}
     with Lab(2, weight_classes=4, agents=False, log=print) as lab:
         n1, n2 = lab.node("node1").ns.name, lab.node("node2").ns.name
-        for ns in (n1, n2):  # the class interfaces the agents would make (no dummy driver here)
-            for w in range(1, 5):
-                ip("-n", ns, "link", "add", f"l3lbw{w}", "type", "veth", "peer", "name", f"l3lbw{w}p")
-                ip("-n", ns, "link", "set", f"l3lbw{w}", "up")
-                ip("-n", ns, "link", "set", f"l3lbw{w}p", "up")
+        lab.class_interfaces_by_hand()
         t0 = time.monotonic()
         ip("-n", n1, "addr", "add", f"{VIP}/32", "dev", "l3lbw1")
         ip("-n", n2, "addr", "add", f"{VIP}/32", "dev", "l3lbw3")
-        wait_weights(lab, DOWN, t0)
+        lab.routes.wait_weights(VIP, DOWN, t0)
 
         def move(frm: str, to: str) -> Callable[[], None]:
             def go() -> None:
@@ -98,21 +76,28 @@ def main() -> int:
 
             return go
 
-        print(f"FRR floor: {args.trials} moves each way of node1's address by hand")
+        print(f"FRR floor: {args.trials} moves each way of node1's address by hand, delete first")
         results["floor"] = trials(lab, args.trials, move("l3lbw1", "l3lbw2"), move("l3lbw2", "l3lbw1"))
+        print("the other order, add first, once each way:")
+        other = [
+            add_first(lab, "node1", "l3lbw1", "l3lbw2", UP),
+            add_first(lab, "node1", "l3lbw2", "l3lbw1", DOWN),
+        ]
+        for line in other:
+            print(f"  {line}")
         for ns in (n1, n2):
             for w in range(1, 5):
                 ip("-n", ns, "addr", "flush", "dev", f"l3lbw{w}")
         t0 = time.monotonic()
         lab.start_agents()
         lab.create_service()
-        pods(lab, "node1", 1)
-        pods(lab, "node2", 3)
-        wait_weights(lab, DOWN, t0)
+        lab.ready_pods("node1", 1)
+        lab.ready_pods("node2", 3)
+        lab.routes.wait_weights(VIP, DOWN, t0)
         time.sleep(6)
         print(f"l3lb: {args.trials} changes each way of node1's ready pods (1 <-> 2), patched in the API")
         results["l3lb"] = trials(
-            lab, args.trials, lambda: pods(lab, "node1", 2), lambda: pods(lab, "node1", 1)
+            lab, args.trials, lambda: lab.ready_pods("node1", 2), lambda: lab.ready_pods("node1", 1)
         )
     summary = {}
     print(f"\n{'event':14s}{'floor p50':>11s}{'floor p99':>11s}{'l3lb p50':>11s}{'l3lb p99':>11s}")
@@ -128,7 +113,10 @@ def main() -> int:
         print(f"{event:14s}" + "".join(f"{row[k]:11.1f}" for k in row))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps({"trials": args.trials, "summary_ms": summary, "samples_ms": results}, indent=1)
+        json.dumps(
+            {"trials": args.trials, "summary_ms": summary, "add_first": other, "samples_ms": results},
+            indent=1,
+        )
     )
     print(f"\nwritten: {args.out}")
     return 0

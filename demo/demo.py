@@ -41,7 +41,7 @@ def main() -> int:
     tempfile.tempdir = os.environ["TMPDIR"] = str(scratch)
     before = machine_state(scratch)
     try:
-        rows = walk_through()
+        rows = walk_through() + weighted_anycast()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print()
@@ -145,6 +145,64 @@ def walk_through() -> list[tuple[str, str, str, str, str]]:
             lambda: [lab.set_ready(n, False) for n in ("node1", "node2", "node3")],
             set(),
         )
+        say("Tearing down...")
+    return rows
+
+
+def weighted_anycast() -> list[tuple[str, str, str, str, str]]:
+    """Two nodes with --weighted: pods 1 and 3 give router weights 1:3 and flows in proportion, over IPv4
+    and IPv6; then 2 and 2 give equal weights, timed next to FRR's floor (the same moves made by hand)."""
+    from lab import VIP, VIP6, Lab
+    from netns import ip
+
+    rows: list[tuple[str, str, str, str, str]] = []
+    one_three, even = {"node1": 25, "node2": 75}, {"node1": 50, "node2": 50}
+    say("\nWeighted anycast: a new lab of two nodes whose agents run with --weighted (4 classes)")
+    with Lab(2, weight_classes=4, agents=False, log=lambda m: say("  " + m)) as lab:
+        ns = {n: lab.node(n).ns.name for n in ("node1", "node2")}
+        lab.class_interfaces_by_hand()
+        floor = []
+        for _ in range(3):
+            for node, dev in (("node1", "l3lbw1"), ("node2", "l3lbw3")):
+                ip("-n", ns[node], "addr", "flush", "dev", "l3lbw2")
+                ip("-n", ns[node], "addr", "replace", f"{VIP}/32", "dev", dev)
+            lab.routes.wait_weights(VIP, one_three, time.monotonic() - 30)
+            time.sleep(1)
+            t0 = time.monotonic()
+            for node, dev in (("node1", "l3lbw1"), ("node2", "l3lbw3")):
+                ip("-n", ns[node], "addr", "del", f"{VIP}/32", "dev", dev)
+                ip("-n", ns[node], "addr", "add", f"{VIP}/32", "dev", "l3lbw2")
+            floor.append((lab.routes.wait_weights(VIP, even, t0) - t0) * 1000)
+        floor_ms = sorted(floor)[1]
+        say(f"  FRR's floor: {VIP} moved by hand from classes 1 and 3 to 2 and 2: median {floor_ms:.0f} ms")
+        for node in ns.values():
+            for w in range(1, 5):
+                ip("-n", node, "addr", "flush", "dev", f"l3lbw{w}")
+        lab.start_agents()
+        lab.create_service()
+        say("Pods: 1 Ready on node1, 3 Ready on node2")
+        t0 = time.monotonic()
+        lab.ready_pods("node1", 1)
+        lab.ready_pods("node2", 3)
+        for vip in (VIP, VIP6):
+            lab.routes.wait_weights(vip, one_three, t0)
+            served = lab.curl(vip, flows=200)
+            weights = ", ".join(f"{n} weight {w}" for n, w in sorted(lab.routes.weights[vip].items()))
+            result = " ".join(f"{k}x{v}" for k, v in sorted(served.items()))
+            say(f"  router: {vip} via {weights}; 200 client flows: {result}")
+            family = "IPv6" if ":" in vip else "IPv4"
+            rows.append((f"weighted 1:3, {family}, 200 flows", "node1, node2", weights, result, "-"))
+        time.sleep(6)  # an IP that moved class stays there at least 5 s
+        say("Scale to 2 Ready pods on each node")
+        t0 = time.monotonic()
+        lab.ready_pods("node1", 2)
+        lab.ready_pods("node2", 2)
+        ms = (lab.routes.wait_weights(VIP, even, t0) - t0) * 1000
+        served = lab.curl(VIP, flows=20)
+        weights = ", ".join(f"{n} weight {w}" for n, w in sorted(lab.routes.weights[VIP].items()))
+        result = " ".join(f"{k}x{v}" for k, v in sorted(served.items()))
+        say(f"  router: {weights} after {ms:.0f} ms (FRR's floor {floor_ms:.0f} ms); 20 flows: {result}")
+        rows.append(("weighted 2:2", "node1, node2", weights, result, f"{ms:.0f} (floor {floor_ms:.0f})"))
         say("Tearing down...")
     return rows
 

@@ -256,6 +256,20 @@ class RouterRoutes(NetlinkWatch):
 
         return max(self.wait_until(found, timeout), after)
 
+    def wait_weights(self, ip: str, want: dict[str, int], after: float, timeout: float = 20.0) -> float:
+        """The time at which the route to ``ip`` first had exactly these next-hop weights (as the
+        router's kernel has them), at or after ``after`` (else ``after``); the route must still have them."""
+
+        def found() -> float | None:
+            if self.weights.get(ip) != want:
+                return None
+            return next((t for t, d, w in self.weight_changes if d == ip and t >= after and w == want), after)
+
+        try:
+            return self.wait_until(found, timeout)
+        except TimeoutError:
+            raise AssertionError(f"router weights of {ip}: {self.weights.get(ip)}, expected {want}") from None
+
 
 class Lab:
     """Build with ``with Lab(...) as lab:``; everything (namespaces, processes, temp files) goes on exit."""
@@ -466,22 +480,41 @@ exit
 
     def set_ready(self, node: str, ready: bool) -> None:
         """Makes the pod on ``node`` Ready or not (creating it the first time)."""
-        n = self.node(node)
+        self._pod(node, self.node(node).pod, 10, ready)
+
+    def ready_pods(self, node: str, n: int) -> None:
+        """Exactly ``n`` (at most 4) of the extra pods ``echo-<node>-<k>`` on ``node`` Ready; the node's
+        pod server answers for all of them."""
+        for k in range(4):
+            self._pod(node, f"echo-{node}-{k}", 20 + k, k < n)
+
+    def _pod(self, node: str, name: str, host: int, ready: bool) -> None:
+        index = self.node(node).index
         try:
-            set_pod_ready(self.core, NAMESPACE, n.pod, ready)
+            set_pod_ready(self.core, NAMESPACE, name, ready)
         except client.ApiException as err:
             if err.status != 404:
                 raise
             create_pod(
                 self.core,
                 NAMESPACE,
-                n.pod,
+                name,
                 node,
-                f"10.244.{n.index}.10,fd00:244:{n.index}::10",
+                f"10.244.{index}.{host},fd00:244:{index}::{host}",
                 labels=APP,
                 ready=ready,
                 port=HTTP_PORT,
             )
+
+    def class_interfaces_by_hand(self) -> None:
+        """Makes on every node the weight-class interfaces an agent with --weighted would make here (veth
+        pairs: this kernel has no dummy driver), for runs that move addresses by hand."""
+        for node in self.nodes:
+            for w in range(1, self.weight_classes + 1):
+                ns = node.ns.name
+                ip("-n", ns, "link", "add", f"l3lbw{w}", "type", "veth", "peer", "name", f"l3lbw{w}p")
+                ip("-n", ns, "link", "set", f"l3lbw{w}", "up")
+                ip("-n", ns, "link", "set", f"l3lbw{w}p", "up")
 
     def cordon(self, node: str, on: bool = True) -> None:
         cordon(self.core, node, on)
