@@ -529,7 +529,18 @@ exit
 
     # ---- observing
     def announcing(self, ip: str = VIP) -> list[str]:
-        return [n.name for n in self.nodes if ip in n.ns.host_addresses()]
+        return [n.name for n in self.nodes if self.held(n.name, ip)]
+
+    def held(self, node: str, ip: str = VIP) -> set[str]:
+        """The interfaces of ``node`` that hold ``ip``: ``lo`` and, with weight classes, ``l3lbwN``."""
+        devs = {"lo", *(f"l3lbw{w}" for w in range(1, self.weight_classes + 1))}
+        links = json.loads(ip_json(self.node(node).ns, "addr", "show") or "[]")
+        return {
+            link["ifname"]
+            for link in links
+            if link["ifname"] in devs
+            and any(a["local"] == ip and a["prefixlen"] in (32, 128) for a in link.get("addr_info", []))
+        }
 
     def router_nexthops(self, ip: str = VIP) -> set[str]:
         """From the router's kernel table, read with ``ip -j route``."""
