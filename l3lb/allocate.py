@@ -3,7 +3,10 @@
 State lives in the Services' own status, so a new leader rebuilds everything from them. Services are
 taken oldest first (creationTimestamp, then namespace/name), so an older Service keeps its IP in any
 conflict. Each Service claims, per family it needs, its requested IP, else the IP it already has in status,
-else the lowest free address of the pool. Services with the same ``l3lb.io/allow-shared-ip`` key may hold
+else the lowest free address of its pool: the one its ``l3lb.io/address-pool`` annotation names, else the
+first auto-assign pool that allows its namespace and labels. A change of configuration never takes an IP
+away from a Service (a warning says what the operator can do), except that naming another pool moves it.
+Services with the same ``l3lb.io/allow-shared-ip`` key may hold
 one IP when their protocol/port pairs do not overlap and both use Cluster policy, or both Local with the
 same selector.
 """
@@ -11,11 +14,12 @@ same selector.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .config import Network
-from .model import Key, Service, fmt_key
+from .model import POOL_ANNOTATION, Key, Service, fmt_key
+from .pools import AddressPool
 
 # Conflict reasons (Warning Events, metrics and logs).
 IP_IN_USE = "IPInUse"
@@ -24,6 +28,9 @@ INVALID_IPS = "InvalidLoadBalancerIPs"
 TWO_IPS_ONE_FAMILY = "TooManyIPsForFamily"
 POOL_EXHAUSTED = "PoolExhausted"
 NO_POOL_FOR_FAMILY = "NoPoolForFamily"
+UNKNOWN_POOL = "UnknownPool"
+POOL_NOT_ALLOWED = "PoolNotAllowed"
+NO_POOL_ALLOWED = "NoPoolAllowed"
 
 FAMILY = {4: "IPv4", 6: "IPv6"}
 
@@ -43,7 +50,7 @@ class Allocation:
 
 
 @dataclass
-class Pool:
+class Range:
     """The free addresses of one prefix, minus the reserved ranges, allocated lowest first."""
 
     net: Network
@@ -116,19 +123,22 @@ def compatible(a: Service, b: Service) -> bool:
 
 
 def allocate(
-    services: Iterable[Service], prefixes: Iterable[Network], reserved: Iterable[Network] = ()
+    services: Iterable[Service], pools: Sequence[AddressPool], field_manager: str | None = None
 ) -> Allocation:
-    reserved = tuple(reserved)
-    pools: dict[str, list[Pool]] = {"IPv4": [], "IPv6": []}
-    for net in prefixes:
-        pools[FAMILY[net.version]].append(Pool(net, reserved))
-    available = {f for f, p in pools.items() if p}
+    """``field_manager``: our group's; an IP it wrote that is in no pool any more (the pool was removed or
+    renamed) stays in the Service's status, with a warning, instead of being replaced."""
+    ranges = {p.name: [Range(net, p.reserved) for net in p.prefixes] for p in pools}
+    by_name = {p.name: p for p in pools}
     holders: dict[str, list[Service]] = {}
     out = Allocation()
     ordered = sorted(services, key=lambda s: (s.created, s.key))
 
-    def pool_of(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Pool | None:
-        return next((p for p in pools[FAMILY[ip.version]] if p.contains(ip)), None)
+    def pool_of(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> AddressPool | None:
+        return next((p for p in pools if p.contains(ip)), None)
+
+    def range_of(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Range | None:
+        pool = pool_of(ip)
+        return next((r for r in ranges[pool.name] if r.contains(ip)), None) if pool else None
 
     def take(ip: str, svc: Service) -> bool:
         """Claims ``ip`` for ``svc`` if it is free or every holder may share it."""
@@ -137,102 +147,158 @@ def allocate(
             return False
         holders.setdefault(ip, []).append(svc)
         addr = ipaddress.ip_address(ip)
-        pool = pool_of(addr)
-        if pool is not None:
-            pool.used.add(int(addr))
+        r = range_of(addr)
+        if r is not None:
+            r.used.add(int(addr))
         return True
 
-    pending: list[tuple[Service, list[str]]] = []
+    def conflict(svc: Service, reason: str, message: str) -> None:
+        out.conflicts.append(Conflict(svc.key, reason, message))
+
+    pending: list[tuple[Service, list[str], list[AddressPool]]] = []
     for svc in ordered:
-        wanted, why = needed_families(svc, available)
-        if why:
-            out.conflicts.append(
-                Conflict(
-                    svc.key,
-                    NO_POOL_FOR_FAMILY,
-                    f"{fmt_key(svc.key)} needs {why} ({svc.family_policy}); add a prefix of that family",
-                )
-            )
-            wanted = [f for f in wanted if f in available]
         if svc.request_error:
-            out.conflicts.append(Conflict(svc.key, INVALID_IPS, f"malformed request: {svc.request_error}"))
+            conflict(svc, INVALID_IPS, f"malformed request: {svc.request_error}")
             out.ips[svc.key] = ()
             continue
+        named = by_name.get(svc.pool) if svc.pool else None
+        if svc.pool and named is None:
+            conflict(
+                svc,
+                UNKNOWN_POOL,
+                f"{POOL_ANNOTATION} names pool {svc.pool!r}, which is not configured "
+                f"(pools: {', '.join(by_name)}); it keeps the IPs it has and gets no new one",
+            )
+        labels = dict(svc.labels)
+        refused_named = named.refuses(svc.key[0], labels) if named else None
+        if refused_named:
+            conflict(svc, POOL_NOT_ALLOWED, f"{POOL_ANNOTATION} names pool {svc.pool}, but {refused_named}")
+        # Where new addresses may come from: the named pool, else every auto-assign pool that allows it.
+        if svc.pool:
+            candidates = [named] if named and not refused_named else []
+        else:
+            candidates = [p for p in pools if p.auto_assign and p.refuses(svc.key[0], labels) is None]
+        available = {f for p in candidates for f in p.families()}
+        wanted, why = needed_families(svc, available)
+        needs, _ = needed_families(svc, {"IPv4", "IPv6"})
+        if why and candidates:
+            conflict(
+                svc,
+                NO_POOL_FOR_FAMILY,
+                f"{fmt_key(svc.key)} needs {why} ({svc.family_policy}); add a prefix of that family "
+                f"to {' or '.join(p.name for p in candidates)}",
+            )
+        elif not candidates and not svc.pool:
+            refusals = "; ".join(
+                p.refuses(svc.key[0], labels) or f"pool {p.name} is not auto-assign" for p in pools
+            )
+            conflict(svc, NO_POOL_ALLOWED, f"no pool gives {fmt_key(svc.key)} an address: {refusals}")
+        wanted = [f for f in wanted if f in available]
         got: dict[str, str] = {}
         requested = _by_family(svc.requested_ips)
         for fam, ips in requested.items():
             if len(ips) > 1:
-                out.conflicts.append(
-                    Conflict(
-                        svc.key, TWO_IPS_ONE_FAMILY, f"requests {', '.join(ips)}: at most one {fam} address"
-                    )
-                )
+                conflict(svc, TWO_IPS_ONE_FAMILY, f"requests {', '.join(ips)}: at most one {fam} address")
         for fam, ips in requested.items():
             ip = ips[0]
-            if pool_of(ipaddress.ip_address(ip)) is None:
-                out.conflicts.append(
-                    Conflict(
-                        svc.key,
-                        IP_OUTSIDE_POOL,
-                        f"{ip} is in no pool ({', '.join(str(p.net) for ps in pools.values() for p in ps)})",
-                    )
+            pool = pool_of(ipaddress.ip_address(ip))
+            refused = pool.refuses(svc.key[0], labels) if pool else None
+            if pool is None:
+                where = ", ".join(f"{p.name} {' '.join(map(str, p.prefixes))}" for p in pools)
+                conflict(svc, IP_OUTSIDE_POOL, f"{ip} is in no pool ({where})")
+            elif named and pool is not named:
+                conflict(
+                    svc,
+                    IP_OUTSIDE_POOL,
+                    f"{ip} is in pool {pool.name}, not in pool {named.name} that {POOL_ANNOTATION} names",
                 )
+            elif refused and ip not in svc.ingress_ips:
+                conflict(svc, POOL_NOT_ALLOWED, f"{ip}: {refused}")
             elif take(ip, svc):
+                if refused:
+                    conflict(svc, POOL_NOT_ALLOWED, f"{ip} is kept because the Service has it, but {refused}")
                 got[fam] = ip
             else:
                 owner = holders[ip][0]
-                out.conflicts.append(
-                    Conflict(
-                        svc.key,
-                        IP_IN_USE,
-                        f"{ip} is used by {fmt_key(owner.key)} (older) "
-                        "and sharing does not allow both (same l3lb.io/allow-shared-ip key, "
-                        "no common port, same traffic policy and, for Local, same selector)",
-                    )
+                conflict(
+                    svc,
+                    IP_IN_USE,
+                    f"{ip} is used by {fmt_key(owner.key)} (older) "
+                    "and sharing does not allow both (same l3lb.io/allow-shared-ip key, "
+                    "no common port, same traffic policy and, for Local, same selector)",
                 )
         if svc.requested_ips:
             out.ips[svc.key] = _ordered(got)
             continue
         for fam, ips in _by_family(svc.ingress_ips).items():  # keep what status already holds
             ip = ips[0]
-            if fam in wanted and pool_of(ipaddress.ip_address(ip)) is not None and take(ip, svc):
+            pool = pool_of(ipaddress.ip_address(ip))
+            if fam not in needs:
+                continue
+            if pool is None:
+                if field_manager in svc.status_managers and not named and take(ip, svc):
+                    conflict(
+                        svc,
+                        IP_OUTSIDE_POOL,
+                        f"{ip} is in no pool any more (removed or renamed?): kept in status but announced "
+                        f"by no node; to move the Service, name a pool with {POOL_ANNOTATION} or request "
+                        "an IP",
+                    )
+                    got[fam] = ip
+                continue
+            if named and pool is not named:
+                continue  # the operator named another pool: move
+            if take(ip, svc):
                 got[fam] = ip
-        pending.append((svc, [f for f in wanted if f not in got]))
+                refused = pool.refuses(svc.key[0], labels)
+                if refused and not named:
+                    conflict(
+                        svc,
+                        POOL_NOT_ALLOWED,
+                        f"{ip} is kept because the Service has it, but {refused}; to move it, name a "
+                        f"pool with {POOL_ANNOTATION}",
+                    )
+        pending.append((svc, [f for f in wanted if f not in got], candidates))
         out.ips[svc.key] = _ordered(got)
 
-    for svc, families in pending:  # new addresses, after every existing claim is settled
+    for svc, families, candidates in pending:  # new addresses, after every existing claim is settled
         got = dict(_by_family_single(out.ips[svc.key]))
         for fam in families:
-            ip = _shared_ip(svc, fam, holders) or _next(pools[fam], take, svc)
+            ip = _shared_ip(svc, fam, holders, candidates) or _next(
+                [r for p in candidates for r in ranges[p.name] if FAMILY[r.net.version] == fam], take, svc
+            )
             if ip is None:
-                out.conflicts.append(
-                    Conflict(
-                        svc.key,
-                        POOL_EXHAUSTED,
-                        f"no free {fam} address left in {', '.join(str(p.net) for p in pools[fam])}",
-                    )
+                where = ", ".join(
+                    f"{p.name} {' '.join(str(n) for n in p.prefixes if FAMILY[n.version] == fam)}"
+                    for p in candidates
+                    if fam in p.families()
                 )
+                conflict(svc, POOL_EXHAUSTED, f"no free {fam} address left in {where}")
             else:
                 got[fam] = ip
         out.ips[svc.key] = _ordered(got)
     return out
 
 
-def _next(pools: list[Pool], take, svc: Service) -> str | None:  # type: ignore[no-untyped-def]
-    for pool in pools:
-        while (ip := pool.next_free()) is not None:
+def _next(ranges: list[Range], take, svc: Service) -> str | None:  # type: ignore[no-untyped-def]
+    for r in ranges:
+        while (ip := r.next_free()) is not None:
             if take(ip, svc):
                 return ip
     return None
 
 
-def _shared_ip(svc: Service, fam: str, holders: Mapping[str, list[Service]]) -> str | None:
-    """An IP of this family that Services with the same sharing key hold and may share with ``svc``."""
+def _shared_ip(
+    svc: Service, fam: str, holders: Mapping[str, list[Service]], candidates: Sequence[AddressPool]
+) -> str | None:
+    """An IP of this family, in a pool ``svc`` may use, that Services with the same sharing key hold and
+    may share with it."""
     if not svc.sharing_key:
         return None
     for ip, others in holders.items():
         if (
             (":" in ip) == (fam == "IPv6")
+            and any(p.contains(ipaddress.ip_address(ip)) for p in candidates)
             and any(o.sharing_key == svc.sharing_key for o in others)
             and all(compatible(svc, o) for o in others)
         ):

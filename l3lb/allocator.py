@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from .allocate import allocate
-from .config import Config, Network
+from .config import Config
 from .decide import is_ours
 from .metrics import Metrics
 from .model import Key, Service, field_manager, fmt_key
@@ -46,7 +46,6 @@ class Allocator:
     def __init__(
         self,
         config: Config,
-        reserved: tuple[Network, ...],
         writer: StatusWriter,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
@@ -54,7 +53,6 @@ class Allocator:
     ) -> None:
         self.config = config
         self.field_manager = field_manager(lease_namespace)
-        self.reserved = reserved
         self.writer = writer
         self.metrics = metrics
         self.clock = clock
@@ -197,7 +195,7 @@ class Allocator:
             ):
                 svc = dataclasses.replace(svc, ingress_ips=written[0])
             view[key] = svc
-        result = allocate(view.values(), self.config.prefixes, self.reserved)
+        result = allocate(view.values(), self.config.pools, self.field_manager)
         for key, ips in result.ips.items():
             svc = view[key]
             if ips == svc.ingress_ips or key in self._yielded:

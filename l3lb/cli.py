@@ -22,8 +22,19 @@ log = logging.getLogger("l3lb")
 
 def _prefixes(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> tuple:
     try:
-        return parse_prefixes(values)
+        return parse_prefixes(values, allow_empty=True)
     except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def _pools(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple:
+    if value is None:
+        return ()
+    from .pools import ConfigError, load
+
+    try:
+        return load(value)
+    except ConfigError as err:
         raise click.BadParameter(str(err)) from None
 
 
@@ -39,10 +50,18 @@ SHARED = [
         "--prefix",
         "prefixes",
         multiple=True,
-        required=True,
         envvar="L3LB_PREFIX",
         callback=_prefixes,
-        help="CIDR that l3lb owns, IPv4 or IPv6; repeatable (or comma/space separated in L3LB_PREFIX).",
+        help="CIDR that l3lb owns, IPv4 or IPv6; repeatable (or comma/space separated in L3LB_PREFIX). "
+        "The one-pool shorthand: give this or --config.",
+    ),
+    click.option(
+        "--config",
+        "pools",
+        envvar="L3LB_CONFIG",
+        type=click.Path(dir_okay=False),
+        callback=_pools,
+        help="Config file (YAML or JSON) with named address pools; instead of --prefix and --reserve.",
     ),
     click.option(
         "--kubeconfig",
@@ -107,6 +126,7 @@ def shared(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def make_config(
     prefixes: tuple,
+    pools: tuple,
     node_name: str,
     interface: str,
     load_balancer_class: str,
@@ -115,8 +135,13 @@ def make_config(
     weight_classes: int = 4,
     **extra: Any,
 ) -> Config:
+    if pools and (prefixes or extra.get("reserved")):
+        raise click.UsageError("give either --config or --prefix/--reserve: the pools in the file hold both")
+    if not pools and not prefixes:
+        raise click.UsageError("l3lb needs its prefixes: --prefix CIDR (one pool) or --config FILE (pools)")
     return Config(
         prefixes=prefixes,
+        pools=pools,
         node_name=node_name,
         interface=interface,
         load_balancer_class=load_balancer_class,
@@ -220,11 +245,11 @@ def run(
         reserved=reserved,
     )
     log.info(
-        "l3lb %s starting: node=%s interface=%s prefixes=%s class=%s%s lifetime=%ss metrics=%s%s%s%s",
+        "l3lb %s starting: node=%s interface=%s pools=%s class=%s%s lifetime=%ss metrics=%s%s%s%s",
         __version__,
         config.node_name,
         config.interface,
-        ",".join(map(str, config.prefixes)),
+        " ".join(f"{p.name}:{','.join(map(str, p.prefixes))}" for p in config.pools),
         config.load_balancer_class,
         " (and class-less)" if config.default_class else "",
         address_lifetime,

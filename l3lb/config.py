@@ -6,6 +6,10 @@ import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .pools import AddressPool
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -46,6 +50,12 @@ def _in_prefixes(prefixes: tuple[Network, ...], ip: str | Address) -> bool:
     return any(addr.version == net.version and addr in net for net in prefixes)
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _pool_of(pools: tuple[AddressPool, ...], ip: str | Address) -> AddressPool | None:
+    addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    return next((p for p in pools if p.contains(addr)), None)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     prefixes: tuple[Network, ...]
@@ -60,6 +70,22 @@ class Config:
     """Ranges inside the prefixes that the allocator never hands out."""
     weight_classes: int = 0
     """Weighted anycast: the number of weight classes (0: off, every IP on ``interface``)."""
+    pools: tuple[AddressPool, ...] = ()
+    """The named pools (config file); without them, one pool of ``prefixes`` minus ``reserved``. With
+    them, ``prefixes`` and ``reserved`` are their union."""
+
+    def __post_init__(self) -> None:
+        from .pools import shorthand
+
+        if not self.pools:
+            object.__setattr__(self, "pools", shorthand(self.prefixes, self.reserved))
+        else:
+            object.__setattr__(self, "prefixes", tuple(n for p in self.pools for n in p.prefixes))
+            object.__setattr__(self, "reserved", tuple(n for p in self.pools for n in p.reserved))
+
+    def pool_of(self, ip: str | Address) -> AddressPool | None:
+        """The pool whose prefixes hold ``ip``, if any."""
+        return _pool_of(self.pools, ip)
 
     def class_interface(self, weight: int) -> str:
         """The interface of the weight class of ``weight`` local ready endpoints (capped at the classes)."""

@@ -47,7 +47,7 @@ def serve(
     if not config.dry_run:
         # The allocator decides and the writer writes, only while the election says we lead.
         writer = Writer(api, config.node_name, lease_namespace=lease_namespace)
-        allocator = Allocator(config, config.reserved, writer, metrics, lease_namespace=lease_namespace)
+        allocator = Allocator(config, writer, metrics, lease_namespace=lease_namespace)
         writer.on_refused = allocator.retry
 
         def on_leader(leader: bool) -> None:

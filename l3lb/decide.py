@@ -6,6 +6,7 @@ Every outcome carries a short reason token (``localReadyEndpoints``, ``noLocalRe
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ NODE_NOT_READY = "nodeNotReady"
 NODE_EXCLUDED = "nodeExcluded"
 NODE_CORDONED = "nodeCordoned"
 NODE_TO_BE_DELETED = "nodeToBeDeleted"
+NODE_NOT_SELECTED = "nodeNotSelected"  # the IP's pool has a node selector that this node does not match
 NOT_WANTED = "notWanted"  # no Service of ours has the IP any more (deleted, other class, IP changed)
 
 NODE_DETAILS = {
@@ -74,14 +76,32 @@ class ServiceDecision:
     detail: str
     weight: int = 0
     """Local ready endpoints on this node, when it announces a Local Service; else 0 (weighted anycast)."""
+    unselected: tuple[str, ...] = ()
+    """IPs whose pool's node selector does not match this node: never announced here."""
+
+    def announces(self, ip: str) -> bool:
+        return self.announce and ip not in self.unselected
+
+
+def unselected_pools(node: Node | None, config: Config) -> frozenset[str]:
+    """The pools whose node selector this node does not match (its labels as the Node object has them)."""
+    labels = dict(node.labels) if node else {}
+    return frozenset(p.name for p in config.pools if not p.node_selector.matches(labels))
 
 
 def _plural(n: int, what: str) -> str:
     return f"{n} {what}" + ("" if n == 1 else "s")
 
 
-def decide_service(svc: Service, counts: Counts, node_why: str | None, config: Config) -> ServiceDecision:
-    """The decision for one of our Services, given its endpoint counts and this node's eligibility."""
+def decide_service(
+    svc: Service,
+    counts: Counts,
+    node_why: str | None,
+    config: Config,
+    unselected: frozenset[str] = frozenset(),
+) -> ServiceDecision:
+    """The decision for one of our Services, given its endpoint counts, this node's eligibility and the
+    pools whose node selector excludes this node."""
     ips = tuple(ip for ip in svc.ingress_ips if config.in_prefix(ip))
     outside = tuple(ip for ip in svc.ingress_ips if ip not in ips)
     if not ips:
@@ -93,6 +113,30 @@ def decide_service(svc: Service, counts: Counts, node_why: str | None, config: C
         return ServiceDecision(ips, outside, False, reason, detail)
     if node_why is not None:
         return ServiceDecision(ips, outside, False, node_why, NODE_DETAILS[node_why])
+    excluded = tuple(ip for ip in ips if _pool_name(config, ip) in unselected) if unselected else ()
+    if excluded and len(excluded) == len(ips):
+        pool = config.pool_of(ips[0])
+        assert pool is not None
+        return ServiceDecision(
+            ips,
+            outside,
+            False,
+            NODE_NOT_SELECTED,
+            f"this node does not match the node selector of pool {pool.name} ({pool.node_selector})",
+            unselected=excluded,
+        )
+    d = _by_endpoints(svc, counts, ips, outside)
+    return dataclasses.replace(d, unselected=excluded) if excluded else d
+
+
+def _pool_name(config: Config, ip: str) -> str | None:
+    pool = config.pool_of(ip)
+    return pool.name if pool else None
+
+
+def _by_endpoints(
+    svc: Service, counts: Counts, ips: tuple[str, ...], outside: tuple[str, ...]
+) -> ServiceDecision:
     if svc.local_policy:
         if counts.local_ready:
             return ServiceDecision(
@@ -124,13 +168,21 @@ def ip_weight(by_key: Mapping[Key, ServiceDecision]) -> int:
     return max((d.weight for d in by_key.values() if d.announce), default=0)
 
 
-def combine(ip_services: Mapping[str, Mapping[Key, ServiceDecision]]) -> dict[str, IPDecision]:
+def combine(
+    ip_services: Mapping[str, Mapping[Key, ServiceDecision]], config: Config
+) -> dict[str, IPDecision]:
     """Per IP: announced while any Service having it wants it (reference counting for shared IPs)."""
     out = {}
     for ip, by_key in ip_services.items():
         keys = tuple(sorted(by_key))
-        chosen = next((by_key[k] for k in keys if by_key[k].announce), by_key[keys[0]])
-        out[ip] = IPDecision(chosen.announce, chosen.reason, chosen.detail, keys, ip_weight(by_key))
+        chosen = next((by_key[k] for k in keys if by_key[k].announces(ip)), by_key[keys[0]])
+        if chosen.announce and not chosen.announces(ip):
+            pool = config.pool_of(ip)
+            assert pool is not None
+            detail = f"this node does not match the node selector of pool {pool.name} ({pool.node_selector})"
+            out[ip] = IPDecision(False, NODE_NOT_SELECTED, detail, keys)
+        else:
+            out[ip] = IPDecision(chosen.announces(ip), chosen.reason, chosen.detail, keys, ip_weight(by_key))
     return out
 
 
@@ -139,10 +191,11 @@ def decide(
 ) -> dict[str, IPDecision]:
     """Every in-prefix IP of our Services with its decision; those with ``announce`` go on the interface."""
     why = node_reason(node)
+    unselected = unselected_pools(node, config)
     by_ip: dict[str, dict[Key, ServiceDecision]] = {}
     for key, svc in services.items():
         if is_ours(svc, config):
-            d = decide_service(svc, counts.get(key, Counts()), why, config)
+            d = decide_service(svc, counts.get(key, Counts()), why, config, unselected)
             for ip in d.ips:
                 by_ip.setdefault(ip, {})[key] = d
-    return combine(by_ip)
+    return combine(by_ip, config)

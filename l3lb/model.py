@@ -15,6 +15,7 @@ Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped obje
 
 IPS_ANNOTATION = "l3lb.io/load-balancer-ips"
 SHARING_ANNOTATION = "l3lb.io/allow-shared-ip"
+POOL_ANNOTATION = "l3lb.io/address-pool"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 AUTOSCALER_TAINT = "ToBeDeletedByClusterAutoscaler"
@@ -62,6 +63,10 @@ class Service:
     """The ``l3lb.io/allow-shared-ip`` annotation: Services with the same key may share an IP."""
     ports: frozenset[tuple[str, int]] = frozenset()
     selector: tuple[tuple[str, str], ...] = ()
+    pool: str | None = None
+    """The ``l3lb.io/address-pool`` annotation: the pool the Service asks for."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """For the pools' Service selectors."""
     status_managers: frozenset[str] = frozenset()
     """The field managers that own status.loadBalancer (managedFields): who wrote it."""
     resource_version: str = field(default="", compare=False)
@@ -115,6 +120,8 @@ def parse_service(obj: dict[str, Any]) -> Service:
             (p.get("protocol") or "TCP", int(p.get("port") or 0)) for p in spec.get("ports") or []
         ),
         selector=tuple(sorted((spec.get("selector") or {}).items())),
+        pool=(meta.get("annotations") or {}).get(POOL_ANNOTATION) or None,
+        labels=tuple(sorted((meta.get("labels") or {}).items())),
         status_managers=_status_managers(meta.get("managedFields") or []),
         resource_version=meta.get("resourceVersion") or "",
     )
@@ -167,6 +174,8 @@ class Node:
     excluded: bool
     cordoned: bool
     to_be_deleted: bool
+    labels: tuple[tuple[str, str], ...] = ()
+    """For the pools' node selectors."""
 
 
 def parse_node(obj: dict[str, Any]) -> Node:
@@ -180,6 +189,7 @@ def parse_node(obj: dict[str, Any]) -> Node:
         excluded=EXCLUDE_LABEL in (meta.get("labels") or {}),
         cordoned=bool(spec.get("unschedulable")),
         to_be_deleted=any(t.get("key") == AUTOSCALER_TAINT for t in spec.get("taints") or []),
+        labels=tuple(sorted((meta.get("labels") or {}).items())),
     )
 
 

@@ -20,6 +20,7 @@ from .decide import (
     ip_weight,
     is_ours,
     node_reason,
+    unselected_pools,
 )
 from .model import Key, Node, Service, SliceSummary
 
@@ -35,6 +36,7 @@ class Tracker:
         self._family_counts: dict[Key, dict[str, Counts]] = {}
         self.node: Node | None = None
         self.node_why: str | None = node_reason(None)
+        self.unselected: frozenset[str] = unselected_pools(None, config)
         self.decisions: dict[Key, ServiceDecision] = {}
         self.by_ip: dict[str, dict[Key, ServiceDecision]] = {}
         self.announced: set[str] = set()
@@ -117,8 +119,10 @@ class Tracker:
             return False
         self.node = node
         why = node_reason(node)
-        if why != self.node_why:
+        unselected = unselected_pools(node, self.config)
+        if why != self.node_why or unselected != self.unselected:
             self.node_why = why
+            self.unselected = unselected
             self._all_dirty = True
         return True
 
@@ -138,7 +142,9 @@ class Tracker:
         for key in keys:
             svc = self.services.get(key)
             new = (
-                decide_service(svc, self.counts.get(key, Counts()), self.node_why, self.config)
+                decide_service(
+                    svc, self.counts.get(key, Counts()), self.node_why, self.config, self.unselected
+                )
                 if svc
                 else None
             )
@@ -162,7 +168,7 @@ class Tracker:
                     touched.add(ip)
         for ip in touched:
             holders = self.by_ip.get(ip)
-            if holders and any(d.announce for d in holders.values()):
+            if holders and any(d.announces(ip) for d in holders.values()):
                 self.announced.add(ip)
                 weight = ip_weight(holders)
                 if weight:
@@ -176,4 +182,4 @@ class Tracker:
 
     def explain(self, ip: str) -> IPDecision | None:
         holders = self.by_ip.get(ip)
-        return combine({ip: holders})[ip] if holders else None
+        return combine({ip: holders}, self.config)[ip] if holders else None

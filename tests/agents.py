@@ -162,15 +162,19 @@ class Lab:
         labels: dict[str, str] | None = None,
         start: bool = True,
         args: tuple[str, ...] = ("--address-lifetime", "30"),
+        config: Path | None = None,
     ) -> SimNode:
-        """A new node ``<namespace>-<suffix>``: its Node object, namespace and (unless start=False) agent."""
+        """A new node ``<namespace>-<suffix>``: its Node object, namespace and (unless start=False) agent;
+        with ``config``, the agent reads its pools from that file instead of taking this test's prefix."""
         name = f"{self.namespace}-{suffix}"
         if not self.nodes:
             grant_leases(client.RbacAuthorizationV1Api(self.core.api_client), self.namespace)
         create_node(self.core, name, ready=ready, labels=labels)
         ns = NetNS(self.workdir)
         self.relay.attach(ns)
-        prefixes = [self.prefix, self.prefix6] if self.dual else [self.prefix]
+        prefixes = [] if config else [self.prefix, self.prefix6] if self.dual else [self.prefix]
+        if config:
+            args = ("--config", str(config), *args)
         argv = agent_argv(
             prefixes,
             name,

@@ -125,6 +125,7 @@ def create_lb_service(
     annotations: dict[str, str] | None = None,
     service_type: str = "LoadBalancer",
     families: list[str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> None:
     """Creates a Service; ``ips`` goes into the ``l3lb.io/load-balancer-ips`` annotation; ``families``
     (e.g. ["IPv4", "IPv6"]) makes it dual-stack (RequireDualStack)."""
@@ -148,7 +149,7 @@ def create_lb_service(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": name, "annotations": ann},
+            "metadata": {"name": name, "annotations": ann, "labels": labels or {}},
             "spec": spec,
         },
     )

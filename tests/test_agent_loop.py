@@ -151,7 +151,7 @@ def test_losing_leadership_does_not_postpone_a_repair_in_the_same_batch() -> Non
     """Leadership is the allocator's business (its own thread): the agent's loop has no leadership state
     that could swallow a pending sync. (It once cleared the sync flag on losing the Lease.)"""
     rig = make_agent()
-    allocator = Allocator(CFG, (), FakeWriter(), rig.agent.metrics, clock=rig.clock)
+    allocator = Allocator(CFG, FakeWriter(), rig.agent.metrics, clock=rig.clock)
     rig.agent.allocator = allocator
     seen: dict[str, set[str]] = {}
     rig.inbox.at(1000, lists(rig.agent, services=[WEB], slices=[WEB_READY]))

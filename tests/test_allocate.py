@@ -22,6 +22,7 @@ from l3lb.allocator import Allocator
 from l3lb.config import Config, parse_prefixes
 from l3lb.metrics import Metrics
 from l3lb.model import Service
+from l3lb.pools import shorthand as pools
 from l3lb.runner import WatchEvent
 
 V4, V6 = parse_prefixes(["10.0.100.0/29"]), parse_prefixes(["10.0.100.0/29", "fd00:100::/125"])
@@ -64,18 +65,18 @@ def reasons(result) -> dict:  # type: ignore[no-untyped-def]
 
 
 def test_lowest_free_skipping_network_and_broadcast() -> None:
-    r = allocate([svc("a"), svc("b", "2026-01-02T00:00:00Z")], V4)
+    r = allocate([svc("a"), svc("b", "2026-01-02T00:00:00Z")], pools(V4))
     assert r.ips == {("ns", "a"): ("10.0.100.1",), ("ns", "b"): ("10.0.100.2",)}
 
 
 def test_existing_status_is_kept_and_the_older_requester_wins() -> None:
     young = svc("young", "2026-01-02T00:00:00Z", ingress=("10.0.100.3",))
     old = svc("old", "2026-01-01T00:00:00Z", requested=("10.0.100.3",))
-    r = allocate([young, old], V4)
+    r = allocate([young, old], pools(V4))
     assert r.ips[("ns", "old")] == ("10.0.100.3",)
     assert r.ips[("ns", "young")] == ("10.0.100.1",), "reallocated, not a conflict: it requested nothing"
     younger_requester = svc("yr", "2026-01-03T00:00:00Z", requested=("10.0.100.3",))
-    r = allocate([old, younger_requester], V4)
+    r = allocate([old, younger_requester], pools(V4))
     assert r.ips[("ns", "yr")] == () and reasons(r) == {"yr": IP_IN_USE}
 
 
@@ -86,7 +87,7 @@ def test_bad_requests() -> None:
             svc("bad", error="'x' is not an IP address"),
             svc("two", requested=("10.0.100.4", "10.0.100.5")),
         ],
-        V4,
+        pools(V4),
     )
     assert reasons(r) == {"out": IP_OUTSIDE_POOL, "bad": INVALID_IPS, "two": TWO_IPS_ONE_FAMILY}
     assert r.ips[("ns", "two")] == ("10.0.100.4",)
@@ -94,7 +95,7 @@ def test_bad_requests() -> None:
 
 def test_exhausted_pool_and_reserved_ranges() -> None:
     many = [svc(f"s{i}", f"2026-01-01T00:00:0{i}Z") for i in range(7)]
-    r = allocate(many, V4, parse_prefixes(["10.0.100.2/31"]))
+    r = allocate(many, pools(V4, parse_prefixes(["10.0.100.2/31"])))
     assert [r.ips[s.key] for s in many[:4]] == [
         ("10.0.100.1",),
         ("10.0.100.4",),
@@ -111,13 +112,14 @@ def test_families() -> None:
             svc("prefer", families=("IPv4",), policy="PreferDualStack"),
             svc("require", families=("IPv6", "IPv4"), policy="RequireDualStack"),
         ],
-        V6,
+        pools(V6),
     )
     # same age: taken by name, so prefer, require, single6
     assert r.ips[("ns", "prefer")] == ("10.0.100.1", "fd00:100::1")
     assert r.ips[("ns", "require")] == ("10.0.100.2", "fd00:100::2")
     assert r.ips[("ns", "single6")] == ("fd00:100::3",)
-    r = allocate([svc("prefer", policy="PreferDualStack"), svc("require", policy="RequireDualStack")], V4)
+    both = [svc("prefer", policy="PreferDualStack"), svc("require", policy="RequireDualStack")]
+    r = allocate(both, pools(V4))
     assert r.ips[("ns", "prefer")] == ("10.0.100.1",)
     assert reasons(r) == {"require": NO_POOL_FOR_FAMILY}
     assert r.ips[("ns", "require")] == ("10.0.100.2",), (
@@ -137,7 +139,7 @@ def test_sharing_rules() -> None:
     assert not compatible(
         la, svc("lb", share="k", ports=(("UDP", 53),), local=True, selector=(("app", "y"),))
     )
-    r = allocate([a, svc("b", "2026-01-02T00:00:00Z", share="k", ports=(("UDP", 53),))], V4)
+    r = allocate([a, svc("b", "2026-01-02T00:00:00Z", share="k", ports=(("UDP", 53),))], pools(V4))
     assert r.ips[("ns", "a")] == r.ips[("ns", "b")] == ("10.0.100.1",)
 
 
@@ -184,7 +186,7 @@ def test_random_histories_keep_the_invariants(steps: list) -> None:
             services[name] = dataclasses.replace(services[name], requested_ips=tuple(s[2]))
         elif s[0] in ("delete", "class-change"):  # a class change takes the Service out of our hands
             services.pop(name, None)
-        result = allocate(services.values(), V6)
+        result = allocate(services.values(), pools(V6))
         # what the leader writes becomes the status the next round starts from
         services = {
             n: dataclasses.replace(v, ingress_ips=result.ips.get(v.key, ())) for n, v in services.items()
@@ -200,7 +202,7 @@ def test_random_histories_keep_the_invariants(steps: list) -> None:
             for i, a in enumerate(hs):
                 for b in hs[i + 1 :]:
                     assert compatible(a, b), f"{ip} held by {a.key} and {b.key} without compatible sharing"
-        again = allocate(services.values(), V6)
+        again = allocate(services.values(), pools(V6))
         assert again.ips == result.ips, "a settled allocation is a fixed point: no churn"
 
 
@@ -229,7 +231,7 @@ def sets(*services: Service) -> list[WatchEvent]:
 
 def make_allocator(clock=lambda: 0.0) -> tuple[Allocator, FakeWriter]:  # type: ignore[no-untyped-def]
     writer = FakeWriter()
-    return Allocator(Config(prefixes=V4, node_name="n1"), (), writer, Metrics(), clock=clock), writer
+    return Allocator(Config(prefixes=V4, node_name="n1"), writer, Metrics(), clock=clock), writer
 
 
 def test_the_leader_counts_its_writes_in_flight_as_status() -> None:
