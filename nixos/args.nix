@@ -1,6 +1,7 @@
 # The daemon's command line, from the module's options. Pure: only builtins.
 # `kubeconfig` is the path the daemon reads: under systemd, "%d/kubeconfig" (the credentials directory).
-{ prefixes
+{ prefixes ? [ ]
+, config ? null # the pools' config file, instead of prefixes
 , nodeName
 , kubeconfig
 , interface ? "lo"
@@ -14,6 +15,7 @@
 }:
 [ "run" ]
 ++ builtins.concatMap (p: [ "--prefix" p ]) prefixes
+++ (if config == null then [ ] else [ "--config" config ])
 ++ [
   "--kubeconfig" kubeconfig
   "--node-name" nodeName

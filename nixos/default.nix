@@ -12,7 +12,15 @@ let
   k3s = config.services.k3s;
   inherit (lib) mkOption mkEnableOption types mkIf mkMerge literalExpression;
 
-  prefixes = lib.toList cfg.prefix;
+  # Named pools (services.l3lb.pools), or the one-pool shorthand services.l3lb.prefix.
+  pools = import ./pools.nix { inherit (cfg) pools; };
+  usePools = cfg.pools != { };
+  poolsFile = pkgs.writeText "l3lb-pools.json" pools.json;
+  prefixes = if usePools then lib.concatMap (p: p.prefixes ++ p.reserved) pools.ordered else lib.toList cfg.prefix;
+  # Set on the node itself, these stop FRR from advertising the route to its own eBGP peers (the lab shows it).
+  stopping = [ "no-export" "no-advertise" "local-AS" "65535:65281" "65535:65282" "65535:65283" ];
+  refusedCommunities = lib.concatMap (p: map (c: "${p.name}: ${c}") (lib.intersectLists stopping p.bgp.communities)) pools.ordered;
+  poolPrefixes = if usePools then lib.concatMap (p: p.prefixes) pools.ordered else prefixes;
   cidr = p:
     let m = builtins.match "([0-9a-fA-F:.]+)/([0-9]+)" p;
     in m != null && (
@@ -34,7 +42,8 @@ let
   loopback = a: a == "127.0.0.1" || a == "::1" || a == "localhost";
 
   args = import ./args.nix {
-    inherit prefixes;
+    prefixes = if usePools then [ ] else prefixes;
+    config = if usePools then "${poolsFile}" else null;
     inherit (cfg) nodeName interface loadBalancerClass addressLifetime logLevel extraArgs;
     weightClasses = if cfg.weighted.enable then cfg.weighted.classes else 0;
     kubeconfig = "%d/kubeconfig";
@@ -54,11 +63,95 @@ in
 
     prefix = mkOption {
       type = types.either types.str (types.listOf types.str);
+      default = [ ];
       example = [ "10.0.100.0/24" "fd00:100::/64" ];
       description = ''
-        The prefix or prefixes l3lb owns (IPv4 and/or IPv6 CIDRs). Service IPs inside them are put on
-        {option}`services.l3lb.interface` as /32 or /128; l3lb never touches an address outside them.
+        The prefix or prefixes l3lb owns (IPv4 and/or IPv6 CIDRs): the one-pool shorthand, for which every
+        Service may get an address. Service IPs inside them are put on {option}`services.l3lb.interface`
+        as /32 or /128; l3lb never touches an address outside them. Set this or {option}`services.l3lb.pools`.
       '';
+    };
+
+    pools = mkOption {
+      default = { };
+      example = literalExpression ''
+        {
+          internet = {
+            prefixes = [ "203.0.113.0/26" "2001:db8:100::/64" ];
+            autoAssign = false;
+            nodeSelector.matchLabels."example.com/edge" = "true";
+            bgp.communities = [ "65000:100" ];
+          };
+          internal = { prefixes = [ "10.0.100.0/24" ]; bgp.largeCommunities = [ "65000:1:200" ]; };
+        }
+      '';
+      description = ''
+        Named address pools, instead of {option}`services.l3lb.prefix`. A Service gets its addresses from
+        the pool its `l3lb.io/address-pool` annotation names (or that holds the IP it requests), else from
+        the first auto-assign pool (by priority, then name) that allows its namespace and labels. The
+        agent reads them from a generated config file (`l3lb run --config`); the BGP attributes go into
+        the FRR configuration when {option}`services.l3lb.frr.enable` is set.
+      '';
+      type = types.attrsOf (types.submodule {
+        options = {
+          prefixes = mkOption {
+            type = types.listOf types.str;
+            description = "The pool's CIDRs, IPv4 and/or IPv6.";
+          };
+          reserved = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            description = "CIDRs inside the prefixes that are never allocated (requested IPs in them are).";
+          };
+          autoAssign = mkOption {
+            type = types.bool;
+            default = true;
+            description = "Off: only Services that name the pool or request an IP in it get its addresses.";
+          };
+          namespaces = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+            description = "The namespaces whose Services may use the pool; empty: all.";
+          };
+          serviceSelector = mkOption {
+            type = types.nullOr (types.attrsOf types.anything);
+            default = null;
+            example = { matchLabels.exposure = "internet"; };
+            description = "A label selector (matchLabels, matchExpressions) on the Services that may use the pool.";
+          };
+          nodeSelector = mkOption {
+            type = types.nullOr (types.attrsOf types.anything);
+            default = null;
+            example = { matchLabels."example.com/edge" = "true"; };
+            description = "A label selector on the nodes that announce the pool's IPs; the others withdraw them.";
+          };
+          priority = mkOption {
+            type = types.int;
+            default = 100;
+            description = "Auto-assignment takes pools by priority (lowest first), then by name.";
+          };
+          bgp = {
+            communities = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+              example = [ "65000:100" "no-export" ];
+              description = "Standard communities set on the pool's routes (FRR `set community`).";
+            };
+            largeCommunities = mkOption {
+              type = types.listOf types.str;
+              default = [ ];
+              example = [ "65000:1:100" ];
+              description = "Large communities set on the pool's routes (FRR `set large-community`).";
+            };
+            asPathPrepend = mkOption {
+              type = types.listOf types.ints.positive;
+              default = [ ];
+              example = [ 65101 65101 ];
+              description = "AS numbers prepended to the pool's routes (FRR `set as-path prepend`).";
+            };
+          };
+        };
+      });
     };
 
     kubeconfig = mkOption {
@@ -207,8 +300,16 @@ in
     {
       assertions = [
         {
-          assertion = prefixes != [ ] && lib.all cidr prefixes;
-          message = "services.l3lb.prefix must be IPv4 or IPv6 CIDRs like \"10.0.100.0/24\"; got ${builtins.toJSON prefixes}.";
+          assertion = (cfg.prefix == [ ]) != (cfg.pools == { });
+          message = "services.l3lb: set either prefix (one pool) or pools (named pools), not both and not neither.";
+        }
+        {
+          assertion = lib.all cidr prefixes;
+          message = "services.l3lb.${if usePools then "pools.<name>.prefixes and reserved" else "prefix"} must be IPv4 or IPv6 CIDRs like \"10.0.100.0/24\"; got ${builtins.toJSON prefixes}.";
+        }
+        {
+          assertion = refusedCommunities == [ ];
+          message = "services.l3lb.pools.<name>.bgp.communities: ${lib.concatStringsSep ", " refusedCommunities}: set where l3lb redistributes, this community keeps FRR from advertising the pool's routes to the node's own eBGP peers. Tag the pool with a community your routers map to no-export instead.";
         }
         {
           assertion = cfg.kubeconfig != null;
@@ -222,8 +323,9 @@ in
 
       environment.systemPackages = [ cfg.package ];
       # `l3lb status` and `l3lb check` in a root shell see the agent's settings.
-      environment.variables = {
+      environment.variables = (if usePools then { L3LB_CONFIG = "${poolsFile}"; } else {
         L3LB_PREFIX = lib.concatStringsSep "," prefixes;
+      }) // {
         L3LB_NODE_NAME = cfg.nodeName;
         L3LB_INTERFACE = cfg.interface;
         L3LB_LOAD_BALANCER_CLASS = cfg.loadBalancerClass;
@@ -279,7 +381,8 @@ in
     (mkIf cfg.frr.enable {
       services.frr.bgpd.enable = true;
       services.frr.config = lib.mkAfter (import ./frr.nix {
-        inherit prefixes;
+        prefixes = poolPrefixes;
+        pools = if usePools then pools.ordered else [ ];
         inherit (cfg) interface;
         asn = cfg.frr.asn;
         classes = if cfg.weighted.enable then cfg.weighted.classes else 0;

@@ -84,11 +84,13 @@ print(json.dumps(seen))
 """
 
 
-def frr_snippet(prefixes: list[str], asn: int, classes: int = 0) -> str:
-    """What the NixOS module appends to services.frr.config, from its pure Nix function."""
-    return nix_eval(
-        f"import ./nixos/frr.nix {{ prefixes = {nix_list(prefixes)}; asn = {asn}; classes = {classes}; }}"
-    )
+def frr_snippet(prefixes: list[str], asn: int, classes: int = 0, pools: list[dict] | None = None) -> str:
+    """What the NixOS module appends to services.frr.config, from its pure Nix function; ``pools`` as the
+    module passes them (name, prefixes, bgp attributes)."""
+    args = f"prefixes = {nix_list(prefixes)}; asn = {asn}; classes = {classes};"
+    if pools:
+        args += f" pools = builtins.fromJSON {json.dumps(json.dumps(pools))};"
+    return nix_eval(f"import ./nixos/frr.nix {{ {args} }}")
 
 
 def nix_eval(expr: str) -> Any:
@@ -283,9 +285,12 @@ class Lab:
         workdir: Path | None = None,
         control_plane: ControlPlane | None = None,
         agents: bool = True,
+        frr_pools: list[dict] | None = None,
         log=print,
     ) -> None:  # type: ignore[no-untyped-def]
         self.n = nodes
+        self.frr_pools = frr_pools
+        """Named pools with BGP attributes, for the nodes' FRR config (the agents keep the one prefix)."""
         self.agents = agents
         self.address_lifetime = address_lifetime
         self.weight_classes = weight_classes
@@ -390,7 +395,7 @@ class Lab:
             f" bgp router-id 10.255.0.{100 + i}\n no bgp ebgp-requires-policy\n coalesce-time 100\n"
             " neighbor eth-r interface remote-as external\n"
             " address-family ipv6 unicast\n  neighbor eth-r activate\n exit-address-family\nexit\n!\n"
-        ) + frr_snippet([PREFIX, PREFIX6], node.asn, self.weight_classes)
+        ) + frr_snippet([PREFIX, PREFIX6], node.asn, self.weight_classes, self.frr_pools)
         node.frr.start(f"frr defaults datacenter\nhostname {name}\n" + _interface_ra("eth-r"), bgpd)
         create_node(self.core, name)
         node.pod_server = ns.popen([PY, "-c", POD_SERVER, name, str(HTTP_PORT)], "pod")

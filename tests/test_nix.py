@@ -117,13 +117,22 @@ def test_frr_snippet_advertises_only_host_routes_inside_the_prefix(frr_lab: Lab)
 
 # ---- the daemon's command line, accepted by the real CLI
 @pytest.mark.cluster
-def test_command_line_is_accepted_by_l3lb_run(control_plane: ControlPlane, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pools", [False, True], ids=["prefixes", "pools"])
+def test_command_line_is_accepted_by_l3lb_run(
+    control_plane: ControlPlane, tmp_path: Path, pools: bool
+) -> None:
+    where = (
+        f'config = "{pools_file(tmp_path)}";'
+        if pools
+        else f"prefixes = {nix_list(['10.0.100.0/24', 'fd00:100::/64'])};"
+    )
     args = nix_eval(
-        f"import ./nixos/args.nix {{ prefixes = {nix_list(['10.0.100.0/24', 'fd00:100::/64'])}; "
+        f"import ./nixos/args.nix {{ {where} "
         'nodeName = "n1"; kubeconfig = "%d/kubeconfig"; extraArgs = [ "--no-default-class" ]; '
         "weightClasses = 3; }"
     )
     assert isinstance(args, list) and args[0] == "run" and "--weighted" in args
+    assert ("--config" in args) == pools and ("--prefix" in args) != pools
     creds = tmp_path / "credentials"
     creds.mkdir()
     shutil.copy(control_plane.admin_kubeconfig, creds / "kubeconfig")
@@ -243,3 +252,103 @@ def test_module_assertions_say_what_to_fix() -> None:
     assert "services.l3lb.prefix must be" in messages
     assert "services.l3lb.kubeconfig has no default without services.k3s" in messages
     assert "services.l3lb.frr.enable needs services.l3lb.frr.asn" in messages
+
+
+# ---- named pools: the module, the agent's config file, and FRR
+TWO_POOLS_NIX = """{
+  internet = {
+    prefixes = [ "203.0.113.0/26" "2001:db8:100::/64" ];
+    reserved = [ "203.0.113.0/30" ];
+    autoAssign = false;
+    namespaces = [ "web" ];
+    nodeSelector.matchLabels."example.com/edge" = "true";
+    priority = 10;
+    bgp.communities = [ "65000:100" "65000:666" ];
+    bgp.largeCommunities = [ "65000:1:100" ];
+    bgp.asPathPrepend = [ 65101 ];
+  };
+  internal = {
+    prefixes = [ "10.0.100.0/24" ];
+    serviceSelector.matchExpressions = [ { key = "exposure"; operator = "NotIn"; values = [ "internet" ]; } ];
+  };
+}"""
+
+
+@pytest.mark.nixpkgs_lib
+def test_module_with_two_pools() -> None:
+    got = eval_module(
+        f"{{ services.k3s.enable = true; services.l3lb = {{ enable = true; pools = {TWO_POOLS_NIX}; "
+        "frr = { enable = true; asn = 65101; }; }; }"
+    )
+    assert got["failedAssertions"] == []
+    exec_start = got["unit"]["serviceConfig"]["ExecStart"]
+    assert "--config /nix/store/00000000000000000000000000000000-l3lb-pools.json" in exec_start
+    assert "--prefix" not in exec_start
+    assert (
+        got["variables"]["L3LB_CONFIG"].endswith("-l3lb-pools.json") and "L3LB_PREFIX" not in got["variables"]
+    )
+    frr = got["frrConfig"]
+    assert "ip prefix-list L3LB-V4 seq 10 permit 203.0.113.0/26 ge 32" in frr
+    assert "ip prefix-list L3LB-V4 seq 20 permit 10.0.100.0/24 ge 32" in frr
+    assert (
+        "route-map L3LB-V4 permit 10\n match ip address prefix-list L3LB-V4-internet\n"
+        " set community 65000:100 65000:666\n set large-community 65000:1:100\n"
+        " set as-path prepend 65101\nexit"
+    ) in frr
+    assert "L3LB-V4-internal" not in frr, "a pool without attributes has no entry of its own"
+    both = eval_module(
+        '{ services.l3lb = { enable = true; kubeconfig = "/k"; prefix = "10.0.0.0/24"; '
+        f"pools = {TWO_POOLS_NIX}; }}; }}"
+    )
+    assert "set either prefix (one pool) or pools (named pools)" in " ".join(both["failedAssertions"])
+    bad = eval_module(
+        '{ services.l3lb = { enable = true; kubeconfig = "/k"; pools.a.prefixes = [ "10.0.0.1" ]; }; }'
+    )
+    assert "services.l3lb.pools.<name>.prefixes and reserved must be" in " ".join(bad["failedAssertions"])
+
+
+def pools_file(tmp_path: Path) -> Path:
+    """The agent's config file as the module renders it (nixos/pools.nix)."""
+    rendered = nix_eval(f"(import ./nixos/pools.nix {{ pools = {TWO_POOLS_NIX}; }}).json")
+    path = tmp_path / "l3lb-pools.json"
+    path.write_text(rendered)
+    return path
+
+
+def test_the_rendered_pools_are_what_the_agent_reads(tmp_path: Path) -> None:
+    """Order by priority then name; only what is set; and the agent's own parser takes the file."""
+    from l3lb.pools import load
+
+    path = pools_file(tmp_path)
+    internet, internal = load(path)
+    assert (internet.name, internal.name) == ("internet", "internal")
+    assert internet.auto_assign is False and internet.namespaces == {"web"}
+    assert [str(r) for r in internet.reserved] == ["203.0.113.0/30"]
+    assert internet.node_selector.matches({"example.com/edge": "true"})
+    assert not internal.service_selector.matches({"exposure": "internet"}) and internal.auto_assign
+    assert "bgp" not in path.read_text() and "priority" not in path.read_text()
+
+
+@pytest.mark.root
+@pytest.mark.frr
+def test_two_pool_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> None:
+    """The pools' prefix-lists and route-map entries, with weight classes too (the on-match goto)."""
+    snippet = nix_eval(
+        f"let p = import ./nixos/pools.nix {{ pools = {TWO_POOLS_NIX}; }}; in import ./nixos/frr.nix "
+        "{ prefixes = builtins.concatMap (x: x.prefixes) p.ordered; pools = p.ordered; asn = 65101; "
+        "classes = 2; }"
+    )
+    assert "on-match goto 1010" in snippet
+    with NetNS(workdir) as ns:
+        frr = Frr(ns, workdir / "frr-snippet-pools")
+        frr.start("frr defaults datacenter\nhostname t\n", "frr defaults datacenter\nhostname t\n" + snippet)
+        prefixes = parse_prefixes(["203.0.113.0/26", "2001:db8:100::/64", "10.0.100.0/24"])
+
+        def complete() -> str | None:
+            running = frr.vtysh("show running-config")
+            return running if not check_config(running, prefixes, ("l3lbw1", "l3lbw2")) else None
+
+        running = wait_for(complete, what="bgpd to load the whole snippet")
+    for line in snippet.splitlines():
+        if line.strip() and not line.startswith("!"):
+            assert line.strip() in running, line
