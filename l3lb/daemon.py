@@ -17,6 +17,7 @@ from .kube import Api, load_client
 from .leader import LeaderElector
 from .metrics import HealthServer, Metrics
 from .model import watched
+from .pools import fingerprint
 from .systemd import Notifier
 from .watch import Reflector
 from .writer import Writer
@@ -55,7 +56,31 @@ def serve(
             assert allocator is not None
             allocator.on_leader(leader)
 
-        elector = LeaderElector(api, lease_namespace, config.node_name, on_leader)
+        mine = fingerprint(config.pools)
+        reported: list[tuple[str, str]] = []
+
+        def on_holder(holder: str, theirs: str) -> None:
+            """The allocator's pools against ours: said once per (holder, fingerprint), in the log, a
+            metric and an Event on our Node."""
+            mismatch = bool(theirs) and theirs != mine
+            metrics.pools_mismatch.set(1 if mismatch else 0)
+            if not mismatch or reported[-1:] == [(holder, theirs)]:
+                return
+            reported.append((holder, theirs))
+            message = (
+                f"the elected allocator ({holder}) runs pools with fingerprint {theirs}, this agent {mine}: "
+                "they disagree on which Service gets which IP or which node announces it. Give every agent "
+                "the same --config (or --prefix/--reserve)"
+            )
+            log.warning("%s", message)
+            assert writer is not None
+            writer.event(
+                ("", config.node_name), config.node_name, "Warning", "PoolsMismatch", message, "Node"
+            )
+
+        elector = LeaderElector(
+            api, lease_namespace, config.node_name, on_leader, fingerprint=mine, on_holder=on_holder
+        )
         writer.may_write = elector.is_leader
     agent = Agent(config, table, writer=writer, metrics=metrics, notifier=Notifier(), allocator=allocator)
     stop = threading.Event()

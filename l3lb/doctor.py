@@ -17,7 +17,9 @@ from kubernetes.client.rest import ApiException
 from . import permissions
 from .config import Config, Network
 from .frr import Vtysh, check_config
-from .kube import Api, api_message
+from .kube import Api, api_message, path
+from .leader import LEASE, LEASE_NAME, POOLS_ANNOTATION
+from .pools import fingerprint
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -62,6 +64,7 @@ class Doctor:
             self.check_permissions,
             self.check_node,
             self.check_prefixes,
+            self.check_pools,
             self.check_interface,
             self.check_netlink,
             self.check_frr,
@@ -311,6 +314,42 @@ class Doctor:
             )
         if not found:
             yield Result("other-lb", OK, "no MetalLB, no k3s ServiceLB pods")
+
+    def check_pools(self) -> Iterator[Result]:
+        """This agent's pools against the elected allocator's (the fingerprint on its Lease)."""
+        if not self.api_ok:
+            yield Result("pools", SKIP, "no API connection")
+            return
+        mine = fingerprint(self.config.pools)
+        names = ", ".join(p.name for p in self.config.pools)
+        url = path(LEASE, ns=self.lease_namespace, name=LEASE_NAME)
+        try:
+            lease = self.api.get_json(url)
+        except ApiException as err:
+            if err.status == 404:
+                yield Result("pools", OK, f"pools {names} ({mine}); no allocator elected yet to compare with")
+            else:
+                yield Result(
+                    "pools",
+                    WARN,
+                    f"cannot read the allocator's Lease {self.lease_namespace}/{LEASE_NAME} to compare "
+                    f"pools: {api_message(err)}",
+                    RBAC_FIX,
+                )
+            return
+        holder = (lease.get("spec") or {}).get("holderIdentity") or "nobody"
+        theirs = ((lease.get("metadata") or {}).get("annotations") or {}).get(POOLS_ANNOTATION)
+        if not theirs or theirs == mine:
+            yield Result("pools", OK, f"pools {names} ({mine}), as the allocator's ({holder})")
+            return
+        yield Result(
+            "pools",
+            FAIL,
+            f"pools {names} hash to {mine}, the elected allocator's ({holder}) to {theirs}: the agents "
+            "disagree on which Service gets which IP and which node announces it",
+            "give every agent the same --config file (or the same --prefix/--reserve); NixOS: the same "
+            "services.l3lb.pools on every node",
+        )
 
     def check_arp(self) -> Iterator[Result]:
         def read(name: str) -> int:

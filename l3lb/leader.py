@@ -27,6 +27,8 @@ from .permissions import may_allocate
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "l3lb-allocator"
+POOLS_ANNOTATION = "l3lb.io/pools-fingerprint"
+"""On the Lease: the fingerprint of the pools of the agent that holds it, for the others to compare."""
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 LEASE = LEASES + "/{name}"
 
@@ -47,8 +49,13 @@ class LeaderElector:
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        fingerprint: str = "",
+        on_holder: Callable[[str, str], None] = lambda holder, fingerprint: None,
     ) -> None:
         self.api = api
+        self.fingerprint = fingerprint
+        self.on_holder = on_holder
+        """Told, on each attempt that reads a Lease held by a live agent, its holder and pools fingerprint."""
         self.namespace = namespace
         self.identity = identity
         self.on_change = on_change
@@ -148,7 +155,11 @@ class LeaderElector:
         duration = spec.get("leaseDurationSeconds") or self.lease_duration
         expired = now - self._observed[1] > duration
         if holder and holder != self.identity and not expired:
+            annotations = (lease.get("metadata") or {}).get("annotations") or {}
+            self.on_holder(holder, annotations.get(POOLS_ANNOTATION, ""))
             return False
+        meta = lease.setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), POOLS_ANNOTATION: self.fingerprint}
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
         lease["spec"] = {
             **spec,
@@ -164,13 +175,18 @@ class LeaderElector:
             if err.status == 409:
                 return False  # someone else wrote it first
             raise
+        self.on_holder(self.identity, self.fingerprint)
         return True
 
     def _create(self, deadline: float) -> bool:
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
-            "metadata": {"name": LEASE_NAME, "namespace": self.namespace},
+            "metadata": {
+                "name": LEASE_NAME,
+                "namespace": self.namespace,
+                "annotations": {POOLS_ANNOTATION: self.fingerprint},
+            },
             "spec": {
                 "holderIdentity": self.identity,
                 "leaseDurationSeconds": self.lease_duration,
@@ -185,6 +201,7 @@ class LeaderElector:
             if err.status == 409:
                 return False
             raise
+        self.on_holder(self.identity, self.fingerprint)
         return True
 
     def release(self) -> None:

@@ -79,6 +79,11 @@ class Metrics:
         self.leader = Gauge(
             "l3lb_allocator_leader", "1 while this agent leads the allocator, else 0.", registry=r
         )
+        self.pools_mismatch = Gauge(
+            "l3lb_pools_mismatch",
+            "1 while the elected allocator's pools (fingerprint on its Lease) differ from this agent's.",
+            registry=r,
+        )
         self.allocations = Counter(
             "l3lb_allocations_total", "IPs written to Services' status by this agent as leader.", registry=r
         )

@@ -7,7 +7,9 @@ file is validated whole, and every error names the field it is about (``pools[1]
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -233,3 +235,25 @@ def _selector(where: str, raw: Any) -> Selector:
             raise ConfigError(f"{at}.values: {'required' if needs_values else 'must be empty'} for {op}")
         reqs.append(Requirement(e["key"], op, frozenset(values)))
     return Selector(tuple(reqs))
+
+
+def fingerprint(pools: Iterable[AddressPool]) -> str:
+    """A short hash of the pools as the allocator uses them: agents whose hashes differ disagree on which
+    Service gets which IP or which node announces it."""
+
+    def selector(s: Selector) -> list:
+        return sorted([r.key, r.operator, sorted(r.values)] for r in s.requirements)
+
+    canon = [
+        [
+            p.name,
+            [str(n) for n in p.prefixes],
+            [str(n) for n in p.reserved],
+            p.auto_assign,
+            sorted(p.namespaces),
+            selector(p.service_selector),
+            selector(p.node_selector),
+        ]
+        for p in pools
+    ]
+    return hashlib.sha256(json.dumps(canon).encode()).hexdigest()[:16]

@@ -101,7 +101,7 @@ class Writer:
         """Told when a status write is refused because the Service changed since the decision (409)."""
         self._cond = threading.Condition()
         self._status: dict[Key, tuple[tuple[str, ...], str]] = {}
-        self._events: deque[tuple[Key, str, str, str, str]] = deque(maxlen=1000)
+        self._events: deque[tuple[Key, str, str, str, str, str]] = deque(maxlen=1000)
         self._seen: dict[tuple[Key, str, str], _Seen] = {}
         self._denied: set[str] = set()
         self._buckets: dict[Key, Bucket] = {}
@@ -122,13 +122,16 @@ class Writer:
         with self._cond:
             self._status.clear()
 
-    def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None:
-        """Queues an Event. Normal ones pass a token bucket per Service; Warnings are deduplicated later."""
+    def event(
+        self, key: Key, uid: str, kind: str, reason: str, message: str, involved: str = "Service"
+    ) -> None:
+        """Queues an Event about a Service (or, ``involved="Node"``, about the Node ``key[1]``). Normal ones
+        pass a token bucket per object; Warnings are deduplicated later."""
         if kind == "Normal" and not self._take_token(key):
             self.dropped += 1
             return
         with self._cond:
-            self._events.append((key, uid, kind, reason, message))
+            self._events.append((key, uid, kind, reason, message, involved))
             self._cond.notify()
 
     def _take_token(self, key: Key) -> bool:
@@ -187,8 +190,12 @@ class Writer:
             self.errors += 1
             log.warning("could not publish status of %s: %s", fmt_key(key), err)
 
-    def _write_event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None:
+    def _write_event(
+        self, key: Key, uid: str, kind: str, reason: str, message: str, involved: str = "Service"
+    ) -> None:
         now = self.clock()
+        # Events about a Node (cluster-scoped) go in "default", as the kubelet's do.
+        ns = key[0] or "default"
         seen_key = (key, reason, message)
         seen = self._seen.get(seen_key)
         try:
@@ -197,24 +204,21 @@ class Writer:
                 seen.last = now
                 if now - seen.written >= EVENT_PATCH_INTERVAL:
                     self.api.merge_patch(
-                        path(EVENT_PATH, ns=key[0], name=seen.name),
+                        path(EVENT_PATH, ns=ns, name=seen.name),
                         {"count": seen.count, "lastTimestamp": _now()},
                     )
                     seen.written = now
                 return
             name = f"{key[1]}.{secrets.token_hex(8)}"
             stamp = _now()
+            obj = {"apiVersion": "v1", "kind": involved, "name": key[1], "uid": uid}
+            if key[0]:
+                obj["namespace"] = key[0]
             self.api.post(
-                path(EVENTS_PATH, ns=key[0]),
+                path(EVENTS_PATH, ns=ns),
                 {
-                    "metadata": {"name": name, "namespace": key[0]},
-                    "involvedObject": {
-                        "apiVersion": "v1",
-                        "kind": "Service",
-                        "namespace": key[0],
-                        "name": key[1],
-                        "uid": uid,
-                    },
+                    "metadata": {"name": name, "namespace": ns},
+                    "involvedObject": obj,
                     "type": kind,
                     "reason": reason,
                     "message": message,

@@ -151,3 +151,28 @@ def test_slow_renewals_end_leadership_before_a_rival_could_take_over() -> None:
     )
     lost_at = changes[1][0]
     assert lost_at <= last_landed + 10 + 0.2, "the election thread itself steps down at the deadline"
+
+
+def test_the_holder_publishes_its_pools_fingerprint_and_the_others_are_told_it() -> None:
+    clock = Clock()
+    api = LeaseApi(clock)
+    leader = LeaderElector(api, "kube-system", "me", lambda _: None, clock=clock, fingerprint="aaaa")  # type: ignore[arg-type]
+    leader.try_acquire_or_renew(clock.now + 10)
+    assert api.lease is not None
+    assert api.lease["metadata"]["annotations"] == {"l3lb.io/pools-fingerprint": "aaaa"}
+    told: list[tuple[str, str]] = []
+    other = LeaderElector(
+        api,
+        "kube-system",
+        "other",
+        lambda _: None,
+        clock=clock,
+        fingerprint="bbbb",
+        on_holder=lambda *a: told.append(a),
+    )  # type: ignore[arg-type]
+    assert other.try_acquire_or_renew(clock.now + 10) is False
+    assert told == [("me", "aaaa")]
+    leader.fingerprint = "cccc"  # a restart with another configuration
+    leader.try_acquire_or_renew(clock.now + 10)
+    other.try_acquire_or_renew(clock.now + 10)
+    assert told[-1] == ("me", "cccc")

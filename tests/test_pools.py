@@ -22,7 +22,7 @@ from l3lb.allocate import (
 from l3lb.config import Config
 from l3lb.decide import NODE_NOT_SELECTED
 from l3lb.model import Node, Service, SliceSummary, parse_service
-from l3lb.pools import AddressPool, ConfigError, load, parse
+from l3lb.pools import AddressPool, ConfigError, fingerprint, load, parse
 from l3lb.tracker import Tracker
 
 MANAGER = "l3lb/kube-system"
@@ -378,3 +378,13 @@ def test_only_nodes_the_pool_selects_announce_its_ips() -> None:
     tracker.set_node(node({}))
     tracker.update()
     assert tracker.announced == {"10.0.200.1"}
+
+
+def test_the_fingerprint_follows_what_allocation_and_announcing_depend_on() -> None:
+    same = parse(yaml.safe_load(TWO_POOLS))
+    assert fingerprint(same) == fingerprint(POOLS)
+    moved = (dataclasses.replace(POOLS[0], auto_assign=True), *POOLS[1:])
+    other_nodes = (dataclasses.replace(POOLS[0], node_selector=POOLS[1].service_selector), *POOLS[1:])
+    reordered = (POOLS[1], POOLS[0], POOLS[2])
+    prints = {fingerprint(p) for p in (POOLS, moved, other_nodes, reordered)}
+    assert len(prints) == 4, "auto-assign, a selector and the order each change it"

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from agents import Lab, wait_addresses
-from kubelet import create_pod, set_node_label, wait_for
+from agents import Lab, SimNode, wait_addresses
+from kubelet import create_pod, lease_holder, set_node_label, wait_for
 from test_allocation import events, wait_ingress
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster]
@@ -116,3 +116,49 @@ def test_a_removed_pool_keeps_its_services_ips_with_a_warning(lab: Lab) -> None:
     assert got["public"] == (ip(1),), "kept in status until the operator acts"
     (warning,) = events(lab.core, lab.namespace, "UnknownPool")
     assert "it keeps the IPs it has and gets no new one" in warning.message
+
+
+def test_an_agent_whose_pools_differ_from_the_allocators_says_so(lab: Lab) -> None:
+    full = write(lab.workdir / "pools.json", pools(lab))
+    fewer = write(lab.workdir / "fewer.json", pools(lab, edge=False))
+    a = lab.node("a", config=full)
+    wait_for(lambda: lease_holder(lab.core, lab.namespace) == a.name, what="a leads")
+    b = lab.node("b", config=fewer)
+
+    def mismatch_events() -> list:
+        return [
+            e
+            for e in lab.core.list_namespaced_event("default").items
+            if e.reason == "PoolsMismatch" and e.involved_object.name == b.name
+        ]
+
+    (event,) = wait_for(mismatch_events, what="a PoolsMismatch Event on b's Node")
+    assert event.involved_object.kind == "Node" and event.type == "Warning"
+    assert f"the elected allocator ({a.name}) runs pools with fingerprint" in event.message
+    assert b.metrics()["l3lb_pools_mismatch"] == 1 and a.metrics()["l3lb_pools_mismatch"] == 0
+    assert b.log().count("PoolsMismatch") == 0 and b.log().count("the elected allocator") == 1, "said once"
+
+    def pools_check(node: SimNode, config: Path) -> dict:
+        out = node.ns.run(
+            [
+                *node.argv[:3],
+                "check",
+                "--config",
+                str(config),
+                "--node-name",
+                node.name,
+                "--kubeconfig",
+                str(lab.kubeconfig),
+                "--lease-namespace",
+                lab.namespace,
+                "-o",
+                "json",
+            ],
+            check=False,
+        )
+        assert out.stdout, out.stderr
+        return next(r for r in json.loads(out.stdout) if r["check"] == "pools")
+
+    assert pools_check(b, fewer)["status"] == "fail"
+    assert "give every agent the same --config file" in pools_check(b, fewer)["fix"]
+    assert pools_check(a, full)["status"] == "ok"

@@ -103,3 +103,12 @@ def test_no_status_write_unless_leading_and_the_queue_can_be_dropped() -> None:
     w.status(("ns", "b"), ("10.0.100.2",), "1")
     w.drop_status()
     assert w._status == {}
+
+
+def test_an_event_about_a_node_goes_to_default_without_a_namespace_on_the_object() -> None:
+    w, api, _ = make()
+    w._write_event(("", "n1"), "n1", "Warning", "PoolsMismatch", "differs", "Node")
+    (method, url, body, _) = api.calls[0]
+    assert method == "POST" and url == "/api/v1/namespaces/default/events"
+    assert body["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "n1"}
+    assert body["metadata"]["namespace"] == "default"
