@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -264,17 +265,36 @@ def run(
 @cli.command()
 @shared
 @click.option("--node", help="Another node: then from the API alone, without reading the interface or FRR.")
+@click.option(
+    "--all",
+    "every_node",
+    is_flag=True,
+    help="Every Service of ours with its pool and the nodes that announce it, and why the others do not "
+    "(from the API alone).",
+)
 @VTY
 @OUTPUT
 def status(
-    kubeconfig: str | None, node: str | None, vty_socket: str | None, output: str, **shared_opts: Any
+    kubeconfig: str | None,
+    node: str | None,
+    every_node: bool,
+    vty_socket: str | None,
+    output: str,
+    **shared_opts: Any,
 ) -> None:
     """Our Services on this node: IPs, local ready endpoints, announced or why not, and FRR's view."""
     from .frr import Vtysh
     from .kube import Api, load_client
-    from .status import as_json, collect, table
+    from .status import as_json, cluster, cluster_table, collect, table
 
     setup_logging("warning")
+    if every_node:
+        rows = cluster(Api(load_client(kubeconfig)), make_config(**shared_opts))
+        if output == "json":
+            click.echo(json.dumps({"services": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        else:
+            click.echo(cluster_table(rows))
+        return
     local = node is None
     if not local:
         shared_opts["node_name"] = node

@@ -147,15 +147,19 @@ class SliceSummary:
     """``addressType``: a dual-stack Service has slices of each family, each listing the same pods."""
 
 
+def serving(endpoint: dict[str, Any]) -> bool:
+    """As kube-proxy: an unset ready means ready. Terminating endpoints never count, even when
+    publishNotReadyAddresses keeps them "ready", so routes go before pods stop."""
+    cond = endpoint.get("conditions") or {}
+    return cond.get("ready", True) is not False and not cond.get("terminating", False)
+
+
 def parse_slice(obj: dict[str, Any], node_name: str) -> SliceSummary:
     meta = obj.get("metadata") or {}
     svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
     ready = local = 0
     for ep in obj.get("endpoints") or []:
-        cond = ep.get("conditions") or {}
-        # As kube-proxy: an unset ready means ready. Terminating endpoints never count, even when
-        # publishNotReadyAddresses keeps them "ready", so routes go before pods stop.
-        if cond.get("ready", True) is not False and not cond.get("terminating", False):
+        if serving(ep):
             ready += 1
             if ep.get("nodeName") == node_name:
                 local += 1

@@ -3,14 +3,28 @@ them and why not (the reason tokens of the logs), and what FRR does with each ad
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .config import Config
-from .decide import Counts
+from .decide import Counts, is_ours
 from .frr import Vtysh
 from .kube import Api, pages
-from .model import NODE, SERVICES, SLICES, fmt_key, watched
+from .model import (
+    NODE,
+    SERVICES,
+    SLICES,
+    SliceSummary,
+    fmt_key,
+    key_of,
+    parse_node,
+    parse_slice,
+    service_entry,
+    serving,
+    watched,
+)
 from .tracker import Tracker
 
 
@@ -80,6 +94,89 @@ def collect(api: Api, config: Config, *, present: dict[str, str] | None, vtysh: 
     return rows
 
 
+@dataclass
+class ClusterRow:
+    service: str
+    pool: str
+    ips: list[str]
+    policy: str
+    announced_by: list[str]
+    not_by: dict[str, str]
+    """Node -> the reason it does not announce (the reason tokens of the logs)."""
+
+
+def cluster(api: Api, config: Config) -> list[ClusterRow]:
+    """Every Service of ours, with the nodes that announce it and why the others do not: one list of
+    Services, EndpointSlices and Nodes, decided for each node by the agent's own Tracker."""
+    paths = watched(config.node_name)
+    services = [service_entry(obj) for obj in _items(api, paths[SERVICES])]
+    slices = _items(api, paths[SLICES])
+    nodes = [parse_node(obj) for obj in _items(api, ("/api/v1/nodes", {}, None))]
+    # Each slice parsed once: its ready endpoints per node, then a summary per node from that.
+    local: list[tuple[Any, SliceSummary, Counter[str]]] = []
+    for obj in slices:
+        summary = parse_slice(obj, "")
+        per_node = Counter(ep.get("nodeName") or "" for ep in obj.get("endpoints") or [] if serving(ep))
+        local.append((key_of(obj), summary, per_node))
+    announced: dict[Any, list[str]] = {}
+    refused: dict[Any, dict[str, str]] = {}
+    for node in sorted(nodes, key=lambda n: n.name):
+        tracker = Tracker(dataclasses.replace(config, node_name=node.name))
+        tracker.replace_services(services)
+        tracker.replace_slices(
+            (key, dataclasses.replace(summary, local_ready=per_node[node.name]))
+            for key, summary, per_node in local
+        )
+        tracker.set_node(node)
+        tracker.update()
+        for key, d in tracker.decisions.items():
+            if any(d.announces(ip) for ip in d.ips):
+                announced.setdefault(key, []).append(node.name)
+            else:
+                refused.setdefault(key, {})[node.name] = d.reason
+    rows = []
+    ours = {key: svc for key, svc in services if is_ours(svc, config)}
+    for key in sorted(ours):
+        svc = ours[key]
+        pool = config.pool_of(svc.ingress_ips[0]) if svc.ingress_ips else None
+        rows.append(
+            ClusterRow(
+                fmt_key(key),
+                pool.name if pool else "-",
+                list(svc.ingress_ips),
+                "Local" if svc.local_policy else "Cluster",
+                announced.get(key, []),
+                refused.get(key, {}),
+            )
+        )
+    return rows
+
+
+def _items(api: Api, where: tuple[str, dict[str, str], Any]) -> list[dict[str, Any]]:
+    path, selectors, _ = where
+    return [obj for page in pages(api, path, selectors) for obj in page.get("items") or []]
+
+
+def cluster_table(rows: list[ClusterRow]) -> str:
+    lines = [["SERVICE", "POOL", "IPS", "POLICY", "ANNOUNCED BY", "NOT ANNOUNCED BY"]]
+    for r in rows:
+        by_reason: dict[str, list[str]] = {}
+        for node, reason in r.not_by.items():
+            by_reason.setdefault(reason, []).append(node)
+        lines.append(
+            [
+                r.service,
+                r.pool,
+                ",".join(r.ips) or "-",
+                r.policy,
+                ",".join(r.announced_by) or "-",
+                " ".join(f"{','.join(nodes)} ({reason})" for reason, nodes in sorted(by_reason.items()))
+                or "-",
+            ]
+        )
+    return _columns(lines)
+
+
 def as_json(rows: list[Row], node: str) -> dict[str, Any]:
     return {"node": node, "services": [asdict(r) for r in rows]}
 
@@ -116,7 +213,11 @@ def table(rows: list[Row], *, local: bool, frr: bool, weighted: bool = False) ->
                 or "-"
             )
         lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return _columns(lines)
+
+
+def _columns(lines: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
     )

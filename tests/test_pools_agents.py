@@ -89,6 +89,41 @@ def test_pools_select_services_and_nodes(lab: Lab) -> None:
     took = time.monotonic() - start
     assert took < 1.0, f"withdrawn {took:.2f} s after the label changed"
 
+    # The cluster-wide view, from the API alone, with the agents' own decision code.
+    out = a.ns.run(
+        [
+            *a.argv[:3],
+            "status",
+            "--all",
+            "--config",
+            str(config),
+            "--kubeconfig",
+            str(lab.kubeconfig),
+            "--load-balancer-class",
+            lab.lb_class,
+            "--no-default-class",
+            "-o",
+            "json",
+        ]
+    )
+    rows = {r["service"].split("/")[1]: r for r in json.loads(out.stdout)["services"]}
+    ours = {a.name, b.name}
+
+    def view(name: str) -> tuple[str, list[str], dict[str, str]]:
+        r = rows[name]
+        return (
+            r["pool"],
+            [n for n in r["announced_by"] if n in ours],
+            {n: why for n, why in r["not_by"].items() if n in ours},
+        )
+
+    assert view("public") == ("edge", [b.name], {a.name: "nodeNotSelected"})
+    assert view("plain") == ("internal", [a.name, b.name], {})
+    assert view("exposed") == ("-", [], {a.name: "noIngressIP", b.name: "noIngressIP"})
+    text = a.ns.run([arg for arg in out.args[4:] if arg not in ("-o", "json")]).stdout
+    line = next(x for x in text.splitlines() if "/public " in x)
+    assert line.split()[1:3] == ["edge", lab.ip(1)] and f"{a.name} (nodeNotSelected)" in line, text
+
 
 def test_a_removed_pool_keeps_its_services_ips_with_a_warning(lab: Lab) -> None:
     config = write(lab.workdir / "pools.json", pools(lab))
