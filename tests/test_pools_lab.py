@@ -1,7 +1,7 @@
 """Per-pool BGP attributes on the real FRR of the lab: the nodes run the FRR config the NixOS module
-generates with two pools, and the router sees each pool's routes with that pool's communities, large
-communities and AS-path prepend (IPv4 and IPv6, on lo and on a weight-class interface), and the pool
-without attributes' routes without them."""
+generates for four pools, and the router sees each pool's routes with that pool's own communities, large
+communities and AS-path prepend (IPv4 and IPv6, on lo and on weight-class interfaces), the routes of the
+pool without attributes without any, and none of the pool tagged no-export."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ POOLS = [
         },
     },
     {"name": "internal", "prefixes": ["10.0.100.64/26", "fd00:100::100/120"]},
+    {
+        "name": "core",
+        "prefixes": ["10.0.100.128/26", "fd00:100::200/120"],
+        "bgp": {"communities": ["65000:300"], "largeCommunities": ["65000:3:300"]},
+    },
     # What the module refuses: set when redistributing, no-export keeps the node itself from advertising
     # the route to its eBGP peers.
     {"name": "blocked", "prefixes": ["10.0.100.192/26"], "bgp": {"communities": ["no-export"]}},
@@ -59,19 +64,36 @@ def route(lab: Lab, ip: str) -> list[dict]:
     raise AssertionError(f"the router has {len(paths)} paths to {host}")
 
 
+EDGE = ("65000:100 65000:200", "65000:1:100", "64999 64999")
+CORE = ("65000:300", "65000:3:300", None)
+
+
 @pytest.mark.parametrize(
-    ("ip", "dev"),
-    [("10.0.100.5", "lo"), ("10.0.100.6", "l3lbw2"), ("fd00:100::5", "lo"), ("fd00:100::6", "l3lbw2")],
+    ("ip", "dev", "want"),
+    [
+        ("10.0.100.5", "lo", EDGE),
+        ("10.0.100.6", "l3lbw2", EDGE),
+        ("fd00:100::5", "lo", EDGE),
+        ("fd00:100::6", "l3lbw2", EDGE),
+        ("10.0.100.130", "lo", CORE),
+        ("fd00:100::205", "l3lbw1", CORE),
+    ],
 )
-def test_the_pool_with_attributes(lab: Lab, ip: str, dev: str) -> None:
+def test_each_pool_with_its_attributes(
+    lab: Lab, ip: str, dev: str, want: tuple[str, str, str | None]
+) -> None:
+    communities, large, prepend = want
     length = 128 if ":" in ip else 32
     for node in lab.nodes:
         node.ns.run(["ip", "addr", "add", f"{ip}/{length}", "dev", dev])
     try:
         for path in route(lab, ip):
-            assert path["community"]["string"] == "65000:100 65000:200", path
-            assert path["largeCommunity"]["string"] == "65000:1:100", path
-            assert path["aspath"]["string"].endswith("64999 64999"), path
+            assert path["community"]["string"] == communities, path
+            assert path["largeCommunity"]["string"] == large, path
+            if prepend:
+                assert path["aspath"]["string"].endswith(prepend), path
+            else:
+                assert "64999" not in path["aspath"]["string"], path
             if dev != "lo":
                 assert "LB:" in path["extendedCommunity"]["string"], "the class entry ran after the pool's"
     finally:
