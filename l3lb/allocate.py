@@ -205,7 +205,11 @@ def allocate(
             refused = pool.refuses(svc.key[0], labels) if pool else None
             if pool is None:
                 where = ", ".join(f"{p.name} {' '.join(map(str, p.prefixes))}" for p in pools)
-                conflict(svc, IP_OUTSIDE_POOL, f"{ip} is in no pool ({where})")
+                if _ours(svc, ip, field_manager) and take(ip, svc):
+                    got[fam] = ip
+                    conflict(svc, IP_OUTSIDE_POOL, f"{ip} is in no pool any more ({where}): {KEPT}")
+                else:
+                    conflict(svc, IP_OUTSIDE_POOL, f"{ip} is in no pool ({where})")
             elif named and pool is not named:
                 conflict(
                     svc,
@@ -236,14 +240,9 @@ def allocate(
             if fam not in needs:
                 continue
             if pool is None:
-                if field_manager in svc.status_managers and not named and take(ip, svc):
-                    conflict(
-                        svc,
-                        IP_OUTSIDE_POOL,
-                        f"{ip} is in no pool any more (removed or renamed?): kept in status but announced "
-                        f"by no node; to move the Service, name a pool with {POOL_ANNOTATION} or request "
-                        "an IP",
-                    )
+                if not named and _ours(svc, ip, field_manager) and take(ip, svc):
+                    if not svc.pool:  # else the UnknownPool warning says it keeps its IPs
+                        conflict(svc, IP_OUTSIDE_POOL, f"{ip} is in no pool any more (removed?): {KEPT}")
                     got[fam] = ip
                 continue
             if named and pool is not named:
@@ -278,6 +277,17 @@ def allocate(
                 got[fam] = ip
         out.ips[svc.key] = _ordered(got)
     return out
+
+
+KEPT = (
+    "kept in status but announced by no node; to move the Service, name a pool with "
+    f"{POOL_ANNOTATION} or request an IP in one"
+)
+
+
+def _ours(svc: Service, ip: str, field_manager: str | None) -> bool:
+    """Whether ``ip`` is in the Service's status as our group of agents wrote it."""
+    return ip in svc.ingress_ips and field_manager is not None and field_manager in svc.status_managers
 
 
 def _next(ranges: list[Range], take, svc: Service) -> str | None:  # type: ignore[no-untyped-def]

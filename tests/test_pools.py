@@ -282,6 +282,7 @@ def test_a_configuration_change_never_takes_an_ip_away(pools: tuple[AddressPool,
         svc("gone", ingress=("10.9.0.1",), managers=frozenset({MANAGER})),
         svc("renamed", pool="internet", ingress=("203.0.113.1",)),
         svc("restricted", "other", ingress=("10.0.100.1",)),
+        svc("asked", requested=("10.9.0.2",), ingress=("10.9.0.2",), managers=frozenset({MANAGER})),
     ]
     after = (
         dataclasses.replace(internet, name="public"),
@@ -293,9 +294,11 @@ def test_a_configuration_change_never_takes_an_ip_away(pools: tuple[AddressPool,
         ("web", "gone"): ("10.9.0.1",),
         ("web", "renamed"): ("203.0.113.1",),
         ("other", "restricted"): ("10.0.100.1",),
+        ("web", "asked"): ("10.9.0.2",),
     }
     got = conflicts(r)
     assert got["gone"][0] == IP_OUTSIDE_POOL and "announced by no node" in got["gone"][1]
+    assert got["asked"][0] == IP_OUTSIDE_POOL and "announced by no node" in got["asked"][1]
     assert got["renamed"][0] == UNKNOWN_POOL and "keeps the IPs it has" in got["renamed"][1]
     assert got["restricted"][0] == POOL_NOT_ALLOWED and "to move it, name a pool" in got["restricted"][1]
 

@@ -125,32 +125,59 @@ def test_pools_select_services_and_nodes(lab: Lab) -> None:
     assert line.split()[1:3] == ["edge", lab.ip(1)] and f"{a.name} (nodeNotSelected)" in line, text
 
 
-def test_a_removed_pool_keeps_its_services_ips_with_a_warning(lab: Lab) -> None:
+def test_a_removed_or_renamed_pool_keeps_its_services_ips_with_a_warning(lab: Lab) -> None:
     config = write(lab.workdir / "pools.json", pools(lab))
     a = lab.node("a", labels={EDGE: "true"}, config=config)
     a.wait_synced()
     create_pod(lab.core, lab.namespace, "web-1", a.name, "10.244.0.1", labels=APP)
-    lab.service("public", annotations={"l3lb.io/address-pool": "edge"})
-    lab.service("plain")
     ip = lab.ip
-    wait_ingress(lab, lambda g: g["public"] == (ip(1),) and g["plain"] == (ip(65),), "allocated")
-    wait_addresses(a, {ip(1), ip(65)})
+    lab.service("public", annotations={"l3lb.io/address-pool": "edge"})
+    lab.service("asked", ips=ip(2))
+    lab.service("plain")
+    wait_ingress(lab, lambda g: g["public"] == (ip(1),) and g["asked"] == (ip(2),), "edge allocated")
+    wait_ingress(lab, lambda g: g["plain"] == (ip(65),), "internal allocated")
+    lab.service("named", annotations={"l3lb.io/address-pool": "internal"})
+    wait_ingress(lab, lambda g: g["named"] == (ip(66),), "named allocated")
+    wait_addresses(a, {ip(1), ip(2), ip(65), ip(66)})
 
-    # The operator drops the edge pool and restarts the agent with the new file.
-    write(config, pools(lab, edge=False))
+    # The operator drops the edge pool, renames internal to private, and restarts the agent.
+    renamed = [dict(p, name="private") if p["name"] == "internal" else p for p in pools(lab, edge=False)]
+    write(config, renamed)
     a.signal(signal.SIGTERM)
     a.start()
     a.wait_synced()
-    wait_addresses(a, {ip(65)})  # outside every prefix now: never on the interface
-    wait_for(lambda: events(lab.core, lab.namespace, "UnknownPool"), what="UnknownPool for public")
+    # The removed pool's IPs are outside every prefix now: never on the interface. The renamed pool's are
+    # still ours and stay announced.
+    wait_addresses(a, {ip(65), ip(66)})
+    wait_for(lambda: len(events(lab.core, lab.namespace, "UnknownPool")) == 2, what="UnknownPool twice")
+    wait_for(lambda: events(lab.core, lab.namespace, "IPOutsidePool"), what="IPOutsidePool for asked")
     mark = a.mark()
-    lab.service("later")  # a run of the allocator after the warning
-    wait_ingress(lab, lambda g: g["later"] == (ip(66),), "later allocated")
+    lab.service("later")  # a run of the allocator after the warnings
+    wait_ingress(lab, lambda g: g["later"] == (ip(67),), "later allocated")
     a.wait_handled("later", since=mark, by="allocator")
     got = wait_ingress(lab, lambda g: True, "status")
-    assert got["public"] == (ip(1),), "kept in status until the operator acts"
-    (warning,) = events(lab.core, lab.namespace, "UnknownPool")
-    assert "it keeps the IPs it has and gets no new one" in warning.message
+    assert {k: got[k] for k in ("public", "asked", "plain", "named")} == {
+        "public": (ip(1),),
+        "asked": (ip(2),),
+        "plain": (ip(65),),
+        "named": (ip(66),),
+    }, "kept until the operator acts"
+    warnings = {e.involved_object.name: e.message for e in events(lab.core, lab.namespace, "UnknownPool")}
+    assert "names pool 'edge', which is not configured (pools: private, elsewhere)" in warnings["public"]
+    assert "names pool 'internal'" in warnings["named"]
+    outside = events(lab.core, lab.namespace, "IPOutsidePool")
+    assert [e.involved_object.name for e in outside] == ["asked"], "the others have UnknownPool"
+    assert "announced by no node" in outside[0].message
+
+    # The operator acts: the annotation names the renamed pool; nothing moves, the warning stops.
+    lab.core.patch_namespaced_service(
+        "named", lab.namespace, {"metadata": {"annotations": {"l3lb.io/address-pool": "private"}}}
+    )
+    mark = a.mark()
+    lab.service("after")
+    wait_ingress(lab, lambda g: g["after"] == (ip(68),), "after allocated")
+    a.wait_handled("after", since=mark, by="allocator")
+    assert wait_ingress(lab, lambda g: True, "status")["named"] == (ip(66),)
 
 
 def test_an_agent_whose_pools_differ_from_the_allocators_says_so(lab: Lab) -> None:
