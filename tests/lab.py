@@ -593,6 +593,8 @@ exit
             argv += ["--node-name", node]
         if "--kubeconfig" not in args:
             argv += ["--kubeconfig", str(self.kubeconfig)]
+        if "--lease-namespace" not in args and args[0] == "check":
+            argv += ["--lease-namespace", NAMESPACE]
         if "--vty-socket" not in args and args[0] in ("status", "check"):
             argv += ["--vty-socket", str(n.frr.dir)]
         return n.ns.run(argv, check=check)

@@ -76,6 +76,7 @@ def test_check_passes_on_a_healthy_node(lab: Lab) -> None:
         "permissions",
         "node",
         "prefixes",
+        "pools",
         "interface",
         "netlink",
         "frr",
@@ -83,6 +84,8 @@ def test_check_passes_on_a_healthy_node(lab: Lab) -> None:
         "arp",
     }
     assert all(statuses(r) <= {"ok", "warn"} for r in results.values()), results
+    (pools,) = results["pools"]
+    assert pools["status"] == "ok" and "as the allocator's (node" in pools["message"], pools
     # the agent identity may not list pods: the ServiceLB look-up says so instead of guessing
     assert statuses(results["other-lb"]) == {"warn"}
     text = lab.l3lb("node1", "check")

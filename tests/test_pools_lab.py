@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 from lab import Lab
-from testenv import ControlPlane
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.frr]
 
@@ -37,16 +36,9 @@ POOLS = [
 
 
 @pytest.fixture(scope="module")
-def lab(control_plane: ControlPlane, workdir) -> Iterator[Lab]:  # type: ignore[no-untyped-def]
-    with Lab(
-        2,
-        weight_classes=2,
-        agents=False,
-        frr_pools=POOLS,
-        workdir=workdir / "lab-pools",
-        control_plane=control_plane,
-        log=lambda _: None,
-    ) as lab:
+def lab() -> Iterator[Lab]:
+    # Its own control plane, as test_weighted's: the session's holds the FRR lab's Nodes of the same names.
+    with Lab(2, weight_classes=2, agents=False, frr_pools=POOLS, log=lambda _: None) as lab:
         lab.class_interfaces_by_hand()
         yield lab
 
