@@ -188,7 +188,7 @@ def allocate(
                 f"{fmt_key(svc.key)} needs {why} ({svc.family_policy}); add a prefix of that family "
                 f"to {' or '.join(p.name for p in candidates)}",
             )
-        elif not candidates and not svc.pool:
+        elif not candidates and not svc.pool and not svc.requested_ips:
             refusals = "; ".join(
                 p.refuses(svc.key[0], labels) or f"pool {p.name} is not auto-assign" for p in pools
             )

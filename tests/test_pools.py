@@ -258,6 +258,12 @@ def test_requests_follow_the_pool_rules(pools: tuple[AddressPool, ...]) -> None:
     )
 
 
+def test_a_granted_request_needs_no_auto_assign_pool(pools: tuple[AddressPool, ...]) -> None:
+    exposed = svc("exposed", labels={"exposure": "internet"}, requested=("203.0.113.2",))
+    r = allocate([exposed], pools[:2])  # internet is not auto-assign, internal refuses the label
+    assert r.ips[("web", "exposed")] == ("203.0.113.2",) and r.conflicts == []
+
+
 def test_reserved_ranges_of_a_pool(pools: tuple[AddressPool, ...]) -> None:
     many = [svc(f"s{i}", pool="internet", created=f"2026-01-01T00:00:0{i}Z") for i in range(4)]
     r = allocate(many, pools)
