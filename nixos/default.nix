@@ -134,8 +134,12 @@ in
             communities = mkOption {
               type = types.listOf types.str;
               default = [ ];
-              example = [ "65000:100" "no-export" ];
-              description = "Standard communities set on the pool's routes (FRR `set community`).";
+              example = [ "65000:100" "65000:666" ];
+              description = ''
+                Standard communities set on the pool's routes (FRR `set community`). Not no-export,
+                no-advertise or local-AS: set where the node redistributes, they keep FRR from advertising
+                the routes to the node's own eBGP peers; use a community your routers map to no-export.
+              '';
             };
             largeCommunities = mkOption {
               type = types.listOf types.str;
