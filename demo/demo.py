@@ -141,7 +141,7 @@ def walk_through() -> list[tuple[str, str, str, str, str]]:
         say(f"  after {LIFETIME + 2}s: router next hops {hops}; client {dict(served)}")
         lab.cp.restart_apiserver()
         step(
-            "all pods not ready: nothing to serve",
+            "all pods not ready, the apiserver just back: nothing to serve (the agents reconnect within 3 s)",
             lambda: [lab.set_ready(n, False) for n in ("node1", "node2", "node3")],
             set(),
         )

@@ -61,7 +61,9 @@ class Reflector:
         self.selectors = dict(selectors or {})
         self.watch_timeout = watch_timeout
         self.connect_timeout = connect_timeout
-        self.backoff = backoff or Backoff()
+        # Capped at 3 s, not client-go's 30: while a watch is down the agent is blind to endpoint changes,
+        # so after an apiserver restart it must be back within seconds (a refused connect costs nothing).
+        self.backoff = backoff or Backoff(initial=0.25, maximum=3.0)
         self.on_restart = on_restart
         """Called on every restart of the loop, with the error (None for a 410 relist): for metrics."""
         self.resource_version: str | None = None
