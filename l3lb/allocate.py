@@ -17,7 +17,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .config import Network
+from .config import Network, pool_containing
 from .model import POOL_ANNOTATION, Key, Service, fmt_key
 from .pools import AddressPool
 
@@ -123,7 +123,7 @@ def compatible(a: Service, b: Service) -> bool:
 
 
 def allocate(
-    services: Iterable[Service], pools: Sequence[AddressPool], field_manager: str | None = None
+    services: Iterable[Service], pools: tuple[AddressPool, ...], field_manager: str | None = None
 ) -> Allocation:
     """``field_manager``: our group's; an IP it wrote that is in no pool any more (the pool was removed or
     renamed) stays in the Service's status, with a warning, instead of being replaced."""
@@ -134,7 +134,7 @@ def allocate(
     ordered = sorted(services, key=lambda s: (s.created, s.key))
 
     def pool_of(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> AddressPool | None:
-        return next((p for p in pools if p.contains(ip)), None)
+        return pool_containing(pools, ip)
 
     def range_of(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Range | None:
         pool = pool_of(ip)

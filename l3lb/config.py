@@ -51,7 +51,8 @@ def _in_prefixes(prefixes: tuple[Network, ...], ip: str | Address) -> bool:
 
 
 @functools.lru_cache(maxsize=1 << 17)
-def _pool_of(pools: tuple[AddressPool, ...], ip: str | Address) -> AddressPool | None:
+def pool_containing(pools: tuple[AddressPool, ...], ip: str | Address) -> AddressPool | None:
+    """The first of ``pools`` whose prefixes hold ``ip`` (cached, as ``_in_prefixes``)."""
     addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
     return next((p for p in pools if p.contains(addr)), None)
 
@@ -85,7 +86,7 @@ class Config:
 
     def pool_of(self, ip: str | Address) -> AddressPool | None:
         """The pool whose prefixes hold ``ip``, if any."""
-        return _pool_of(self.pools, ip)
+        return pool_containing(self.pools, ip)
 
     def class_interface(self, weight: int) -> str:
         """The interface of the weight class of ``weight`` local ready endpoints (capped at the classes)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .config import Config
 from .model import Key, Node, Service
+from .pools import AddressPool
 
 # Reasons to announce.
 LOCAL_READY = "localReadyEndpoints"
@@ -113,25 +114,24 @@ def decide_service(
         return ServiceDecision(ips, outside, False, reason, detail)
     if node_why is not None:
         return ServiceDecision(ips, outside, False, node_why, NODE_DETAILS[node_why])
-    excluded = tuple(ip for ip in ips if _pool_name(config, ip) in unselected) if unselected else ()
+    excluded = tuple(ip for ip in ips if _pool(config, ip).name in unselected) if unselected else ()
     if excluded and len(excluded) == len(ips):
-        pool = config.pool_of(ips[0])
-        assert pool is not None
-        return ServiceDecision(
-            ips,
-            outside,
-            False,
-            NODE_NOT_SELECTED,
-            f"this node does not match the node selector of pool {pool.name} ({pool.node_selector})",
-            unselected=excluded,
-        )
+        detail = not_selected(config, ips[0])
+        return ServiceDecision(ips, outside, False, NODE_NOT_SELECTED, detail, unselected=excluded)
     d = _by_endpoints(svc, counts, ips, outside)
     return dataclasses.replace(d, unselected=excluded) if excluded else d
 
 
-def _pool_name(config: Config, ip: str) -> str | None:
+def _pool(config: Config, ip: str) -> AddressPool:
+    """The pool of an IP inside our prefixes (the pools' prefixes are exactly ours)."""
     pool = config.pool_of(ip)
-    return pool.name if pool else None
+    assert pool is not None, ip
+    return pool
+
+
+def not_selected(config: Config, ip: str) -> str:
+    pool = _pool(config, ip)
+    return f"this node does not match the node selector of pool {pool.name} ({pool.node_selector})"
 
 
 def _by_endpoints(
@@ -177,10 +177,7 @@ def combine(
         keys = tuple(sorted(by_key))
         chosen = next((by_key[k] for k in keys if by_key[k].announces(ip)), by_key[keys[0]])
         if chosen.announce and not chosen.announces(ip):
-            pool = config.pool_of(ip)
-            assert pool is not None
-            detail = f"this node does not match the node selector of pool {pool.name} ({pool.node_selector})"
-            out[ip] = IPDecision(False, NODE_NOT_SELECTED, detail, keys)
+            out[ip] = IPDecision(False, NODE_NOT_SELECTED, not_selected(config, ip), keys)
         else:
             out[ip] = IPDecision(chosen.announces(ip), chosen.reason, chosen.detail, keys, ip_weight(by_key))
     return out

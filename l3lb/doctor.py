@@ -18,7 +18,7 @@ from . import permissions
 from .config import Config, Network
 from .frr import Vtysh, check_config
 from .kube import Api, api_message, path
-from .leader import LEASE, LEASE_NAME, POOLS_ANNOTATION
+from .leader import LEASE, LEASE_NAME, pools_fingerprint
 from .pools import fingerprint
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -338,7 +338,7 @@ class Doctor:
                 )
             return
         holder = (lease.get("spec") or {}).get("holderIdentity") or "nobody"
-        theirs = ((lease.get("metadata") or {}).get("annotations") or {}).get(POOLS_ANNOTATION)
+        theirs = pools_fingerprint(lease)
         if not theirs or theirs == mine:
             yield Result("pools", OK, f"pools {names} ({mine}), as the allocator's ({holder})")
             return

@@ -33,6 +33,11 @@ LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 LEASE = LEASES + "/{name}"
 
 
+def pools_fingerprint(lease: dict[str, Any]) -> str:
+    """The holder's pools fingerprint on a Lease ("" if it has none)."""
+    return ((lease.get("metadata") or {}).get("annotations") or {}).get(POOLS_ANNOTATION, "")
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -155,8 +160,7 @@ class LeaderElector:
         duration = spec.get("leaseDurationSeconds") or self.lease_duration
         expired = now - self._observed[1] > duration
         if holder and holder != self.identity and not expired:
-            annotations = (lease.get("metadata") or {}).get("annotations") or {}
-            self.on_holder(holder, annotations.get(POOLS_ANNOTATION, ""))
+            self.on_holder(holder, pools_fingerprint(lease))
             return False
         meta = lease.setdefault("metadata", {})
         meta["annotations"] = {**(meta.get("annotations") or {}), POOLS_ANNOTATION: self.fingerprint}

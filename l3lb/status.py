@@ -49,7 +49,7 @@ class Row:
 def snapshot(api: Api, config: Config) -> Tracker:
     """One read of what the agent watches, decided by the agent's own Tracker."""
     lists = {
-        resource: [parse(obj) for page in pages(api, path, selectors) for obj in page.get("items") or []]
+        resource: [parse(obj) for obj in _items(api, path, selectors)]
         for resource, (path, selectors, parse) in watched(config.node_name).items()
     }
     tracker = Tracker(config)
@@ -109,9 +109,9 @@ def cluster(api: Api, config: Config) -> list[ClusterRow]:
     """Every Service of ours, with the nodes that announce it and why the others do not: one list of
     Services, EndpointSlices and Nodes, decided for each node by the agent's own Tracker."""
     paths = watched(config.node_name)
-    services = [service_entry(obj) for obj in _items(api, paths[SERVICES])]
-    slices = _items(api, paths[SLICES])
-    nodes = [parse_node(obj) for obj in _items(api, ("/api/v1/nodes", {}, None))]
+    services = [service_entry(obj) for obj in _items(api, *paths[SERVICES][:2])]
+    slices = _items(api, *paths[SLICES][:2])
+    nodes = [parse_node(obj) for obj in _items(api, "/api/v1/nodes", {})]
     # Each slice parsed once: its ready endpoints per node, then a summary per node from that.
     local: list[tuple[Any, SliceSummary, Counter[str]]] = []
     for obj in slices:
@@ -152,8 +152,7 @@ def cluster(api: Api, config: Config) -> list[ClusterRow]:
     return rows
 
 
-def _items(api: Api, where: tuple[str, dict[str, str], Any]) -> list[dict[str, Any]]:
-    path, selectors, _ = where
+def _items(api: Api, path: str, selectors: dict[str, str]) -> list[dict[str, Any]]:
     return [obj for page in pages(api, path, selectors) for obj in page.get("items") or []]
 
 

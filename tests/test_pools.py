@@ -292,7 +292,7 @@ def test_a_configuration_change_never_takes_an_ip_away(pools: tuple[AddressPool,
     ]
     after = (
         dataclasses.replace(internet, name="public"),
-        dataclasses.replace(internal, namespaces={"web"}),
+        dataclasses.replace(internal, namespaces=frozenset({"web"})),
         lab,
     )
     r = allocate(held, after, MANAGER)
