@@ -316,12 +316,19 @@ class Agent:
         if self.sync_count == 0:
             for ip in sorted(wanted & self.present.keys()):
                 log.info("adopting %s%s; already on %s", ip, self._why(ip), self.present[ip].interface)
-        p = plan(self.placement, self.present, self.config, now)
+        p = plan(self._desired(), self.present, self.config, now)
         self._renewals.extend(p.renew)
         p.renew = []
         self._apply(p)
         self.held = wanted & self.present.keys()
         self._held_v6 = sum(1 for ip in self.held if ":" in ip)
+
+    def _desired(self) -> dict[str, str]:
+        """Every announced IP and its interface, as a plain dict: a full plan looks each one up, and a
+        dict does that several times faster than ``placement``."""
+        if not self.config.weight_classes:
+            return dict.fromkeys(self.tracker.announced, self.config.interface)
+        return {ip: self.interface_for(ip) for ip in self.tracker.announced}
 
     def _hold(self, ips: Iterable[str]) -> None:
         """Keeps ``held`` (and its IPv6 count) up to date for the IPs a sync of changes touched."""

@@ -62,11 +62,14 @@ def plan(
     prefixes.
 
     ``ips``: plan only these addresses (an incremental sync, O(len(ips))); None: every desired and present
-    address (a full sync)."""
+    address (a full sync). Additions and removals come sorted; renewals in no particular order (sorting
+    thousands of them would be most of a full sync's cost)."""
     p = Plan()
     lifetime = config.address_lifetime
-    for ip in sorted(desired.keys() | present.keys() if ips is None else ips):
-        if not config.in_prefix(ip):
+    renew_before = now + lifetime - config.renew_after  # an expiry before this is renewed
+    in_prefix = config.in_prefix
+    for ip in desired.keys() | present.keys() if ips is None else ips:
+        if not in_prefix(ip):
             continue  # decide() never asks for this, nor removes it; the check here makes it impossible
         have = present.get(ip)
         want = desired.get(ip)
@@ -81,8 +84,10 @@ def plan(
         elif lifetime == 0:
             if have.expires is not None:
                 p.renew.append((ip, want))
-        elif have.expires is None or have.expires - now < lifetime - config.renew_after:
+        elif have.expires is None or have.expires < renew_before:
             p.renew.append((ip, want))
+    p.add.sort()
+    p.remove.sort()
     return p
 
 

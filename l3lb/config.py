@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,16 +43,13 @@ def parse_prefixes(values: Iterable[str], *, allow_empty: bool = False) -> tuple
     return tuple(nets)
 
 
-@functools.lru_cache(maxsize=1 << 17)
-def _in_prefixes(prefixes: tuple[Network, ...], ip: str | Address) -> bool:
-    """Cached: a full sync asks it of every held address (parsing the text is most of the cost)."""
-    addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-    return any(addr.version == net.version and addr in net for net in prefixes)
+MEMO_SIZE = 1 << 17
+"""Answers of ``Config.in_prefix`` kept per configuration (the memo starts over when full)."""
 
 
-@functools.lru_cache(maxsize=1 << 17)
+@functools.lru_cache(maxsize=MEMO_SIZE)
 def pool_containing(pools: tuple[AddressPool, ...], ip: str | Address) -> AddressPool | None:
-    """The first of ``pools`` whose prefixes hold ``ip`` (cached, as ``_in_prefixes``)."""
+    """The first of ``pools`` whose prefixes hold ``ip`` (cached: parsing the text is most of the cost)."""
     addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
     return next((p for p in pools if p.contains(addr)), None)
 
@@ -74,6 +71,9 @@ class Config:
     pools: tuple[AddressPool, ...] = ()
     """The named pools (config file); without them, one pool of ``prefixes`` minus ``reserved``. With
     them, ``prefixes`` and ``reserved`` are their union."""
+    _in_prefix: dict[str | Address, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Memo of ``in_prefix``, keyed by the IP alone: a full sync asks it of every held address, and a
+    cache keyed by the prefixes as well would hash them (in Python) on every call."""
 
     def __post_init__(self) -> None:
         from .pools import shorthand
@@ -98,7 +98,14 @@ class Config:
 
     def in_prefix(self, ip: str | Address) -> bool:
         """Whether ``ip`` lies inside one of our prefixes: the only addresses l3lb may ever touch."""
-        return _in_prefixes(self.prefixes, ip)
+        known = self._in_prefix.get(ip)
+        if known is None:
+            if len(self._in_prefix) >= MEMO_SIZE:
+                self._in_prefix.clear()
+            addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+            known = any(addr.version == net.version and addr in net for net in self.prefixes)
+            self._in_prefix[ip] = known
+        return known
 
     def owns_class(self, lb_class: str | None) -> bool:
         if lb_class is None:
