@@ -1,21 +1,19 @@
 """Applying decisions to the interface: a pure diff (``plan``) and the netlink calls that carry it out.
 
-Only this module (and ``rtnl``, its hot-path codec) talks netlink. Whatever the inputs, a plan never
+Only this module (and ``rtnl``, its codec) talks netlink. Whatever the inputs, a plan never
 touches an address outside the configured prefixes or one that is not host-length (/32, /128).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
-
-from pyroute2 import IPRoute, NetlinkError
 
 from . import rtnl
 from .config import Config
@@ -140,15 +138,6 @@ class InterfaceMissing(RuntimeError):
     pass
 
 
-def _present(msg: object, now: float, interface: str) -> tuple[str, Present] | None:
-    """(ip, Present) of a host-length address message, or None for other prefix lengths."""
-    ip = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")  # type: ignore[attr-defined]
-    if not ip or msg["prefixlen"] != host_len(ip):  # type: ignore[index]
-        return None
-    valid = (msg.get("IFA_CACHEINFO") or {}).get("ifa_valid", rtnl.FOREVER)  # type: ignore[attr-defined]
-    return str(ipaddress.ip_address(ip)), Present(None if valid == rtnl.FOREVER else now + valid, interface)
-
-
 ECHO_WITHIN = 5.0
 """Seconds within which the kernel's notification of one of our own writes (its echo) is expected."""
 
@@ -188,26 +177,29 @@ class Echoes:
             return True
 
 
+def _index(ifname: str) -> int | None:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+
 class NetlinkTable:
-    """The real interfaces: writes and the monitor through ``rtnl`` (batched, struct-coded), lookups,
-    dumps and the creation of weight-class interfaces through pyroute2."""
+    """The real interfaces, through ``rtnl``: batched writes, the dump, the monitor; pyroute2 only makes
+    the weight-class interfaces."""
 
     def __init__(self, ifname: str, classes: tuple[str, ...] = (), *, create: bool = True) -> None:
         """``classes``: weight-class interfaces, made if missing (``create``; else those missing are left
         out: a read-only look, as ``l3lb status`` takes)."""
-        self.ipr = IPRoute()
-        found = self.ipr.link_lookup(ifname=ifname)
-        if not found:
-            self.ipr.close()
+        index = _index(ifname)
+        if index is None:
             raise InterfaceMissing(f"interface {ifname!r} does not exist")
-        self.ifname = ifname
-        self.index: int = found[0]
-        self.indices = {ifname: self.index}
+        self.indices = {ifname: index}
         for name in classes:
             if create:
                 self.indices[name] = self._class_interface(name)
-            elif found := self.ipr.link_lookup(ifname=name):
-                self.indices[name] = found[0]
+            elif (found := _index(name)) is not None:
+                self.indices[name] = found
         self.interfaces = tuple(self.indices)
         self._names = {i: n for n, i in self.indices.items()}
         self.duplicates: list[tuple[str, str]] = []
@@ -219,36 +211,44 @@ class NetlinkTable:
         self.monitoring = threading.Event()
         """Set once the monitor listens (and again after each restart): changes from then on are seen."""
 
-    def _class_interface(self, name: str) -> int:
+    @staticmethod
+    def _class_interface(name: str) -> int:
         """The index of weight-class interface ``name``, made if missing: a ``dummy``, or where the kernel
         has no dummy driver a veth pair with both ends here (the peer named ``<name>p``). Either way up."""
-        found = self.ipr.link_lookup(ifname=name)
-        if not found:
-            try:
-                self.ipr.link("add", ifname=name, kind="dummy")
-            except NetlinkError:
-                self.ipr.link("add", ifname=name, kind="veth", peer={"ifname": f"{name}p"})
-                self.ipr.link("set", index=self.ipr.link_lookup(ifname=f"{name}p")[0], state="up")
-                log.info("made weight-class interface %s (a veth pair: no dummy driver here)", name)
-            else:
-                log.info("made weight-class interface %s (dummy)", name)
-            found = self.ipr.link_lookup(ifname=name)
-        self.ipr.link("set", index=found[0], state="up")
-        return found[0]
+        from pyroute2 import IPRoute, NetlinkError  # loaded only here: it costs the agent ~11 MiB
+
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                try:
+                    ipr.link("add", ifname=name, kind="dummy")
+                except NetlinkError:
+                    ipr.link("add", ifname=name, kind="veth", peer={"ifname": f"{name}p"})
+                    ipr.link("set", index=ipr.link_lookup(ifname=f"{name}p")[0], state="up")
+                    log.info("made weight-class interface %s (a veth pair: no dummy driver here)", name)
+                else:
+                    log.info("made weight-class interface %s (dummy)", name)
+                found = ipr.link_lookup(ifname=name)
+            ipr.link("set", index=found[0], state="up")
+            return int(found[0])
 
     def dump(self) -> dict[str, Present]:
+        """The host-length addresses on our interfaces. An address on two of them counts on the first (in
+        ``interfaces`` order); the later copies are listed in ``duplicates``."""
         now = time.monotonic()
+        found: dict[str, list[rtnl.Address]] = {name: [] for name in self.indices}
+        for addr in self.requests.addresses():
+            name = self._names.get(addr.index)
+            if name is not None and addr.prefixlen == host_len(addr.ip):
+                found[name].append(addr)
         out: dict[str, Present] = {}
         self.duplicates = []
-        for name, index in self.indices.items():
-            for msg in self.ipr.get_addr(index=index):
-                item = _present(msg, now, name)
-                if item is None:
-                    continue
-                if item[0] in out:
-                    self.duplicates.append((item[0], name))
+        for name, addrs in found.items():
+            for addr in addrs:
+                if addr.ip in out:
+                    self.duplicates.append((addr.ip, name))
                 else:
-                    out[item[0]] = item[1]
+                    out[addr.ip] = Present(None if addr.valid == rtnl.FOREVER else now + addr.valid, name)
         return out
 
     def set(self, ip: str, lifetime: int, interface: str) -> None:
@@ -285,7 +285,6 @@ class NetlinkTable:
 
     def close(self) -> None:
         self.requests.close()
-        self.ipr.close()
 
     def monitor_health(self) -> str | None:
         """None while the monitor follows the interface; else what is wrong."""
@@ -313,7 +312,7 @@ class NetlinkTable:
                         self.monitor_error = None
                         on_change("lost", "", None)
                     while True:
-                        for kind, _, payload in rtnl.messages(sock.recv(1 << 16)):
+                        for kind, _, _, payload in rtnl.messages(sock.recv(1 << 16)):
                             self._event(parse_address(kind, payload), on_change)
                         delay = 0.1
             except Exception as err:  # whatever it was (ENOBUFS, a parse error...): restart, then re-read

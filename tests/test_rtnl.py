@@ -58,7 +58,7 @@ def test_notifications_encoded_by_pyroute2_parse_the_same(ip: str, index: int, v
     msg["header"]["type"] = rtnl.RTM_NEWADDR if new else rtnl.RTM_DELADDR
     msg.encode()
     # two notifications in one datagram, as the kernel sends them
-    ((k1, _, p1), (k2, _, p2)) = list(rtnl.messages(msg.data + msg.data))
+    ((k1, _, _, p1), (k2, _, _, p2)) = list(rtnl.messages(msg.data + msg.data))
     for kind, payload in ((k1, p1), (k2, p2)):
         addr = rtnl.parse_address(kind, payload)
         assert addr is not None
