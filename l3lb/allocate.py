@@ -115,7 +115,7 @@ def compatible(a: Service, b: Service) -> bool:
     """May ``a`` and ``b`` share one IP?"""
     if not a.sharing_key or a.sharing_key != b.sharing_key:
         return False
-    if a.ports & b.ports:
+    if not frozenset(a.ports).isdisjoint(b.ports):
         return False
     if a.local_policy != b.local_policy:
         return False

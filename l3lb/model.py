@@ -7,6 +7,7 @@ holds no raw API objects.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +28,12 @@ def field_manager(lease_namespace: str) -> str:
     return f"l3lb/{lease_namespace}"
 
 
-def key_of(obj: dict[str, Any]) -> Key:
+def key_of(obj: dict[str, Any], *, shared: bool = False) -> Key:
+    """The object's key. Its namespace text is interned (one copy per namespace, not one per object), and
+    with ``shared`` its name too: a Service's, which each of its EndpointSlices names again."""
     meta = obj.get("metadata") or {}
-    return (meta.get("namespace") or "", meta.get("name") or "")
+    name = meta.get("name") or ""
+    return (sys.intern(meta.get("namespace") or ""), sys.intern(name) if shared else name)
 
 
 def fmt_key(key: Key) -> str:
@@ -61,13 +65,15 @@ class Service:
     family_policy: str = "SingleStack"
     sharing_key: str | None = None
     """The ``l3lb.io/allow-shared-ip`` annotation: Services with the same key may share an IP."""
-    ports: frozenset[tuple[str, int]] = frozenset()
+    ports: tuple[tuple[str, int], ...] = ()
+    """(protocol, port) pairs, sorted, each once. Tuples rather than frozensets here and below: a small
+    frozenset takes four times the memory, and the agent holds one per Service."""
     selector: tuple[tuple[str, str], ...] = ()
     pool: str | None = None
     """The ``l3lb.io/address-pool`` annotation: the pool the Service asks for."""
     labels: tuple[tuple[str, str], ...] = ()
     """For the pools' Service selectors."""
-    status_managers: frozenset[str] = frozenset()
+    status_managers: tuple[str, ...] = ()
     """The field managers that own status.loadBalancer (managedFields): who wrote it."""
     resource_version: str = field(default="", compare=False)
     """For conditional status writes; not part of the value, so that a bump alone is no change."""
@@ -104,7 +110,7 @@ def parse_service(obj: dict[str, Any]) -> Service:
             continue  # hostname-only ingress entries carry no IP
     requested, error = parse_requested(meta.get("annotations") or {}, spec)
     return Service(
-        key=key_of(obj),
+        key=key_of(obj, shared=True),
         uid=meta.get("uid") or "",
         is_load_balancer=spec.get("type") == "LoadBalancer",
         load_balancer_class=spec.get("loadBalancerClass"),
@@ -113,11 +119,11 @@ def parse_service(obj: dict[str, Any]) -> Service:
         requested_ips=requested,
         request_error=error,
         created=meta.get("creationTimestamp") or "",
-        families=tuple(spec.get("ipFamilies") or ()),
-        family_policy=spec.get("ipFamilyPolicy") or "SingleStack",
+        families=tuple(map(sys.intern, spec.get("ipFamilies") or ())),
+        family_policy=sys.intern(spec.get("ipFamilyPolicy") or "SingleStack"),
         sharing_key=(meta.get("annotations") or {}).get(SHARING_ANNOTATION) or None,
-        ports=frozenset(
-            (p.get("protocol") or "TCP", int(p.get("port") or 0)) for p in spec.get("ports") or []
+        ports=tuple(
+            sorted({(p.get("protocol") or "TCP", int(p.get("port") or 0)) for p in spec.get("ports") or []})
         ),
         selector=tuple(sorted((spec.get("selector") or {}).items())),
         pool=(meta.get("annotations") or {}).get(POOL_ANNOTATION) or None,
@@ -127,12 +133,16 @@ def parse_service(obj: dict[str, Any]) -> Service:
     )
 
 
-def _status_managers(managed: list[dict[str, Any]]) -> frozenset[str]:
-    return frozenset(
-        m.get("manager") or ""
-        for m in managed
-        if m.get("subresource") == "status"
-        and "f:loadBalancer" in ((m.get("fieldsV1") or {}).get("f:status") or {})
+def _status_managers(managed: list[dict[str, Any]]) -> tuple[str, ...]:
+    return tuple(
+        sorted(
+            {
+                m.get("manager") or ""
+                for m in managed
+                if m.get("subresource") == "status"
+                and "f:loadBalancer" in ((m.get("fieldsV1") or {}).get("f:status") or {})
+            }
+        )
     )
 
 
@@ -164,10 +174,10 @@ def parse_slice(obj: dict[str, Any], node_name: str) -> SliceSummary:
             if ep.get("nodeName") == node_name:
                 local += 1
     return SliceSummary(
-        service=(meta.get("namespace") or "", svc) if svc else None,
+        service=(sys.intern(meta.get("namespace") or ""), sys.intern(svc)) if svc else None,
         ready=ready,
         local_ready=local,
-        family=obj.get("addressType") or "IPv4",
+        family=sys.intern(obj.get("addressType") or "IPv4"),
     )
 
 

@@ -55,7 +55,7 @@ def svc(
         families=tuple(families),
         family_policy=policy,
         sharing_key=share,
-        ports=frozenset(ports),
+        ports=tuple(sorted(set(ports))),
         selector=selector,
     )
 
@@ -291,13 +291,13 @@ def test_status_we_wrote_on_a_service_no_longer_ours_is_cleared_from_full_state(
     another controller or another group of l3lb agents wrote."""
     allocator, writer = make_allocator()
     allocator.config = Config(prefixes=V4, node_name="n1", default_class=False)
-    ours = frozenset({"l3lb/kube-system"})
+    ours = ("l3lb/kube-system",)
     mine = dataclasses.replace(
         svc("mine", ingress=("10.0.100.3",)), status_managers=ours, resource_version="7"
     )
     theirs = dataclasses.replace(svc("theirs", ingress=("10.0.100.4",)), resource_version="8")
     # another group of l3lb agents (its own Lease) wrote these, even one inside our prefix: not ours to clear
-    group = frozenset({"l3lb/other-lease-namespace"})
+    group = ("l3lb/other-lease-namespace",)
     other_group = dataclasses.replace(svc("other", ingress=("10.0.100.5",)), status_managers=group)
     outside = dataclasses.replace(svc("outside", ingress=("10.200.0.1",)), status_managers=ours)
     everything = [(s.key, s) for s in (mine, theirs, other_group, outside)]

@@ -65,7 +65,7 @@ def svc(
     families: tuple[str, ...] = ("IPv4",),
     policy: str = "SingleStack",
     created: str = "2026-01-01T00:00:00Z",
-    managers: frozenset[str] = frozenset(),
+    managers: tuple[str, ...] = (),
 ) -> Service:
     return Service(
         key=(ns, name),
@@ -285,10 +285,10 @@ def test_a_configuration_change_never_takes_an_ip_away(pools: tuple[AddressPool,
     a warning that says what to do."""
     internet, internal, lab = pools
     held = [
-        svc("gone", ingress=("10.9.0.1",), managers=frozenset({MANAGER})),
+        svc("gone", ingress=("10.9.0.1",), managers=(MANAGER,)),
         svc("renamed", pool="internet", ingress=("203.0.113.1",)),
         svc("restricted", "other", ingress=("10.0.100.1",)),
-        svc("asked", requested=("10.9.0.2",), ingress=("10.9.0.2",), managers=frozenset({MANAGER})),
+        svc("asked", requested=("10.9.0.2",), ingress=("10.9.0.2",), managers=(MANAGER,)),
     ]
     after = (
         dataclasses.replace(internet, name="public"),
@@ -313,7 +313,7 @@ def test_status_another_controller_wrote_outside_the_pools_is_replaced(
     pools: tuple[AddressPool, ...],
 ) -> None:
     """k3s ServiceLB writes node IPs; those are not ours to keep."""
-    r = allocate([svc("a", ingress=("192.168.1.10",), managers=frozenset({"k3s"}))], pools, MANAGER)
+    r = allocate([svc("a", ingress=("192.168.1.10",), managers=("k3s",))], pools, MANAGER)
     assert r.ips[("web", "a")] == ("10.0.100.1",)
 
 
