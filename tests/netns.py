@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -184,8 +185,10 @@ class NetlinkWatch:
     """Netlink messages of a namespace, handled with their arrival time (``time.monotonic()``).
 
     A thread enters the namespace (setns affects only the calling thread) and opens netlink sockets
-    there, so the observer needs no process inside the namespace and adds no delay of its own.
-    Subclasses implement ``handle(msg, now, ipr)``; ``ipr`` is a second socket for queries.
+    there, so the observer needs no process inside the namespace and adds no delay of its own. Each
+    datagram is timed as it is received, before pyroute2 parses it (about 0.1 ms a message), so a burst
+    of other notifications (renewals) cannot make a later message look late. Subclasses implement
+    ``handle(msg, now, ipr)``; ``ipr`` is a second socket for queries.
     """
 
     groups = 0
@@ -201,23 +204,28 @@ class NetlinkWatch:
 
     def _run(self, name: str) -> None:
         from pyroute2 import IPRoute
+        from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
         try:
             enter_netns(name)
-            events, query = IPRoute(), IPRoute()
-            events.bind(groups=self.groups)
+            events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
+            events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            events.bind((0, self.groups))
+            query = IPRoute()
             self.setup(query)
         except BaseException as err:
             self._error = err
             self._ready.set()
             return
         self._ready.set()
+        marshal = MarshalRtnl()
         while True:
-            for msg in events.get():
-                now = time.monotonic()
-                with self._cond:
+            data = events.recv(1 << 20)
+            now = time.monotonic()
+            with self._cond:
+                for msg in marshal.parse(data):
                     self.handle(msg, now, query)
-                    self._cond.notify_all()
+                self._cond.notify_all()
 
     def setup(self, query: object) -> None:
         """Runs once in the namespace before events flow."""
