@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -343,28 +344,42 @@ class Agent:
 
     def _renew_some(self) -> None:
         """Renews the lifetimes of up to RENEW_BATCH addresses that are still wanted and present."""
-        lifetime = self.config.address_lifetime
         batch = [self._renewals.popleft() for _ in range(min(RENEW_BATCH, len(self._renewals)))]
-        by_interface: dict[str, list[str]] = {}
-        for ip, interface in batch:
-            have = self.present.get(ip)
-            still = len(self.synced) < 3 or ip in self.tracker.announced
-            if have is not None and have.interface == interface and still:
-                by_interface.setdefault(interface, []).append(ip)
+        still = [
+            (ip, interface)
+            for ip, interface in batch
+            if (have := self.present.get(ip)) is not None
+            and have.interface == interface
+            and (len(self.synced) < 3 or ip in self.tracker.announced)
+        ]
         try:
-            for interface, ips in by_interface.items():
-                failed = self.table.set_many(ips, lifetime, interface)
-                expires = Present(self.clock() + lifetime if lifetime else None, interface)
-                for ip in ips:
-                    if ip not in failed:
-                        self.present[ip] = expires
-                if failed:
-                    raise OSError(f"the kernel refused to renew {failed}")
+            self._set(still)
         except Exception:
             log.exception("renewing lifetimes failed; retrying with a full sync")
             self._needs_dump = True
             self._renewals.clear()
             self.runner.done(Sync.FULL, False)
+
+    def _set(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Adds or renews (ip, interface) pairs, many to a netlink datagram, and records them as present.
+        Raises OSError naming those the kernel refused, after recording the others."""
+        lifetime = self.config.address_lifetime
+        by_interface: dict[str, list[str]] = {}
+        for ip, interface in pairs:
+            by_interface.setdefault(interface, []).append(ip)
+        refused: dict[str, int] = {}
+        for interface, ips in by_interface.items():
+            failed = self.table.set_many(ips, lifetime, interface)
+            expires = Present(self.clock() + lifetime if lifetime else None, interface)
+            for ip in ips:
+                if ip not in failed:
+                    self.present[ip] = expires
+            refused.update(failed)
+        if refused:
+            raise OSError(
+                "the kernel refused "
+                + ", ".join(f"{ip} ({os.strerror(code)})" for ip, code in sorted(refused.items()))
+            )
 
     def _account(self, started: float, kind: Sync) -> None:
         m = self.metrics
@@ -382,7 +397,6 @@ class Agent:
             self.notifier.send("READY=1", f"STATUS=holding {len(self.held)} addresses")
 
     def _apply(self, p: Plan) -> None:
-        lifetime = self.config.address_lifetime
         moving = {ip for ip, _ in p.add} & {ip for ip, _ in p.remove}
         for ip, interface in p.remove:  # first: a move deletes from the old interface before it adds
             self.table.remove(ip, interface)
@@ -398,9 +412,7 @@ class Agent:
             else:
                 self.metrics.withdrawals.labels(STRAY).inc()
                 log.info("collecting stray %s: no Service of ours wants it", ip)
-        for ip, interface in p.add + p.renew:
-            self.table.set(ip, lifetime, interface)
-            self.present[ip] = Present(self.clock() + lifetime if lifetime else None, interface)
+        self._set(p.add + p.renew)
         for ip, interface in p.add:
             self._weigh(ip, interface)
         for ip, interface in p.add:

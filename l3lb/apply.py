@@ -98,7 +98,6 @@ class AddressTable(Protocol):
     """After ``dump()``: (ip, interface) of each address also held on an earlier interface of ours."""
 
     def dump(self) -> dict[str, Present]: ...
-    def set(self, ip: str, lifetime: int, interface: str) -> None: ...
     def set_many(self, ips: list[str], lifetime: int, interface: str) -> dict[str, int]: ...
     def remove(self, ip: str, interface: str) -> None: ...
     def close(self) -> None: ...
@@ -250,11 +249,6 @@ class NetlinkTable:
                 else:
                     out[addr.ip] = Present(None if addr.valid == rtnl.FOREVER else now + addr.valid, name)
         return out
-
-    def set(self, ip: str, lifetime: int, interface: str) -> None:
-        failed = self.set_many([ip], lifetime, interface)
-        if failed:
-            raise rtnl.RequestError(failed[ip], f"cannot add {ip}: {os.strerror(failed[ip])}")
 
     def set_many(self, ips: list[str], lifetime: int, interface: str) -> dict[str, int]:
         """Adds or renews ``ips`` on ``interface`` in batches; returns {ip: errno} of those refused."""

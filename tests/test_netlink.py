@@ -50,13 +50,13 @@ if sys.argv[1] == "fail-once":
     assert t.monitoring.wait(5)
     got.append(["health", health_while_failing, t.monitor_health()])
 else:
-    t.set("10.0.100.1", 60, "lo")      # ours: add
-    t.set("10.0.100.1", 60, "lo")      # ours: renew
+    t.set_many(["10.0.100.1"], 60, "lo")  # ours: add
+    t.set_many(["10.0.100.1"], 60, "lo")  # ours: renew
     t.remove("10.0.100.1", "lo")       # ours: remove
     t.remove("10.0.100.1", "lo")       # ours: nothing to remove, no echo to expect
     ip("addr", "add", "10.0.100.2/32", "dev", "lo")   # someone else
     ip("addr", "del", "10.0.100.2/32", "dev", "lo")
-    t.set("10.0.100.3", 60, "lo")
+    t.set_many(["10.0.100.3"], 60, "lo")
     ip("addr", "del", "10.0.100.3/32", "dev", "lo")   # someone else removes ours
 ip("addr", "add", "10.0.100.9/32", "dev", "lo")       # the end marker
 assert seen.wait(5)
