@@ -333,6 +333,12 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float) -> dict
                 reqs = agent_requests(cp.audit_log, wall0, wall1)
                 if "churn" in results:
                     results["churn"].pop("_wall")
+        except BaseException:
+            for name in ("kube-apiserver", "etcd"):  # why, if the control plane went away
+                log = cp.logs / f"{name}.log"
+                if log.exists():
+                    print(f"--- last lines of {name}.log", *log.read_text().splitlines()[-15:], sep="\n")
+            raise
         finally:
             relay.close()
     full_n = full1[1] - full0[1]
@@ -404,12 +410,17 @@ def measure(
     while not delivered.empty():
         name, at = delivered.get()
         seen.setdefault(name, []).append(at)
-    delivery_ms = [(min(t for t in seen.get(n, [s + 60]) if t >= s) - s) * 1000 for n, s in writes]
+    # a write the other watcher never saw delivered counts as 60 s
+    delivery_ms = [
+        (min((t for t in seen.get(n, ()) if t >= s), default=s + 60) - s) * 1000 for n, s in writes
+    ]
     inside = {le: n - inside0.get(le, 0) for le, n in event_to_apply(ns).items()}
     stop.set()
     for w in writers:
         w.join()
     observer.terminate()
+    if any(w.exitcode for w in writers):
+        raise RuntimeError("a churn writer failed (its traceback is above): the figures would be wrong")
     return {
         "events": len(ms),
         "p50_ms": round(pct(ms, 50), 2),
