@@ -500,17 +500,25 @@ def plot(points: list[dict], path: Path) -> None:
         "k:",
         label="apiserver delivery p50 (floor)",
     )
+    if all("churn" in p for p in points):
+        ax.plot(
+            x,
+            [p["churn"]["apiserver_delivery_p99_ms"] for p in points],
+            "k--",
+            label="apiserver delivery p99 under churn (floor)",
+        )
     ax.set_title("EndpointSlice written -> address on lo (ms)")
     ax.legend(fontsize=8)
     axes[0][1].plot(x, [p["quiet"]["cpu_s_per_1000_events"] for p in points], "o-")
     axes[0][1].set_title("agent CPU seconds per 1,000 events (quiet)")
     axes[1][0].plot(x, [p["rss_mib"] for p in points], "o-")
     axes[1][0].set_title("agent RSS (MiB)")
-    axes[1][1].plot(x, [p["initial_sync_s"] for p in points], "o-", label="initial sync (s)")
-    axes[1][1].plot(
-        x, [(p["full_sync_mean_ms"] or 0) / 1000 for p in points], "o-", label="periodic full sync (s)"
-    )
-    axes[1][1].set_title("sync times (s)")
+    axes[1][1].plot(x, [p["initial_sync_s"] for p in points], "o-", label="initial sync (s, left)")
+    right = axes[1][1].twinx()
+    right.plot(x, [p["full_sync_mean_ms"] or 0 for p in points], "s--", color="C1")
+    right.set_ylim(bottom=0)
+    right.set_ylabel("periodic full sync (ms)", color="C1")
+    axes[1][1].set_title("initial sync (s) and periodic full sync (ms, right)")
     axes[1][1].legend(fontsize=8)
     for row in axes:
         for a in row:
