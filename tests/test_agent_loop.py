@@ -4,7 +4,9 @@ given times of a fake clock (and moves the clock on when the loop waits), a memo
 from __future__ import annotations
 
 import bisect
+import errno
 import itertools
+import logging
 import subprocess
 import sys
 from collections.abc import Callable
@@ -268,6 +270,39 @@ def test_a_failed_sync_is_retried_in_full_with_backoff() -> None:
     rig.agent.run()
     assert VIP in rig.table.dump()
     assert calls[0] == 1000 and 0.5 <= calls[1] - calls[0] <= 1.0 and 1.0 <= calls[2] - calls[1] <= 2.0
+
+
+def test_an_add_the_kernel_refuses_fails_the_sync_and_keeps_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Adds go out in one batch: when the kernel refuses one of them, the others are recorded as held, the
+    sync counts as failed (a full sync follows, with backoff), and the log names the refused address."""
+    rig = make_agent()
+    refused = "10.0.100.8"
+    real_set_many = rig.table.set_many
+    refusals: list[float] = []
+    held_after_first: list[bool] = []
+
+    def partly(ips: list[str], lifetime: int, interface: str = "lo") -> dict[str, int]:
+        if refused in ips and len(refusals) < 2:
+            refusals.append(rig.clock.now)
+            real_set_many([ip for ip in ips if ip != refused], lifetime, interface)
+            return {refused: errno.EINVAL}
+        return real_set_many(ips, lifetime, interface)
+
+    rig.table.set_many = partly  # type: ignore[method-assign]
+    other = svc_obj("other", [refused], policy="Cluster")
+    other_ready = slice_obj("o", "other", [("n2", True, False)])
+    rig.inbox.at(1000, lists(rig.agent, services=[WEB, other], slices=[WEB_READY, other_ready]))
+    rig.inbox.at(1000.1, lambda: held_after_first.append(VIP in rig.agent.present))
+    rig.inbox.at(1060, lambda: None)
+    with caplog.at_level(logging.ERROR, logger="l3lb.agent"):
+        rig.agent.run()
+    assert held_after_first == [True], "the address the kernel took is held right after the failed sync"
+    assert len(refusals) == 2 and refusals[1] - refusals[0] >= 0.5, "retried in full, after a backoff"
+    assert {VIP, refused} <= rig.table.dump().keys(), "and in the end both are held"
+    failures = [r for r in caplog.records if r.exc_info and r.exc_info[1] is not None]
+    assert failures and refused in str(failures[0].exc_info[1]), "the log names the refused address"
 
 
 STOP_BY_SIGNAL = """
