@@ -111,6 +111,11 @@ def parse_address(kind: int, payload: memoryview) -> Address | None:
     return Address(kind, index, str(ipaddress.ip_address(raw)), plen, valid)
 
 
+def _errno(payload: memoryview) -> int:
+    """The errno of an NLMSG_ERROR payload; 0 for an acknowledgement."""
+    return -int(struct.unpack_from("=i", payload)[0])
+
+
 class RequestError(OSError):
     """The kernel refused a request; ``errno`` says why."""
 
@@ -128,15 +133,19 @@ class Requests:
     def close(self) -> None:
         self.sock.close()
 
+    def _next_seq(self) -> int:
+        self._seq = self._seq % 0x7FFFFFFF + 1
+        return self._seq
+
     def run(self, requests: Iterable[tuple[int, int, str, int]]) -> dict[str, int]:
         """Sends (kind, index, ip, lifetime) requests; returns {ip: errno} for those the kernel refused."""
         failed: dict[str, int] = {}
         pending: dict[int, str] = {}
         chunk: list[bytes] = []
         for kind, index, ip, lifetime in requests:
-            self._seq = self._seq % 0x7FFFFFFF + 1
-            pending[self._seq] = ip
-            chunk.append(encode(kind, index, ip, lifetime, self._seq))
+            seq = self._next_seq()
+            pending[seq] = ip
+            chunk.append(encode(kind, index, ip, lifetime, seq))
             if len(chunk) == self.BATCH:
                 self._exchange(chunk, pending, failed)
                 chunk = []
@@ -150,16 +159,14 @@ class Requests:
             for kind, _, seq, payload in messages(self.sock.recv(1 << 16)):
                 if kind == NLMSG_ERROR and seq in pending:
                     ip = pending.pop(seq)
-                    code = -struct.unpack_from("=i", payload)[0]
-                    if code:
+                    if code := _errno(payload):
                         failed[ip] = code
 
     def addresses(self) -> list[Address]:
         """Every address of every interface, by one RTM_GETADDR dump; dumped again if a change interrupted
         it (the kernel then flags it as possibly inconsistent)."""
         while True:
-            self._seq = self._seq % 0x7FFFFFFF + 1
-            seq = self._seq
+            seq = self._next_seq()
             body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
             self.sock.send(
                 _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
@@ -175,8 +182,7 @@ class Requests:
                     if kind == NLMSG_DONE:
                         done = True
                     elif kind == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", payload)[0]
-                        if code:
+                        if code := _errno(payload):
                             raise RequestError(code, f"cannot dump addresses: {os.strerror(code)}")
                     elif (addr := parse_address(kind, payload)) is not None:
                         found.append(addr)
