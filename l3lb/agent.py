@@ -122,6 +122,7 @@ class Agent:
         """IPs whose presence changed under us (netlink): planned by the next sync of changes."""
         self._renewals: collections.deque[str] = collections.deque()
         self._needs_dump = True
+        self._ready_sent = False
         self._next_ping = 0.0
         self._batch_start: float | None = None
         self._duplicates: set[tuple[str, str]] = set()
@@ -269,6 +270,9 @@ class Agent:
         try:
             if len(self.synced) < 3:
                 self._keep_what_is_there(now)
+                if not self._ready_sent:
+                    adopted = sum(1 for ip in self.present if self.config.in_prefix(ip))
+                    self._notify(f"holding {adopted} adopted addresses; waiting for the API")
                 return True
             if self.sync_count == 0:
                 kind = Sync.FULL  # the first sync with the full picture
@@ -394,7 +398,17 @@ class Agent:
         self.sync_count += 1
         if self.sync_count == 1:
             log.info("initial sync done: holding %d addresses", len(self.held))
-            self.notifier.send("READY=1", f"STATUS=holding {len(self.held)} addresses")
+            self._notify(f"holding {len(self.held)} addresses")
+
+    def _notify(self, status: str) -> None:
+        """READY=1 means: the agent runs and holds what it adopted from the interface. It is sent at the
+        first read of the interface, whether or not the API answers (a start must not wait for the
+        apiserver: systemd would fail it after TimeoutStartSec), and the status follows what it holds."""
+        if self._ready_sent:
+            self.notifier.send(f"STATUS={status}")
+        else:
+            self.notifier.send("READY=1", f"STATUS={status}")
+            self._ready_sent = True
 
     def _apply(self, p: Plan) -> None:
         moving = {ip for ip, _ in p.add} & {ip for ip, _ in p.remove}

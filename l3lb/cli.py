@@ -73,9 +73,11 @@ SHARED = [
     click.option(
         "--node-name",
         envvar=["L3LB_NODE_NAME", "NODE_NAME"],
-        default=lambda: socket.gethostname().lower(),
+        default=socket.gethostname,
+        callback=lambda ctx, param, value: value.lower(),
         show_default="$NODE_NAME, else the hostname",
-        help="This node's name, as k3s names it.",
+        help="This node's name, as k3s names it: lower-cased, as k3s lower-cases --node-name and the "
+        "hostname alike.",
     ),
     click.option("--interface", envvar="L3LB_INTERFACE", default="lo", show_default=True),
     click.option(
@@ -161,10 +163,16 @@ LEASE_NAMESPACE = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    invoke_without_command=True,
+)
 @click.version_option(__version__, prog_name="l3lb")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """l3lb: LoadBalancer Service IPs on lo, advertised by the host's FRR."""
+    if ctx.invoked_subcommand is None:  # `nix run .#l3lb` with no arguments: the help, not a usage error
+        click.echo(ctx.get_help())
 
 
 @cli.command()
@@ -284,12 +292,11 @@ def status(
 ) -> None:
     """Our Services on this node: IPs, local ready endpoints, announced or why not, and FRR's view."""
     from .frr import Vtysh
-    from .kube import Api, load_client
     from .status import as_json, cluster, cluster_table, collect, table
 
     setup_logging("warning")
     if every_node:
-        rows = cluster(Api(load_client(kubeconfig)), make_config(**shared_opts))
+        rows = cluster(_api(kubeconfig), make_config(**shared_opts))
         if output == "json":
             click.echo(json.dumps({"services": [dataclasses.asdict(r) for r in rows]}, indent=2))
         else:
@@ -312,7 +319,7 @@ def status(
             click.echo(f"cannot read {config.interface}: {err}", err=True)
         v = Vtysh(vty_socket)
         vtysh = v if v.run("show version") is not None else None
-    rows = collect(Api(load_client(kubeconfig)), config, present=present, vtysh=vtysh)
+    rows = collect(_api(kubeconfig), config, present=present, vtysh=vtysh)
     if output == "json":
         click.echo(json.dumps(as_json(rows, config.node_name), indent=2))
     else:
@@ -335,14 +342,25 @@ def check(
     """Check everything the agent depends on; print a fix for each failure. Exits 1 if any check fails."""
     from .doctor import Doctor, as_json, failed, render
     from .frr import Vtysh
-    from .kube import Api, load_client
 
     setup_logging("error")
     config = make_config(**shared_opts)
-    api = Api(load_client(kubeconfig))
+    api = _api(kubeconfig)
     results = Doctor(api, config, Vtysh(vty_socket), lease_namespace=lease_namespace).run()
     click.echo(json.dumps(as_json(results), indent=2) if output == "json" else render(results))
     sys.exit(1 if failed(results) else 0)
+
+
+def _api(kubeconfig: str | None) -> Any:
+    """The API for the one-shot commands: a kubeconfig that cannot be loaded is a one-line error."""
+    from kubernetes.config.config_exception import ConfigException
+
+    from .kube import Api, KubeconfigIncomplete, load_client
+
+    try:
+        return Api(load_client(kubeconfig))
+    except (KubeconfigIncomplete, ConfigException) as err:
+        raise click.ClickException(str(err)) from None
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -1,5 +1,9 @@
 """Wiring of the daemon: the interface, the API client, the watches, the writer, the health server and
-systemd notification around one Agent loop, and the orderly stop."""
+systemd notification around one Agent loop, and the orderly stop.
+
+The node side starts first and never waits for the API: the agent adopts what is on the interface, tells
+systemd it is ready, and keeps it (renewing lifetimes) while the API side connects in a thread of its own,
+reading a kubeconfig that is not complete yet again until it is."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from .agent import Agent
 from .allocator import Allocator
 from .apply import InterfaceMissing, MemoryTable, NetlinkTable
 from .config import Config
-from .kube import Api, load_client
+from .kube import EX_TEMPFAIL, Api, KubeconfigStale, wait_for_client
 from .leader import LeaderElector
 from .metrics import HealthServer, Metrics
 from .model import watched
@@ -25,6 +29,104 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 
+class ApiSide:
+    """What talks to the apiserver, started once the kubeconfig loads: the watches feeding the agent, and
+    (unless dry-run) the writer, the allocator and the election."""
+
+    def __init__(
+        self, config: Config, agent: Agent, metrics: Metrics, lease_namespace: str, stop: threading.Event
+    ) -> None:
+        self.config = config
+        self.agent = agent
+        self.metrics = metrics
+        self.lease_namespace = lease_namespace
+        self.stop = stop
+        self.reflectors: list[Reflector] = []
+        self.elector: LeaderElector | None = None
+        self.exit_code = 0
+        """EX_TEMPFAIL when the kubeconfig copy is unusable: the daemon then exits for a restart."""
+
+    def connect(self, kubeconfig: str | None) -> None:
+        try:
+            api_client = wait_for_client(kubeconfig, self.stop)
+        except KubeconfigStale as err:
+            log.error("%s", err)
+            self.exit_code = EX_TEMPFAIL
+            self.agent.stop()
+            return
+        except Exception as err:
+            log.error("cannot load the kubeconfig: %s", err)
+            self.exit_code = 2
+            self.agent.stop()
+            return
+        if api_client is None:
+            return  # stopping
+        self.start(Api(api_client))
+
+    def start(self, api: Api) -> None:
+        config, agent, metrics = self.config, self.agent, self.metrics
+        if not config.dry_run:
+            # The allocator decides and the writer writes, only while the election says we lead.
+            writer = Writer(api, config.node_name, lease_namespace=self.lease_namespace)
+            allocator = Allocator(config, writer, metrics, lease_namespace=self.lease_namespace)
+            writer.on_refused = allocator.retry
+
+            def on_leader(leader: bool) -> None:
+                metrics.leader.set(1 if leader else 0)
+                allocator.on_leader(leader)
+
+            mine = fingerprint(config.pools)
+            reported: list[tuple[str, str]] = []
+
+            def on_holder(holder: str, theirs: str) -> None:
+                """The allocator's pools against ours: said once per (holder, fingerprint), in the log, a
+                metric and an Event on our Node."""
+                mismatch = bool(theirs) and theirs != mine
+                metrics.pools_mismatch.set(1 if mismatch else 0)
+                if not mismatch or reported[-1:] == [(holder, theirs)]:
+                    return
+                reported.append((holder, theirs))
+                message = (
+                    f"the elected allocator ({holder}) runs pools with fingerprint {theirs}, this agent "
+                    f"{mine}: they disagree on which Service gets which IP or which node announces it. Give "
+                    "every agent the same --config (or --prefix/--reserve)"
+                )
+                log.warning("%s", message)
+                writer.event(
+                    ("", config.node_name), config.node_name, "Warning", "PoolsMismatch", message, "Node"
+                )
+
+            self.elector = LeaderElector(
+                api, self.lease_namespace, config.node_name, on_leader, fingerprint=mine, on_holder=on_holder
+            )
+            writer.may_write = self.elector.is_leader
+            # Before any watch starts: the loop hands the allocator every Service event it records.
+            agent.writer = writer
+            agent.allocator = allocator
+            writer.start(self.stop)
+            allocator.start(self.stop)
+            self.elector.start(self.stop)
+
+        def on_restart(resource: str, err: Exception | None) -> None:
+            metrics.watch_restarts.labels(resource).inc()
+            if err is not None:
+                metrics.api_errors.labels(resource).inc()
+
+        self.reflectors = [
+            Reflector(resource, api, path, parse, agent.sink, selectors=selectors, on_restart=on_restart)
+            for resource, (path, selectors, parse) in watched(config.node_name).items()
+        ]
+        agent.watched = self.reflectors
+        for r in self.reflectors:
+            r.start(self.stop)
+
+    def close(self) -> None:
+        if self.elector is not None:
+            self.elector.release()
+        for r in self.reflectors:
+            r.stop()
+
+
 def serve(
     config: Config,
     kubeconfig: str | None,
@@ -32,7 +134,8 @@ def serve(
     lease_namespace: str = "kube-system",
     received: list[int] | None = None,
 ) -> None:
-    """Runs the agent until SIGTERM or SIGINT. ``received``: signals that arrived before (while loading)."""
+    """Runs the agent until SIGTERM or SIGINT. ``received``: signals that arrived before (while loading).
+    Exits with EX_TEMPFAIL, keeping the addresses, when the kubeconfig credential cannot be used."""
     try:
         interfaces = (config.interface, *config.class_interfaces)
         table = (
@@ -42,47 +145,8 @@ def serve(
         )
     except InterfaceMissing as err:
         raise click.ClickException(f"{err}; pass --interface with an existing one") from None
-    api = Api(load_client(kubeconfig))
     metrics = Metrics()
-    writer = allocator = elector = None
-    if not config.dry_run:
-        # The allocator decides and the writer writes, only while the election says we lead.
-        writer = Writer(api, config.node_name, lease_namespace=lease_namespace)
-        allocator = Allocator(config, writer, metrics, lease_namespace=lease_namespace)
-        writer.on_refused = allocator.retry
-
-        def on_leader(leader: bool) -> None:
-            metrics.leader.set(1 if leader else 0)
-            assert allocator is not None
-            allocator.on_leader(leader)
-
-        mine = fingerprint(config.pools)
-        reported: list[tuple[str, str]] = []
-
-        def on_holder(holder: str, theirs: str) -> None:
-            """The allocator's pools against ours: said once per (holder, fingerprint), in the log, a
-            metric and an Event on our Node."""
-            mismatch = bool(theirs) and theirs != mine
-            metrics.pools_mismatch.set(1 if mismatch else 0)
-            if not mismatch or reported[-1:] == [(holder, theirs)]:
-                return
-            reported.append((holder, theirs))
-            message = (
-                f"the elected allocator ({holder}) runs pools with fingerprint {theirs}, this agent {mine}: "
-                "they disagree on which Service gets which IP or which node announces it. Give every agent "
-                "the same --config (or --prefix/--reserve)"
-            )
-            log.warning("%s", message)
-            assert writer is not None
-            writer.event(
-                ("", config.node_name), config.node_name, "Warning", "PoolsMismatch", message, "Node"
-            )
-
-        elector = LeaderElector(
-            api, lease_namespace, config.node_name, on_leader, fingerprint=mine, on_holder=on_holder
-        )
-        writer.may_write = elector.is_leader
-    agent = Agent(config, table, writer=writer, metrics=metrics, notifier=Notifier(), allocator=allocator)
+    agent = Agent(config, table, metrics=metrics, notifier=Notifier())
     stop = threading.Event()
 
     received = received if received is not None else []
@@ -97,16 +161,6 @@ def serve(
     if received:
         agent.stop()
 
-    def on_restart(resource: str, err: Exception | None) -> None:
-        metrics.watch_restarts.labels(resource).inc()
-        if err is not None:
-            metrics.api_errors.labels(resource).inc()
-
-    reflectors = [
-        Reflector(resource, api, path, parse, agent.sink, selectors=selectors, on_restart=on_restart)
-        for resource, (path, selectors, parse) in watched(config.node_name).items()
-    ]
-    agent.watched = reflectors
     health = None
     if listen is not None:
         try:
@@ -117,25 +171,20 @@ def serve(
             ) from None
         health.start()
         log.info("metrics and health on http://%s:%d/ (metrics, healthz, readyz)", listen[0], health.port)
-    for r in reflectors:
-        r.start(stop)
-    if writer is not None and allocator is not None and elector is not None:
-        writer.start(stop)
-        allocator.start(stop)
-        elector.start(stop)
+    api_side = ApiSide(config, agent, metrics, lease_namespace, stop)
+    threading.Thread(target=api_side.connect, args=(kubeconfig,), name="api-connect", daemon=True).start()
     agent.run()
     log.info("received %s, stopping", " and ".join(signal.Signals(n).name for n in received) or "stop")
     stop.set()
     # Routes first (they carry traffic), then the Lease (a successor then takes over in seconds).
-    if config.keep_on_exit or config.dry_run:
+    if config.keep_on_exit or config.dry_run or api_side.exit_code:
         log.info("leaving the addresses in place")
     else:
         agent.withdraw_all()
-    if elector is not None:
-        elector.release()
-    for r in reflectors:
-        r.stop()
+    api_side.close()
     if health is not None:
         health.close()
     table.close()
     log.info("stopped")
+    if api_side.exit_code:
+        raise SystemExit(api_side.exit_code)

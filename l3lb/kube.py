@@ -8,8 +8,11 @@ instantiation, and the agent parses JSON into its own small values anyway.
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,9 +23,26 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 FILE_KEYS = ("certificate-authority", "client-certificate", "client-key")
+EX_TEMPFAIL = 75
+"""The exit status that asks systemd for a restart (the unit has RestartForceExitStatus= and
+SuccessExitStatus= for it): a kubeconfig credential that was copied half-written."""
+CREDENTIAL_WAIT = 10.0
+"""Seconds a kubeconfig that does not parse is read again before a credential copy is given up on."""
+
+log = logging.getLogger(__name__)
 
 
-def load_client(kubeconfig: str | None, credentials_dir: str | None = None) -> client.ApiClient:
+class KubeconfigIncomplete(Exception):
+    """The kubeconfig exists but does not parse (yet): k3s truncates and rewrites its kubeconfigs in
+    place, so a reader can see an empty or half-written file."""
+
+
+class KubeconfigStale(Exception):
+    """A kubeconfig copied into ``$CREDENTIALS_DIRECTORY`` still does not parse: the copy never changes,
+    so only a restart (a fresh copy) helps."""
+
+
+def load_config(kubeconfig: str | None, credentials_dir: str | None = None) -> client.ApiClient:
     """``kubeconfig`` if given; else in-cluster config; else ``$KUBECONFIG``, then ``~/.kube/config``.
 
     A kubeconfig may point to certificate files by path, as k3s agent kubeconfigs do. Under systemd with
@@ -41,6 +61,56 @@ def load_client(kubeconfig: str | None, credentials_dir: str | None = None) -> c
         return client.ApiClient(cfg)
     except ConfigException:
         return config.new_client_from_config()
+
+
+def wait_for_client(
+    kubeconfig: str | None,
+    stop: threading.Event,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    credentials_dir: str | None = None,
+) -> client.ApiClient | None:
+    """``load_client``, read again every half second while the kubeconfig is incomplete (None once
+    ``stop`` is set). A file given by path may still be completed by whoever writes it; a copy in the
+    credentials directory cannot be, so after CREDENTIAL_WAIT seconds that raises KubeconfigStale."""
+    credentials_dir = credentials_dir or os.environ.get("CREDENTIALS_DIRECTORY")
+    copied = bool(kubeconfig and credentials_dir) and Path(kubeconfig or "").resolve().is_relative_to(
+        Path(credentials_dir or "/").resolve()
+    )
+    since = clock()
+    said = False
+    while not stop.is_set():
+        try:
+            return load_client(kubeconfig, credentials_dir)
+        except KubeconfigIncomplete as err:
+            if not said:
+                log.warning("%s; reading it again until it is complete", err)
+                said = True
+            if copied and clock() - since >= CREDENTIAL_WAIT:
+                raise KubeconfigStale(
+                    f"{err} after {CREDENTIAL_WAIT:.0f}s; it is systemd's copy, made at start: exiting "
+                    f"with {EX_TEMPFAIL} for a restart with a fresh copy (the addresses stay)"
+                ) from None
+        stop.wait(0.5)
+    return None
+
+
+def load_client(kubeconfig: str | None, credentials_dir: str | None = None) -> client.ApiClient:
+    """``load_config``, with a kubeconfig that exists but does not parse raised as KubeconfigIncomplete."""
+    if not kubeconfig:
+        return load_config(None, credentials_dir)
+    try:
+        empty = Path(kubeconfig).stat().st_size == 0
+    except FileNotFoundError:
+        raise ConfigException(f"kubeconfig {kubeconfig} does not exist") from None
+    if empty:
+        raise KubeconfigIncomplete(f"kubeconfig {kubeconfig} is empty")
+    try:
+        return load_config(kubeconfig, credentials_dir)
+    except (yaml.YAMLError, ConfigException, AttributeError, KeyError, TypeError, ValueError) as err:
+        # A cut-off file parses as YAML of another shape, or not at all: the client raises any of these.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise KubeconfigIncomplete(f"kubeconfig {kubeconfig} does not parse ({first})") from None
 
 
 def _with_credentials(kubeconfig: Path, credentials: Path) -> dict[str, Any] | None:

@@ -50,18 +50,22 @@ def test_abstract_socket(tmp_path: Path) -> None:
     assert sock.recv(100) == b"WATCHDOG=1"
 
 
-def test_agent_sends_ready_after_the_initial_sync_then_watchdog_and_stopping(tmp_path: Path) -> None:
+def test_agent_sends_ready_at_adoption_the_status_after_the_initial_sync_then_stopping(
+    tmp_path: Path,
+) -> None:
+    """READY=1 before the API is listed (the agent holds what it adopted), STATUS once it has synced."""
     sock, path = listen(tmp_path)
     agent = Agent(CFG, MemoryTable(), notifier=Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}))
     thread = threading.Thread(target=agent.run)
     thread.start()
     try:
         assert sock.recv(100) == b"WATCHDOG=1"  # pings start before any sync
+        assert sock.recv(100) == b"READY=1\nSTATUS=holding 0 adopted addresses; waiting for the API"
         agent.sink(SERVICES, "REPLACE", [])
         agent.sink(SLICES, "REPLACE", [])
         agent.sink(NODE, "REPLACE", [node_entry(node_obj())])
         seen = [sock.recv(100) for _ in range(4)]
-        assert b"READY=1\nSTATUS=holding 0 addresses" in seen
+        assert b"STATUS=holding 0 addresses" in seen and not any(b"READY" in m for m in seen)
         assert agent.health() is None
     finally:
         agent.stop()
