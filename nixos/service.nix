@@ -1,7 +1,13 @@
 # systemd service settings of l3lb.service (the `serviceConfig` attrset). Pure: only builtins.
 # `execStart` is the full command line; `credentials` are LoadCredential entries ("name:/path");
 # `allowedIPs`, when not null, is the only address space the agent may talk to (IPAddressAllow).
-{ execStart, credentials, allowedIPs ? null, watchdogSec ? 30 }:
+#
+# Starting: the agent sends READY=1 once it holds what it adopted from the interface (a read of it, well
+# under a second), not after the API answers: an apiserver that is down at boot must not fail the start.
+# TimeoutStartSec covers loading Python and that read on a slow machine. A kubeconfig credential copied
+# while k3s was still writing it cannot change: the agent exits 75 (EX_TEMPFAIL), which restarts it with a
+# fresh copy and is not a failure.
+{ execStart, credentials, allowedIPs ? null, watchdogSec ? 30, timeoutStartSec ? 30 }:
 (if allowedIPs == null then { } else { IPAddressDeny = "any"; IPAddressAllow = allowedIPs; })
 // {
   Type = "notify";
@@ -10,6 +16,9 @@
   ExecStart = execStart;
   Restart = "on-failure";
   RestartSec = 2;
+  RestartForceExitStatus = 75;
+  SuccessExitStatus = 75;
+  TimeoutStartSec = timeoutStartSec;
   TimeoutStopSec = 20;
 
   DynamicUser = true;
@@ -31,8 +40,8 @@
   ProtectControlGroups = true;
   ProtectClock = true;
   ProtectHostname = true;
+  # Not ProcSubset=pid: it hides /proc/stat, and prometheus-client then drops every process_* metric.
   ProtectProc = "invisible";
-  ProcSubset = "pid";
   RestrictNamespaces = true;
   RestrictRealtime = true;
   RestrictSUIDSGID = true;

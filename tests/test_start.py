@@ -4,6 +4,7 @@ start. The real ``l3lb run`` in a network namespace, systemd's notify socket pla
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from agents import agent_argv
+from lab import REPO, nix_eval
 from netns import ApiRelay, NetNS, ip
 from testenv import ControlPlane
 
@@ -173,3 +175,35 @@ def test_no_arguments_prints_the_help_and_succeeds() -> None:
     out = subprocess.run([sys.executable, "-m", "l3lb"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "Commands:" in out.stdout and "run" in out.stdout
+
+
+@pytest.mark.nix
+def test_every_listed_metric_is_served_under_the_units_proc_settings(tmp_path: Path) -> None:
+    """The unit's /proc settings (nixos/service.nix) applied as systemd applies them, by a procfs mounted
+    with the matching options in a mount namespace of the agent's own (ProtectProc= is hidepid=,
+    ProcSubset= is subset=). Every metric the README lists, and prometheus-client's process metrics (which
+    need /proc/stat), are served."""
+    unit = nix_eval('import ./nixos/service.nix { execStart = "l3lb"; credentials = [ "kubeconfig:/k" ]; }')
+    assert isinstance(unit, dict)
+    options = [f"hidepid={unit['ProtectProc']}"] if "ProtectProc" in unit else []
+    options += [f"subset={unit['ProcSubset']}"] if "ProcSubset" in unit else []
+    readme = (REPO / "README.md").read_text()
+    listed = set(re.findall(r"`(l3lb_\w+)", readme[readme.index("**Metrics**") :][:3000]))
+    assert len(listed) > 10, listed
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(UNREACHABLE)
+    argv = agent_argv([PREFIX], "n1", kubeconfig, "kube-system", "--metrics-address", "127.0.0.1:9655")
+    mount = f'mount -t proc -o {",".join(options) or "defaults"} proc /proc && exec "$@"'
+    with NetNS(tmp_path) as ns:
+        ns.popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh", *argv], "agent")
+        get = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9655/metrics').read().decode())"
+        body = ""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "l3lb_" not in body:
+            body = ns.run([sys.executable, "-c", get], check=False).stdout
+            time.sleep(0.2)
+    served = set(re.findall(r"^# TYPE (\w+)", body, re.M))
+    assert listed - served == set(), f"listed in the README but not served: {listed - served}"
+    samples = {line.split(" ")[0] for line in body.splitlines() if line and not line.startswith("#")}
+    process = {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"}
+    assert process <= samples, f"process metrics missing under {options}: {process - samples}"
