@@ -1,9 +1,10 @@
 # The daemon's command line, from the module's options. Pure: only builtins.
-# `kubeconfig` is the path the daemon reads: under systemd, "%d/kubeconfig" (the credentials directory).
+# `kubeconfig`: the path the daemon reads, or null when the caller adds it itself (the module adds
+# `--kubeconfig %d/kubeconfig` after escaping the rest: systemd must expand that specifier, and no other).
 { prefixes ? [ ]
 , config ? null # the pools' config file, instead of prefixes
 , nodeName
-, kubeconfig
+, kubeconfig ? null
 , interface ? "lo"
 , loadBalancerClass ? "l3lb.io/l3lb"
 , addressLifetime ? 60
@@ -16,8 +17,8 @@
 [ "run" ]
 ++ builtins.concatMap (p: [ "--prefix" p ]) prefixes
 ++ (if config == null then [ ] else [ "--config" config ])
+++ (if kubeconfig == null then [ ] else [ "--kubeconfig" kubeconfig ])
 ++ [
-  "--kubeconfig" kubeconfig
   "--node-name" nodeName
   "--interface" interface
   "--load-balancer-class" loadBalancerClass

@@ -5,18 +5,24 @@
 #   services.l3lb = { enable = true; prefix = "10.0.100.0/24"; frr = { enable = true; asn = 65101; }; };
 #
 # Everything the module generates comes from small pure functions beside it (frr.nix, args.nix,
-# service.nix) that use only builtins, so they are tested without nixpkgs.
-{ config, lib, pkgs, ... }:
+# service.nix, pools.nix, identity.nix) that use only builtins, so they are tested without nixpkgs.
+#
+# Needs NixOS 25.11 or later: it sets services.k3s.disable and reads services.k3s.nodeName, which the k3s
+# module has since it moved to nixos/modules/services/cluster/rancher (nixpkgs PR #447847), and it appends
+# to services.frr.config (integrated FRR configuration, 24.11 and later).
+{ config, lib, pkgs, utils, ... }:
 let
   cfg = config.services.l3lb;
   k3s = config.services.k3s;
-  inherit (lib) mkOption mkEnableOption types mkIf mkMerge literalExpression;
+  inherit (lib) mkOption mkEnableOption mkDefault types mkIf mkMerge literalExpression;
+  onK3sServer = (k3s.enable or false) && (k3s.role or "server") == "server";
+  identityKubeconfig = "/var/lib/l3lb/kubeconfig";
 
   # Named pools (services.l3lb.pools), or the one-pool shorthand services.l3lb.prefix.
   pools = import ./pools.nix { inherit (cfg) pools; };
   usePools = cfg.pools != { };
   poolsFile = pkgs.writeText "l3lb-pools.json" pools.json;
-  prefixes = if usePools then lib.concatMap (p: p.prefixes ++ p.reserved) pools.ordered else lib.toList cfg.prefix;
+  prefixes = if usePools then lib.concatMap (p: p.prefixes ++ p.reserved) pools.ordered else cfg.prefix;
   # Set on the node itself, these stop FRR from advertising the route to its own eBGP peers (the lab shows it).
   stopping = [ "no-export" "no-advertise" "local-AS" "65535:65281" "65535:65282" "65535:65283" ];
   refusedCommunities = lib.concatMap (p: map (c: "${p.name}: ${c}") (lib.intersectLists stopping p.bgp.communities)) pools.ordered;
@@ -31,6 +37,7 @@ let
   defaultKubeconfig =
     if !(k3s.enable or false) then null
     else if (k3s.role or "server") == "agent" then "${k3sAgentDir}/kubeproxy.kubeconfig"
+    else if cfg.k3sIdentity.enable then identityKubeconfig
     else "/etc/rancher/k3s/k3s.yaml";
   # What k3s' kube-proxy kubeconfig on an agent refers to by path.
   k3sAgentFiles = map (f: "${k3sAgentDir}/${f}") [ "client-kube-proxy.crt" "client-kube-proxy.key" "server-ca.crt" ];
@@ -46,23 +53,22 @@ let
     config = if usePools then "${poolsFile}" else null;
     inherit (cfg) nodeName interface loadBalancerClass addressLifetime logLevel extraArgs;
     weightClasses = if cfg.weighted.enable then cfg.weighted.classes else 0;
-    kubeconfig = "%d/kubeconfig";
     metrics = if cfg.metrics.enable then { inherit (cfg.metrics) address port; } else null;
   };
+  # Every argument escaped for systemd (no %-specifier or $-variable expanded in them), then the one
+  # specifier systemd must expand: %d, the credentials directory.
+  execStart = "${lib.getExe cfg.package} ${utils.escapeSystemdExecArgs args} --kubeconfig %d/kubeconfig";
 in
 {
   options.services.l3lb = {
     enable = mkEnableOption "l3lb, LoadBalancer Service IPs on lo for FRR to advertise";
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = literalExpression "pkgs.callPackage \"\${l3lb}/nixos/package.nix\" { }";
-      description = "The l3lb package.";
-    };
+    # The flake's nixosModules.default sets this to the flake's own package (with mkDefault).
+    package = lib.mkPackageOption pkgs "l3lb" { };
 
     prefix = mkOption {
-      type = types.either types.str (types.listOf types.str);
+      # One module may set a string, another a list: every definition becomes a list, then they merge.
+      type = types.coercedTo types.str lib.toList (types.listOf types.str);
       default = [ ];
       example = [ "10.0.100.0/24" "fd00:100::/64" ];
       description = ''
@@ -163,13 +169,29 @@ in
       default = defaultKubeconfig;
       defaultText = literalExpression ''
         if services.k3s.role == "agent" then "/var/lib/rancher/k3s/agent/kubeproxy.kubeconfig"
+        else if services.l3lb.k3sIdentity.enable then "/var/lib/l3lb/kubeconfig"
         else "/etc/rancher/k3s/k3s.yaml"   # null without k3s
       '';
       description = ''
-        Kubeconfig of the agent, passed to the unit with LoadCredential. On a k3s server the admin
-        kubeconfig; on a k3s agent, which has none, the kube-proxy kubeconfig k3s writes: its identity
-        (ClusterRole system:node-proxier) may watch Services, EndpointSlices and Nodes and write Events,
-        so l3lb announces there but cannot publish status.
+        Kubeconfig of the agent, passed to the unit with LoadCredential. On a k3s server the agent's own
+        least-privilege identity ({option}`services.l3lb.k3sIdentity.enable`); on a k3s agent, which has no
+        CA key to mint one, the kube-proxy kubeconfig k3s writes: its identity (ClusterRole
+        system:node-proxier) may watch Services, EndpointSlices and Nodes and write Events, so l3lb
+        announces there but cannot publish status.
+      '';
+    };
+
+    k3sIdentity.enable = mkOption {
+      type = types.bool;
+      default = onK3sServer;
+      defaultText = literalExpression "services.k3s.enable && services.k3s.role == \"server\"";
+      description = ''
+        On a k3s server: deploy the agent's RBAC (deploy/rbac.yaml: list/watch Services, EndpointSlices and
+        Nodes, patch services/status, Events, the allocator's Lease in kube-system) through
+        {option}`services.k3s.manifests`, and give the agent a client certificate of its own (user
+        `l3lb:<nodeName>`, group `l3lb:agents`) signed by k3s' client CA, instead of cluster-admin's
+        k3s.yaml. `l3lb-identity.service` makes it before each start, anew when fewer than 90 of its 365
+        days remain (as k3s renews its own client certificates).
       '';
     };
 
@@ -188,9 +210,10 @@ in
 
     nodeName = mkOption {
       type = types.str;
-      default = if (k3s.nodeName or null) != null then k3s.nodeName else config.networking.hostName;
-      defaultText = literalExpression "services.k3s.nodeName, else networking.hostName";
-      description = "This node's name in Kubernetes.";
+      # k3s lower-cases the node name, given or from the hostname (GetHostnameAndIPs, pkg/util/net.go).
+      default = lib.toLower (if (k3s.nodeName or null) != null then k3s.nodeName else config.networking.hostName);
+      defaultText = literalExpression "lib.toLower (services.k3s.nodeName, else networking.hostName)";
+      description = "This node's name in Kubernetes (the agent lower-cases it, as k3s does).";
     };
 
     interface = mkOption {
@@ -272,8 +295,8 @@ in
       type = types.bool;
       default = true;
       description = ''
-        Set net.ipv4.conf.all.arp_ignore = 1 and arp_announce = 2, so addresses on lo never answer ARP
-        on a LAN.
+        Set net.ipv4.conf.all.arp_ignore = 1 and arp_announce = 2 (with mkDefault: a value of your own
+        wins), so addresses on lo never answer ARP on a LAN.
       '';
     };
 
@@ -323,17 +346,25 @@ in
           assertion = !cfg.frr.enable || cfg.frr.asn != null;
           message = "services.l3lb.frr.enable needs services.l3lb.frr.asn: this node's BGP AS number (the `router bgp` of your FRR config).";
         }
+        {
+          assertion = !cfg.frr.enable || (config.services.frr.configFile or null) == null;
+          message = "services.l3lb.frr.enable appends to services.frr.config, which services.frr.configFile replaces: the redistribution would silently be missing. Unset configFile (put your FRR config in services.frr.config) or turn frr.enable off and add the l3lb lines to your file yourself.";
+        }
+        {
+          assertion = !cfg.k3sIdentity.enable || onK3sServer;
+          message = "services.l3lb.k3sIdentity needs a k3s server (services.k3s.enable, role \"server\"): only a server has the client CA that signs the agent's certificate.";
+        }
       ];
 
       environment.systemPackages = [ cfg.package ];
-      # `l3lb status` and `l3lb check` in a root shell see the agent's settings.
-      environment.variables = (if usePools then { L3LB_CONFIG = "${poolsFile}"; } else {
+      # `l3lb status` and `l3lb check` in a root shell see the agent's settings (mkDefault: yours win).
+      environment.variables = lib.mapAttrs (_: mkDefault) ((if usePools then { L3LB_CONFIG = "${poolsFile}"; } else {
         L3LB_PREFIX = lib.concatStringsSep "," prefixes;
       }) // {
         L3LB_NODE_NAME = cfg.nodeName;
         L3LB_INTERFACE = cfg.interface;
         L3LB_LOAD_BALANCER_CLASS = cfg.loadBalancerClass;
-      } // lib.optionalAttrs (cfg.kubeconfig != null) { L3LB_KUBECONFIG = cfg.kubeconfig; };
+      } // lib.optionalAttrs (cfg.kubeconfig != null) { L3LB_KUBECONFIG = cfg.kubeconfig; });
 
       systemd.services.l3lb = {
         description = "l3lb: LoadBalancer Service IPs on ${cfg.interface}";
@@ -347,7 +378,7 @@ in
         # missing file would fail the unit), and l3lb.path starts the unit when the file appears.
         unitConfig.ConditionPathExists = cfg.kubeconfig;
         serviceConfig = import ./service.nix {
-          execStart = "${lib.getExe cfg.package} ${lib.escapeShellArgs args}";
+          inherit execStart;
           credentials = [ "kubeconfig:${cfg.kubeconfig}" ]
             ++ map (f: "${baseNameOf f}:${f}") credentialFiles;
           inherit (cfg) allowedIPs;
@@ -371,10 +402,32 @@ in
     # The class interfaces are dummies, made by the agent; load the driver at boot (the unit may not).
     (mkIf cfg.weighted.enable { boot.kernelModules = [ "dummy" ]; })
 
+    # mkDefault: sysctl values merge with mergeOneOption (nixos/modules/config/sysctl.nix), so a second
+    # plain definition of the same key, even an equal one, would stop the evaluation.
     (mkIf cfg.arpSysctls {
       boot.kernel.sysctl = {
-        "net.ipv4.conf.all.arp_ignore" = 1;
-        "net.ipv4.conf.all.arp_announce" = 2;
+        "net.ipv4.conf.all.arp_ignore" = mkDefault 1;
+        "net.ipv4.conf.all.arp_announce" = mkDefault 2;
+      };
+    })
+
+    (mkIf cfg.k3sIdentity.enable {
+      services.k3s.manifests.l3lb-rbac.source = ../deploy/rbac.yaml;
+      systemd.services.l3lb-identity = {
+        description = "l3lb: the agent's least-privilege client certificate, signed by k3s' client CA";
+        after = [ "k3s.service" ];
+        partOf = [ "k3s.service" ];
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart = pkgs.writeShellScript "l3lb-identity" (import ./identity.nix {
+            openssl = lib.getExe pkgs.openssl;
+            user = "l3lb:${cfg.nodeName}";
+          });
+        };
+      };
+      systemd.services.l3lb = {
+        requires = [ "l3lb-identity.service" ];
+        after = [ "l3lb-identity.service" ];
       };
     })
 

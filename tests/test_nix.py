@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import systemd_exec
 from kubelet import wait_for
 from lab import Frr, Lab, nix_eval, nix_list
 from netns import NetNS
@@ -33,23 +34,64 @@ def test_every_nix_file_parses(path: str) -> None:
     subprocess.run(["nix-instantiate", "--parse", path], cwd=REPO, check=True, capture_output=True)
 
 
+MINIMUM_RELEASE = (25, 11)
+"""The oldest NixOS the module runs on (nixos/default.nix says why)."""
+
+
+def check_lock(lock: dict) -> None:
+    """flake.lock as Nix writes it for a nixos-YY.MM branch: its shape, not its values, so that
+    `nix flake update` (a new rev, narHash and lastModified) keeps the project's own tests green."""
+    assert lock["version"] == 7 and lock["root"] == "root"
+    assert lock["nodes"]["root"]["inputs"] == {"nixpkgs": "nixpkgs"}
+    node = lock["nodes"]["nixpkgs"]
+    original = node["original"]
+    assert {k: original[k] for k in ("owner", "repo", "type")} == {
+        "owner": "NixOS",
+        "repo": "nixpkgs",
+        "type": "github",
+    }
+    m = re.fullmatch(r"nixos-(\d\d)\.(\d\d)", original["ref"])
+    assert m, f"{original['ref']}: pin a stable nixos-YY.MM branch"
+    assert (int(m.group(1)), int(m.group(2))) >= MINIMUM_RELEASE, (
+        f"{original['ref']} is older than the module"
+    )
+    locked = node["locked"]
+    assert set(locked) == {"owner", "repo", "type", "rev", "narHash", "lastModified"}
+    assert {k: locked[k] for k in ("owner", "repo", "type")} == {
+        k: original[k] for k in ("owner", "repo", "type")
+    }
+    assert re.fullmatch(r"[0-9a-f]{40}", locked["rev"]), locked["rev"]
+    assert re.fullmatch(r"sha256-[A-Za-z0-9+/]{43}=", locked["narHash"]), locked["narHash"]
+    assert isinstance(locked["lastModified"], int) and locked["lastModified"] > 1_600_000_000
+
+
 def test_the_whole_tree_has_the_files_the_flake_names() -> None:
     flake = (REPO / "flake.nix").read_text()
     for rel in re.findall(r"\./(nixos/[\w/.-]+\.nix)", flake):
         assert (REPO / rel).is_file(), rel
     lock = json.loads((REPO / "flake.lock").read_text())
-    assert lock["version"] == 7 and lock["root"] == "root"
-    assert lock["nodes"]["root"]["inputs"] == {"nixpkgs": "nixpkgs"}
-    node = lock["nodes"]["nixpkgs"]
-    assert node["original"] == {"owner": "NixOS", "repo": "nixpkgs", "ref": "nixos-26.05", "type": "github"}
-    assert node["locked"] == {
-        "owner": "NixOS",
-        "repo": "nixpkgs",
-        "type": "github",
-        "rev": "8f0500b9660505dc3cb647775fe9a978a74b5283",
-        "narHash": "sha256-O3/YajjWo001VUIgD8BwaRdSNLUFe7nZ1qV5TwhRBcw=",
-        "lastModified": 1783703440,
-    }
+    check_lock(lock)
+    assert f'nixpkgs.url = "github:NixOS/nixpkgs/{lock["nodes"]["nixpkgs"]["original"]["ref"]}"' in flake
+
+
+def test_the_lock_check_takes_an_updated_lock_and_refuses_a_broken_one() -> None:
+    lock = json.loads((REPO / "flake.lock").read_text())
+    updated = json.loads(json.dumps(lock))
+    updated["nodes"]["nixpkgs"]["locked"].update(
+        rev="0123456789abcdef0123456789abcdef01234567",
+        narHash="sha256-" + "A" * 43 + "=",
+        lastModified=lock["nodes"]["nixpkgs"]["locked"]["lastModified"] + 86400,
+    )
+    check_lock(updated)  # what `nix flake update` writes
+    for path, value in [
+        (("locked", "narHash"), "sha256-short="),
+        (("original", "ref"), "nixos-24.05"),
+        (("original", "ref"), "nixos-unstable"),
+    ]:
+        broken = json.loads(json.dumps(lock))
+        broken["nodes"]["nixpkgs"][path[0]][path[1]] = value
+        with pytest.raises(AssertionError):
+            check_lock(broken)
 
 
 # ---- FRR text on a real FRR
@@ -115,28 +157,55 @@ def test_frr_snippet_advertises_only_host_routes_inside_the_prefix(frr_lab: Lab)
         node.start_agent()
 
 
-# ---- the daemon's command line, accepted by the real CLI
+# ---- the daemon's command line: the module's ExecStart, as systemd reads it, accepted by the real CLI
+CREDS = "/run/credentials/l3lb.service"
+
+
+def exec_argv(unit: dict, credentials: str = CREDS) -> list[str]:
+    """The argv systemd gives the agent for the unit's ExecStart= (tests/systemd_exec.py)."""
+    return systemd_exec.argv(unit["serviceConfig"]["ExecStart"], credentials)
+
+
+def option(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+@pytest.mark.nixpkgs_lib
+def test_exec_start_gives_the_agent_every_argument_verbatim() -> None:
+    """systemd expands %-specifiers and $-variables in ExecStart=: the module escapes every argument
+    (nixpkgs' utils.escapeSystemdExecArgs) and leaves only %d, the credentials directory, to expand."""
+    odd = "example.com/100%-lb$x"
+    got = eval_module(
+        '{ services.k3s = { enable = true; role = "agent"; }; services.l3lb = { enable = true; '
+        f'prefix = "10.0.100.0/24"; loadBalancerClass = "{odd}"; '
+        'extraArgs = [ "--lease-namespace" "kube-system" "--log-format" "json" ]; }; }'.replace("$", "\\$")
+    )
+    argv = exec_argv(got["unit"])
+    assert argv[0].endswith("/bin/l3lb") and argv[1] == "run"
+    assert option(argv, "--load-balancer-class") == odd
+    assert option(argv, "--kubeconfig") == f"{CREDS}/kubeconfig"
+    assert argv[-6:-2] == ["--lease-namespace", "kube-system", "--log-format", "json"]
+
+
 @pytest.mark.cluster
+@pytest.mark.nixpkgs_lib
 @pytest.mark.parametrize("pools", [False, True], ids=["prefixes", "pools"])
-def test_command_line_is_accepted_by_l3lb_run(
+def test_the_units_command_line_is_accepted_by_l3lb_run(
     control_plane: ControlPlane, tmp_path: Path, pools: bool
 ) -> None:
-    where = (
-        f'config = "{pools_file(tmp_path)}";'
-        if pools
-        else f"prefixes = {nix_list(['10.0.100.0/24', 'fd00:100::/64'])};"
+    where = f"pools = {TWO_POOLS_NIX};" if pools else 'prefix = [ "10.0.100.0/24" "fd00:100::/64" ];'
+    got = eval_module(
+        "{ services.k3s.enable = true; services.l3lb = { enable = true; "
+        f'{where} extraArgs = [ "--no-default-class" ]; weighted = {{ enable = true; classes = 3; }}; }}; }}'
     )
-    args = nix_eval(
-        f"import ./nixos/args.nix {{ {where} "
-        'nodeName = "n1"; kubeconfig = "%d/kubeconfig"; extraArgs = [ "--no-default-class" ]; '
-        "weightClasses = 3; }"
-    )
-    assert isinstance(args, list) and args[0] == "run" and "--weighted" in args
-    assert ("--config" in args) == pools and ("--prefix" in args) != pools
     creds = tmp_path / "credentials"
     creds.mkdir()
     shutil.copy(control_plane.admin_kubeconfig, creds / "kubeconfig")
-    argv = [a.replace("%d", str(creds)) for a in args] + ["--dry-run"]
+    argv = exec_argv(got["unit"], str(creds))
+    assert "--weighted" in argv and ("--config" in argv) == pools and ("--prefix" in argv) != pools
+    if pools:  # the store path of the rendered file, here the same text in a real file
+        argv[argv.index("--config") + 1] = str(pools_file(tmp_path))
+    argv = [*argv[1:], "--dry-run"]
     proc = subprocess.Popen([sys.executable, "-m", "l3lb", *argv], stderr=subprocess.PIPE, text=True)
     try:
         lines = []
@@ -207,11 +276,14 @@ def test_module_on_a_k3s_agent_and_server() -> None:
     assert (
         "client-kube-proxy.key:/var/lib/rancher/k3s/agent/client-kube-proxy.key" in service["LoadCredential"]
     )
-    assert "--kubeconfig %d/kubeconfig" in service["ExecStart"] and "--node-name n1" in service["ExecStart"]
+    argv = exec_argv(agent["unit"])
+    assert option(argv, "--kubeconfig") == f"{CREDS}/kubeconfig" and option(argv, "--node-name") == "n1"
     assert agent["unit"]["partOf"] == ["k3s.service"] and agent["unit"]["wantedBy"] == ["k3s.service"]
     assert agent["k3sDisable"] == [], "servicelb is a server-side flag"
+    assert agent["identity"] is None and agent["manifests"] == {}, "an agent has no client CA key"
     assert agent["bgpd"] and "redistribute connected route-map L3LB-V4" in agent["frrConfig"]
     assert agent["sysctl"] == {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2}
+    assert agent["package"] == "l3lb", "mkPackageOption's default: pkgs.l3lb"
 
     server = eval_module(
         '{ services.k3s = { enable = true; nodeName = "srv"; }; services.l3lb = { '
@@ -219,21 +291,30 @@ def test_module_on_a_k3s_agent_and_server() -> None:
         "metrics.openFirewall = true; }; }"
     )
     assert server["failedAssertions"] == []
-    assert server["unit"]["serviceConfig"]["LoadCredential"] == ["kubeconfig:/etc/rancher/k3s/k3s.yaml"]
-    assert "--node-name srv" in server["unit"]["serviceConfig"]["ExecStart"]
-    assert server["unit"]["unitConfig"] == {"ConditionPathExists": "/etc/rancher/k3s/k3s.yaml"}
-    assert server["path"]["pathConfig"] == {
-        "PathChanged": "/etc/rancher/k3s/k3s.yaml",
-        "Unit": "l3lb.service",
-    }
+    # the agent's own identity, not cluster-admin's k3s.yaml
+    assert server["unit"]["serviceConfig"]["LoadCredential"] == ["kubeconfig:/var/lib/l3lb/kubeconfig"]
+    assert server["unit"]["requires"] == ["l3lb-identity.service"]
+    assert "l3lb-identity.service" in server["unit"]["after"]
+    assert server["identity"]["serviceConfig"]["Type"] == "oneshot"
+    assert server["manifests"]["l3lb-rbac"]["source"].endswith("/deploy/rbac.yaml")
+    assert option(exec_argv(server["unit"]), "--node-name") == "srv"
+    assert server["unit"]["unitConfig"] == {"ConditionPathExists": "/var/lib/l3lb/kubeconfig"}
+    assert server["path"]["pathConfig"] == {"PathChanged": "/var/lib/l3lb/kubeconfig", "Unit": "l3lb.service"}
     assert server["k3sDisable"] == ["servicelb"] and server["firewall"] == [9655]
-    assert server["kernelModules"] == [] and "--weighted" not in server["unit"]["serviceConfig"]["ExecStart"]
+    assert server["kernelModules"] == [] and "--weighted" not in exec_argv(server["unit"])
+
+    admin = eval_module(
+        '{ services.k3s.enable = true; services.l3lb = { enable = true; prefix = "10.0.100.0/24"; '
+        "k3sIdentity.enable = false; }; }"
+    )
+    assert admin["unit"]["serviceConfig"]["LoadCredential"] == ["kubeconfig:/etc/rancher/k3s/k3s.yaml"]
+    assert admin["identity"] is None and admin["manifests"] == {}
 
     weighted = eval_module(
         '{ services.k3s.enable = true; services.l3lb = { enable = true; prefix = "10.0.100.0/24"; '
         "weighted = { enable = true; classes = 3; }; frr = { enable = true; asn = 65101; }; }; }"
     )
-    assert "--weighted --weight-classes 3" in weighted["unit"]["serviceConfig"]["ExecStart"]
+    assert option(exec_argv(weighted["unit"]), "--weight-classes") == "3"
     assert weighted["kernelModules"] == ["dummy"]
     assert " match interface l3lbw3\n set extcommunity bandwidth 3" in weighted["frrConfig"]
 
@@ -252,6 +333,79 @@ def test_module_assertions_say_what_to_fix() -> None:
     assert "services.l3lb.prefix must be" in messages
     assert "services.l3lb.kubeconfig has no default without services.k3s" in messages
     assert "services.l3lb.frr.enable needs services.l3lb.frr.asn" in messages
+    identity = eval_module(
+        '{ services.l3lb = { enable = true; prefix = "10.0.0.0/24"; kubeconfig = "/k"; '
+        "k3sIdentity.enable = true; }; }"
+    )
+    assert "services.l3lb.k3sIdentity needs a k3s server" in " ".join(identity["failedAssertions"])
+
+
+# ---- what other modules, the user and k3s do beside the module (each of these failed before)
+USER_NODE = '{ services.l3lb = { enable = true; prefix = "10.0.100.0/24"; kubeconfig = "/k"; }; }'
+
+
+@pytest.mark.nixpkgs_lib
+def test_a_second_definition_of_the_arp_sysctls_is_no_conflict() -> None:
+    """sysctl values merge with mergeOneOption: a hardening module's equal value, or a user's other one,
+    beside the module's would stop the evaluation; the module's are mkDefault, so theirs win."""
+    same = eval_module(f'[ {USER_NODE} {{ boot.kernel.sysctl."net.ipv4.conf.all.arp_ignore" = 1; }} ]')
+    assert same["failedAssertions"] == [] and same["sysctl"]["net.ipv4.conf.all.arp_ignore"] == 1
+    other = eval_module(f'[ {USER_NODE} {{ boot.kernel.sysctl."net.ipv4.conf.all.arp_announce" = 1; }} ]')
+    assert other["sysctl"] == {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 1}
+
+
+@pytest.mark.nixpkgs_lib
+def test_the_users_own_cli_variables_win() -> None:
+    got = eval_module(f'[ {USER_NODE} {{ environment.variables.L3LB_NODE_NAME = "other"; }} ]')
+    assert got["failedAssertions"] == [] and got["variables"]["L3LB_NODE_NAME"] == "other"
+
+
+@pytest.mark.nixpkgs_lib
+@pytest.mark.parametrize(
+    ("settings", "name"),
+    [
+        ('networking.hostName = "Node1";', "node1"),
+        ('networking.hostName = "n"; services.k3s = { enable = true; nodeName = "Edge-A"; };', "edge-a"),
+    ],
+)
+def test_the_node_name_is_lower_cased_as_k3s_does(settings: str, name: str) -> None:
+    """k3s lower-cases the node name, given or from the hostname (GetHostnameAndIPs in k3s'
+    pkg/util/net.go), and NixOS allows capitals in networking.hostName."""
+    got = eval_module(f"[ {USER_NODE} {{ {settings} }} ]")
+    assert got["nodeName"] == name and option(exec_argv(got["unit"]), "--node-name") == name
+    assert got["variables"]["L3LB_NODE_NAME"] == name
+
+
+@pytest.mark.nixpkgs_lib
+def test_prefixes_from_several_modules_merge() -> None:
+    """One module may set a string, another a list (types.coercedTo str toList (listOf str))."""
+    got = eval_module(
+        '[ { services.l3lb = { enable = true; prefix = "10.0.100.0/24"; kubeconfig = "/k"; }; } '
+        '{ services.l3lb.prefix = [ "fd00:100::/64" ]; } ]'
+    )
+    assert got["failedAssertions"] == []
+    argv = exec_argv(got["unit"])
+    assert {argv[i + 1] for i, a in enumerate(argv) if a == "--prefix"} == {"10.0.100.0/24", "fd00:100::/64"}
+
+
+@pytest.mark.nixpkgs_lib
+def test_an_frr_config_file_would_drop_the_snippet_so_it_is_refused() -> None:
+    """services.frr.configFile replaces services.frr.config (nixos/modules/services/networking/frr.nix)."""
+    got = eval_module(
+        '{ services.frr.configFile = "/etc/my-frr.conf"; services.l3lb = { enable = true; '
+        'prefix = "10.0.100.0/24"; kubeconfig = "/k"; frr = { enable = true; asn = 65101; }; }; }'
+    )
+    assert "services.frr.configFile replaces" in " ".join(got["failedAssertions"])
+
+
+@pytest.mark.nixpkgs_lib
+def test_the_unit_starts_without_waiting_for_the_api_and_restarts_for_a_fresh_kubeconfig() -> None:
+    """READY=1 comes at adoption (tests/test_start.py), so the start timeout covers loading and one read of
+    the interface; exit 75 (a kubeconfig copied half-written) is a restart, not a failure."""
+    unit = eval_module(USER_NODE)["unit"]["serviceConfig"]
+    assert unit["Type"] == "notify" and unit["TimeoutStartSec"] == 30
+    assert unit["RestartForceExitStatus"] == 75 and unit["SuccessExitStatus"] == 75
+    assert "ProcSubset" not in unit, "ProcSubset=pid hides /proc/stat: every process_* metric goes"
 
 
 # ---- named pools: the module, the agent's config file, and FRR
@@ -281,9 +435,9 @@ def test_module_with_two_pools() -> None:
         "frr = { enable = true; asn = 65101; }; }; }"
     )
     assert got["failedAssertions"] == []
-    exec_start = got["unit"]["serviceConfig"]["ExecStart"]
-    assert "--config /nix/store/00000000000000000000000000000000-l3lb-pools.json" in exec_start
-    assert "--prefix" not in exec_start
+    argv = exec_argv(got["unit"])
+    assert option(argv, "--config") == "/nix/store/00000000000000000000000000000000-l3lb-pools.json"
+    assert "--prefix" not in argv
     assert (
         got["variables"]["L3LB_CONFIG"].endswith("-l3lb-pools.json") and "L3LB_PREFIX" not in got["variables"]
     )

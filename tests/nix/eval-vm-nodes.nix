@@ -48,7 +48,7 @@ let
       modules.${name}
       { _module.args.nodes = nodes; }
     ];
-    specialArgs = { inherit pkgs; };
+    specialArgs = { inherit pkgs; utils = import ./utils.nix; };
   };
   nodes = builtins.mapAttrs (name: _: (evalNode name).config) modules;
 

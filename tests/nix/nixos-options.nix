@@ -31,6 +31,24 @@ let
       ipv6.routes = opt (types.listOf (routeOpts 6)) [ ];
     };
   };
+  # nixos/modules/config/sysctl.nix: every key but net.core.{r,w}mem_max merges with mergeOneOption after
+  # filterOverrides, so two definitions at one priority stop the evaluation, even equal ones.
+  sysctlOption = lib.mkOptionType {
+    name = "sysctl option value";
+    check = val:
+      let checkType = x: lib.isBool x || lib.isString x || lib.isInt x || x == null;
+      in checkType val || (val._type or "" == "override" && checkType val.content);
+    merge = loc: defs: lib.mergeOneOption loc (lib.filterOverrides defs);
+  };
+  # nixos/modules/services/cluster/rancher (services.k3s.manifests): a file deployed by k3s.
+  manifest = types.submodule {
+    options = {
+      enable = opt types.bool true;
+      target = opt (types.nullOr types.str) null;
+      source = opt (types.nullOr types.path) null;
+      content = opt (types.nullOr (types.either types.attrs (types.listOf types.attrs))) null;
+    };
+  };
   # nixos/lib/systemd-unit-options.nix: the unit options the module uses; the rest of a unit as anything.
   unit = extra: types.submodule {
     freeformType = types.attrsOf types.anything;
@@ -39,6 +57,7 @@ let
       wantedBy = opt (types.listOf types.str) [ ];
       wants = opt (types.listOf types.str) [ ];
       after = opt (types.listOf types.str) [ ];
+      requires = opt (types.listOf types.str) [ ];
       before = opt (types.listOf types.str) [ ];
       partOf = opt (types.listOf types.str) [ ];
       unitConfig = opt (types.attrsOf types.anything) { };
@@ -49,11 +68,17 @@ in
   options = {
     assertions = opt (types.listOf types.unspecified) [ ];
     environment.systemPackages = opt (types.listOf types.package) [ ];
-    environment.variables = opt (types.attrsOf (types.either types.str (types.listOf types.str))) { };
+    # nixos/modules/config/shells-environment.nix
+    environment.variables = opt (types.attrsOf (types.oneOf [
+      (types.listOf (types.oneOf [ types.int types.str types.path ]))
+      types.int
+      types.str
+      types.path
+    ])) { };
     systemd.services = opt (types.attrsOf (unit { serviceConfig = opt (types.attrsOf types.anything) { }; })) { };
     systemd.paths = opt (types.attrsOf (unit { pathConfig = opt (types.attrsOf types.anything) { }; })) { };
     boot.kernelModules = opt (types.listOf types.str) [ ];
-    boot.kernel.sysctl = opt (types.attrsOf (types.nullOr (types.oneOf [ types.bool types.str types.int ]))) { };
+    boot.kernel.sysctl = opt (types.attrsOf sysctlOption) { };
     networking.hostName = opt types.str "nixos";
     networking.firewall.enable = opt types.bool true;
     networking.firewall.allowedTCPPorts = opt (types.listOf types.port) [ ];
@@ -75,9 +100,12 @@ in
       disable = opt (types.listOf types.str) [ ];
       images = opt (types.listOf types.package) [ ];
       extraFlags = opt (types.either types.str (types.listOf types.str)) [ ];
+      manifests = opt (types.attrsOf manifest) { };
     };
     # nixos/modules/services/networking/frr.nix
     services.frr.bgpd.enable = opt types.bool false;
     services.frr.config = opt types.lines "";
+    services.frr.configFile = opt (types.nullOr types.path) null;
+    services.frr.bfdd.enable = opt types.bool false;
   };
 }
