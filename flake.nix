@@ -11,7 +11,8 @@
     in
     {
       packages = forAll (pkgs: rec {
-        l3lb = pkgs.callPackage ./nixos/package.nix { };
+        # passthru.tests: the VM test, as nixpkgs packages carry their NixOS tests.
+        l3lb = pkgs.callPackage ./nixos/package.nix { tests.vm = self.checks.${pkgs.stdenv.hostPlatform.system}.vm; };
         default = l3lb;
       });
 
@@ -26,8 +27,13 @@
 
       overlays.default = final: prev: { l3lb = final.callPackage ./nixos/package.nix { }; };
 
+      # The module, with this flake's package as the default of services.l3lb.package (its own default
+      # is pkgs.l3lb, as a module in nixpkgs would have it).
       nixosModules = rec {
-        l3lb = ./nixos/default.nix;
+        l3lb = { pkgs, lib, ... }: {
+          imports = [ ./nixos/default.nix ];
+          services.l3lb.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.l3lb;
+        };
         default = l3lb;
       };
 

@@ -1,6 +1,6 @@
 # The l3lb package: a Python application built from pyproject.toml (setuptools backend). The check phase
-# runs the unit and property tests.
-{ lib, python3Packages }:
+# runs the unit and property tests; `tests` (the flake passes its VM test) become passthru.tests.
+{ lib, python3Packages, tests ? { } }:
 let
   pyproject = builtins.fromTOML (builtins.readFile ../pyproject.toml);
 in
@@ -11,7 +11,7 @@ python3Packages.buildPythonApplication {
 
   src = lib.fileset.toSource {
     root = ../.;
-    fileset = lib.fileset.unions [ ../pyproject.toml ../README.md ../l3lb ../tests ../deploy ];
+    fileset = lib.fileset.unions [ ../pyproject.toml ../README.md ../LICENSE ../l3lb ../tests ../deploy ];
   };
 
   build-system = [ python3Packages.setuptools ];
@@ -34,6 +34,8 @@ python3Packages.buildPythonApplication {
   ];
 
   pythonImportsCheck = [ "l3lb" ];
+
+  passthru = { inherit tests; };
 
   meta = {
     description = "LoadBalancer Services for bare-metal Kubernetes in pure layer-3 networks, advertised by the host's FRR";

@@ -311,3 +311,16 @@ def test_vm_script_passes_pyflakes_with_the_drivers_builtins(tmp_path: Path) -> 
         [sys.executable, "-m", "pyflakes", str(script)], capture_output=True, text=True, env=env
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_flakes_module_brings_its_own_package_and_the_vm_test() -> None:
+    """`imports = [ l3lb.nixosModules.default ]` on a nixpkgs without an l3lb package: the module's own
+    default (mkPackageOption: pkgs.l3lb) gives way to the flake's package, which carries the VM test as
+    passthru.tests, and `nix run .#l3lb` runs its program."""
+    got = nix_eval(f"import ./tests/nix/eval-flake.nix {{ libPath = {NIXPKGS_LIB}; }}")
+    assert got == {
+        "package": "l3lb",
+        "samePackage": True,
+        "app": "/nix/store/00000000000000000000000000000000-l3lb/bin/l3lb",
+        "passthruTests": ["vm"],
+    }
