@@ -6,7 +6,8 @@
 # - the Debian packages of setup/debian-packages (all but unit): installed as root, otherwise one line
 #   naming what is missing and the command that installs it, and exit 1;
 # - the control plane binaries (test, demo, bench): setup/build-control-plane.sh;
-# - the virtualenv .venv with l3lb and its test (and bench) extras, reinstalled when pyproject.toml changes.
+# - the virtualenv .venv with l3lb and its test (and bench) extras, reinstalled when pyproject.toml changes;
+# - nixpkgs' lib/ (test): tests/nixpkgs_lib.py finds it, or fetches the nixpkgs that flake.lock pins.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 job=${1:?usage: setup/setup.sh demo|test|unit|bench}
@@ -87,5 +88,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   printf ' %s s\n' "$(($(date +%s) - t0))"
   # pip -q prints only warnings and errors: show them rather than bury them in the log.
   [ -s .venv/pip.log ] && sed 's/^/  pip: /' .venv/pip.log
+fi
+# nixpkgs' lib/ for the module evaluations: found, or fetched once, as tests/nixpkgs_lib.py says; if none of
+# its four ways works, one line naming them, and the job stops.
+if [ "$job" = test ]; then
+  .venv/bin/python tests/nixpkgs_lib.py --fetch
 fi
 exit 0

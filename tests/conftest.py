@@ -17,7 +17,7 @@ from lab import FRR
 from lab import Lab as FrrLab
 from netns import ApiRelay, sweep_stale
 from soak import SEEDS
-from testenv import NIXPKGS_LIB, ControlPlane, cache_dir, interrupt_on_sigterm, versions
+from testenv import NIXPKGS_LIB_MISSING, ControlPlane, cache_dir, interrupt_on_sigterm, versions
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -51,10 +51,7 @@ REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
         "needs nix-instantiate and the repository's nixos/ folder",
     ),
     "systemd": (lambda: shutil.which("systemd-analyze") is not None, "needs systemd-analyze"),
-    "nixpkgs_lib": (
-        lambda: (NIXPKGS_LIB / "default.nix").is_file(),
-        f"needs nixpkgs' lib/ at {NIXPKGS_LIB} (../shared/nixpkgs-lib, or set L3LB_NIXPKGS_LIB)",
-    ),
+    "nixpkgs_lib": (lambda: not NIXPKGS_LIB_MISSING, NIXPKGS_LIB_MISSING),
 }
 
 

@@ -28,6 +28,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import nixpkgs_lib
+
 HERE = Path(__file__).resolve().parent
 STATE_FILE = "testenv.json"
 CONTROLLERS = (
@@ -49,8 +51,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-# nixpkgs' own lib/, beside the repository in CI and on the development machines (../shared/nixpkgs-lib).
-NIXPKGS_LIB = Path(os.environ.get("L3LB_NIXPKGS_LIB", HERE.parent.parent / "shared" / "nixpkgs-lib" / "lib"))
+# nixpkgs' own lib/, found as tests/nixpkgs_lib.py says (here: ../shared/nixpkgs-lib beside the repository).
+try:
+    NIXPKGS_LIB = nixpkgs_lib.find()
+    NIXPKGS_LIB_MISSING = ""
+except nixpkgs_lib.NotFound as _err:
+    NIXPKGS_LIB = Path("/nonexistent/nixpkgs-lib/lib")
+    NIXPKGS_LIB_MISSING = str(_err)
 
 
 def cache_dir() -> Path:
