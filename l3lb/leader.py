@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 LEASE_NAME = "l3lb-allocator"
 POOLS_ANNOTATION = "l3lb.io/pools-fingerprint"
+PERMISSIONS_AGAIN = 30.0
+"""Seconds between two checks of the allocating permissions while they are missing."""
 """On the Lease: the fingerprint of the pools of the agent that holds it, for the others to compare."""
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 LEASE = LEASES + "/{name}"
@@ -83,24 +85,31 @@ class LeaderElector:
         return thread
 
     def stand(self, stop: threading.Event) -> None:
-        """Stands for election if these credentials may allocate, once the apiserver can say so."""
+        """Stands for election once these credentials may allocate. Asked again every PERMISSIONS_AGAIN
+        seconds while they may not: the RBAC may come after the agent (k3s applies its manifests a while
+        after it starts; an operator fixes a binding), and a restart must not be needed to pick it up."""
         delay = 1.0
+        said = ""
         while not stop.is_set():
             try:
                 ok, missing = may_allocate(self.api, self.namespace)
-                break
             except Exception as err:  # apiserver unreachable: ask again
                 log.debug("cannot check permissions yet: %s", err)
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
+                continue
+            if ok:
+                break
+            if missing != said:
+                log.warning(
+                    "not standing for the allocator election: this identity may not %s; this agent "
+                    "announces but does not allocate (asking again every %.0fs)",
+                    missing,
+                    PERMISSIONS_AGAIN,
+                )
+                said = missing
+            stop.wait(PERMISSIONS_AGAIN)
         else:
-            return
-        if not ok:
-            log.warning(
-                "not standing for the allocator election: this identity may not %s; this agent "
-                "announces but never allocates",
-                missing,
-            )
             return
         log.info(
             "standing for the allocator election (lease %s/%s as %s)",

@@ -8,7 +8,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from l3lb.leader import LeaderElector
+from l3lb.leader import PERMISSIONS_AGAIN, LeaderElector
 
 
 class Clock:
@@ -176,3 +176,47 @@ def test_the_holder_publishes_its_pools_fingerprint_and_the_others_are_told_it()
     leader.try_acquire_or_renew(clock.now + 10)
     other.try_acquire_or_renew(clock.now + 10)
     assert told[-1] == ("me", "cccc")
+
+
+class ReviewedLeaseApi(LeaseApi):
+    """The Lease API behind an RBAC that answers SelfSubjectAccessReviews with ``allowed``."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.allowed = False
+        self.reviews: list[float] = []
+
+    @property
+    def rounds(self) -> int:
+        """Checks of the permissions (each asks a review per permission, within the same moment)."""
+        return sum(1 for i, t in enumerate(self.reviews) if i == 0 or t - self.reviews[i - 1] > 1.0)
+
+    def post(self, url: str, body: Any, timeout: float = 10.0, **kw: Any) -> Any:
+        if url.endswith("/selfsubjectaccessreviews"):
+            self.reviews.append(self.clock.now)
+            return {"status": {"allowed": self.allowed}}
+        return super().post(url, body, timeout, **kw)
+
+
+def test_stands_once_the_rbac_arrives_after_the_start() -> None:
+    """k3s applies the agent's RBAC manifest a while after it starts the agent: no restart is needed."""
+    clock = Clock()
+    api = ReviewedLeaseApi(clock)
+    e, changes = make(clock, api)  # type: ignore[arg-type]
+
+    def grant() -> None:
+        api.allowed = True
+
+    e.stand(Stop(clock, 100.0, at={45.0: grant}))  # type: ignore[arg-type]
+    assert changes and changes[0][1] is True
+    assert 45.0 <= changes[0][0] <= 45.0 + PERMISSIONS_AGAIN + 1, changes
+    assert api.rounds == 3  # at 0, 30 and 60 s
+
+
+def test_without_the_rights_it_asks_again_but_never_stands() -> None:
+    clock = Clock()
+    api = ReviewedLeaseApi(clock)
+    e, changes = make(clock, api)  # type: ignore[arg-type]
+    e.stand(Stop(clock, 100.0))  # type: ignore[arg-type]
+    assert changes == [] and api.lease is None
+    assert api.rounds == 4  # at 0, 30, 60 and 90 s: no busier

@@ -62,6 +62,13 @@ with subtest("the agent node passes k3s' kube-proxy kubeconfig and its certifica
     agent.succeed("systemctl show l3lb -p LoadCredential | grep kubeproxy.kubeconfig")
     agent.succeed("systemctl show l3lb -p LoadCredential | grep client-kube-proxy.key")
 
+with subtest("on the server, l3lb runs as its own least-privilege identity, not cluster-admin"):
+    server.succeed("systemctl show l3lb -p LoadCredential | grep /var/lib/l3lb/kubeconfig")
+    server.succeed("journalctl -u l3lb-identity.service | grep 'wrote /var/lib/l3lb/kubeconfig'")
+    server.wait_until_succeeds("k3s kubectl get clusterrolebinding l3lb-agent", timeout=120)
+    server.succeed("k3s kubectl auth can-i patch services/status --as l3lb:server --as-group l3lb:agents")
+    server.fail("k3s kubectl auth can-i list secrets --as l3lb:server --as-group l3lb:agents")
+
 with subtest("on the agent, l3lb waited for k3s' kubeconfig instead of failing"):
     agent.succeed("test $(systemctl show l3lb -P NRestarts) = 0")
     agent.fail("journalctl -u l3lb.service | grep -i 'failed with result'")
