@@ -255,6 +255,15 @@ def allocate(
             if named and pool is not named:
                 continue  # the operator named another pool: move
             if not take(ip, svc):
+                if not _ours(svc, ip, field_manager) and svc.status_managers:
+                    # Another controller's status (a takeover): say why it moves, never silently.
+                    conflict(
+                        svc,
+                        IP_IN_USE,
+                        f"{ip} in its status (written by {', '.join(svc.status_managers)}) is used by "
+                        f"{fmt_key(holders[ip][0].key)} (older) and sharing does not allow both {RULES}: "
+                        "it gets another IP",
+                    )
                 continue
             got[fam] = ip
             refused = pool.refuses(svc.key[0], labels)

@@ -4,6 +4,7 @@ arbitrary annotation values: never an exception, never an IP outside the pools."
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -12,10 +13,13 @@ from hypothesis import strategies as st
 
 from l3lb import aliases
 from l3lb.aliases import ANNOTATION_CONFLICT, UNSUPPORTED, read
-from l3lb.allocate import INVALID_IPS, IP_OUTSIDE_POOL, allocate, compatible
-from l3lb.config import parse_prefixes
+from l3lb.allocate import INVALID_IPS, IP_IN_USE, IP_OUTSIDE_POOL, allocate, compatible
+from l3lb.allocator import Allocator
+from l3lb.config import Config, parse_prefixes
+from l3lb.metrics import Metrics
 from l3lb.model import Service, parse_service
 from l3lb.pools import AddressPool, shorthand
+from l3lb.runner import WatchEvent
 
 V4 = parse_prefixes(["10.0.100.0/29", "fd00:100::/125"])
 POOLS = shorthand(V4)
@@ -203,6 +207,70 @@ def test_notes_are_warnings_of_the_allocator() -> None:
     s = parsed("b", "web", {"metallb.io/loadBalancerIPs": "10.0.100.2,x"})
     r = allocate([s], POOLS)
     assert r.ips[s.key] == () and [c.reason for c in r.conflicts] == [INVALID_IPS]
+
+
+# ---- takeover: status another controller wrote
+
+
+def test_status_another_controller_wrote_in_a_pool_is_kept_as_if_requested() -> None:
+    theirs = svc("a", ingress_ips=("10.0.100.5",), status_managers=("controller",))
+    outside = svc("b", ingress_ips=("192.0.2.7",), status_managers=("controller",))
+    r = allocate([theirs, outside], POOLS, OURS)
+    assert r.ips[theirs.key] == ("10.0.100.5",)
+    assert r.ips[outside.key] == ("10.0.100.1",), "outside every pool: handled as before"
+    assert r.conflicts == []
+
+
+def test_a_takeover_that_sharing_refuses_moves_with_a_warning() -> None:
+    """PureLB lets a Local and a Cluster Service share an IP; l3lb does not: the younger moves, and says
+    why, instead of silently."""
+    old = svc("old", ingress_ips=("10.0.100.5",), status_managers=("allocator",), sharing_key="k")
+    young = svc(
+        "young",
+        created="2026-01-02T00:00:00Z",
+        ingress_ips=("10.0.100.5",),
+        status_managers=("allocator",),
+        sharing_key="k",
+        local_policy=True,
+        ports=(("TCP", 443),),
+    )
+    r = allocate([old, young], POOLS, OURS)
+    assert r.ips[old.key] == ("10.0.100.5",) and r.ips[young.key] == ("10.0.100.1",)
+    ((c,),) = [[c for c in r.conflicts if c.key == young.key]]
+    assert c.reason == IP_IN_USE
+    assert c.message.startswith("10.0.100.5 in its status (written by allocator) is used by web/old (older)")
+    assert c.message.endswith("it gets another IP")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, tuple[str, ...], bool]] = []
+        self.events: list[tuple[str, str]] = []
+
+    def status(self, key, ips, resource_version="", take_over=False) -> None:  # type: ignore[no-untyped-def]
+        self.writes.append((key[1], ips, take_over))
+
+    def drop_status(self) -> None:
+        pass
+
+    def event(self, key, uid, kind, reason, message) -> None:  # type: ignore[no-untyped-def]
+        self.events.append((reason, message))
+
+
+def test_the_leader_takes_over_what_another_controller_wrote_once() -> None:
+    writer = Recorder()
+    allocator = Allocator(Config(prefixes=V4, node_name="n1"), writer, Metrics())
+    theirs = svc("a", ingress_ips=("10.0.100.5",), status_managers=("controller",))
+    mine = svc("b", ingress_ips=("10.0.100.6",), status_managers=(OURS,))
+    allocator.step([WatchEvent("services", "SET", (s.key, s), 0.0) for s in (theirs, mine)], leader=True)
+    assert writer.writes == [("a", ("10.0.100.5",), True)], "ours already: nothing to write"
+    assert writer.events == [
+        ("TakenOver", "kept 10.0.100.5, which controller wrote in status; l3lb owns it now")
+    ]
+    landed = dataclasses.replace(theirs, status_managers=("controller", OURS))
+    allocator.step([WatchEvent("services", "SET", (theirs.key, landed), 0.0)], leader=True)
+    allocator.step([WatchEvent("services", "SET", (mine.key, mine), 0.0)], leader=True)
+    assert len(writer.writes) == 1, "once it landed, nothing more"
 
 
 # ---- properties
