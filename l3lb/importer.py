@@ -842,9 +842,8 @@ def _no_overlaps(out: Imported) -> None:
         ]  # type: ignore[arg-type]
         kept += [(pool.name, n) for n in mine]
     for pool in [p for p in out.pools if not p.prefixes]:
-        out.notes.append(
-            f"{pool.source}: no addresses left to import ({'; '.join(pool.notes) or 'none given'})"
-        )
+        why = [n for n in pool.notes if n.endswith("left out")] or ["none given"]
+        out.notes.append(f"{pool.source}: no addresses left to import ({'; '.join(why)})")
     out.pools = [p for p in out.pools if p.prefixes]
 
 
