@@ -89,3 +89,24 @@ def test_status_another_controller_wrote_is_kept_and_then_ours(lab: Lab) -> None
     wait_ingress(lab, lambda g: g["allocated"] == (ip(30),), "allocated moved to what l3lb's annotation asks")
     for node in (a, b):
         wait_addresses(node, {ip(1), ip(20), ip(30), ip(22)})
+
+
+def test_a_dry_run_beside_the_old_controller_says_what_it_would_do(lab: Lab) -> None:
+    """``l3lb run --dry-run`` decides as the leader would and logs it; nothing is written, nothing is
+    put on the interface."""
+    ip = lab.ip
+    lab.service("kept", annotations={"metallb.universe.tf/loadBalancerIPs": ip(20)})
+    lab.service("moved")
+    write_status(lab.core, lab.namespace, "kept", [ip(20)], METALLB)
+    write_status(lab.core, lab.namespace, "moved", ["192.0.2.50"], METALLB)
+    a = lab.node("a", args=("--address-lifetime", "30", "--dry-run"))
+    create_pod(lab.core, lab.namespace, "web-1", a.name, "10.244.0.1", labels=APP)
+    wait_for(
+        lambda: f"dry run: would write status of {lab.namespace}/moved: {ip(1)}" in a.log(),
+        what="the dry run's allocation",
+    )
+    assert f"dry run: would take over status of {lab.namespace}/kept as it is: {ip(20)}" in a.log()
+    assert a.log().count(f"would write status of {lab.namespace}/moved") == 1, "said once"
+    assert wait_ingress(lab, lambda g: True, "status") == {"kept": (ip(20),), "moved": ("192.0.2.50",)}
+    assert status_managers(lab.core, lab.namespace, "kept") == {METALLB: "Update"}
+    assert a.addresses() == set(), "a dry run touches no interface"
