@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubelet import create_lb_service, wait_for
+from kubelet import create_lb_service, wait_for, write_status_as
 from kubernetes import client
 from lab import APP, HTTP_PORT, NAMESPACE, PREFIX, PREFIX6, Lab
 from netns import ip
@@ -124,11 +124,7 @@ def test_from_metallb_to_l3lb_without_renumbering_or_a_window(lab: Lab, tmp_path
             "metallb.universe.tf/allow-shared-ip": "shop",
         },
     )
-    Api(lab.core.api_client).merge_patch(
-        f"/api/v1/namespaces/{NAMESPACE}/services/shop/status",
-        {"status": {"loadBalancer": {"ingress": [{"ip": SHOP}]}}},
-        query={"fieldManager": "controller"},
-    )
+    write_status_as(lab.core, NAMESPACE, "shop", [SHOP], "controller")
     start = time.monotonic()
     for name in ("node1", "node2"):
         ns = lab.node(name).ns.name

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from agents import Lab, wait_addresses
-from kubelet import create_pod, wait_for
+from kubelet import create_pod, wait_for, write_status_as
 from kubernetes import client
 from test_allocation import events, wait_ingress
 
@@ -16,17 +16,7 @@ pytestmark = [pytest.mark.root, pytest.mark.cluster]
 APP = {"app": "web"}
 METALLB = "controller"
 """The field manager MetalLB's controller writes status under: it sets none, so the apiserver takes the
-User-Agent's first word, its binary's name (l3lb README, "Coming from MetalLB")."""
-
-
-def write_status(core: client.CoreV1Api, namespace: str, name: str, ips: list[str], manager: str) -> None:
-    """Writes status.loadBalancer.ingress as another controller would: an update of the status
-    subresource under its own field manager."""
-    Api(core.api_client).merge_patch(
-        f"/api/v1/namespaces/{namespace}/services/{name}/status",
-        {"status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}}},
-        query={"fieldManager": manager},
-    )
+User-Agent's first word, its binary's name (tests/kubelet.py write_status_as)."""
 
 
 def status_managers(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, str]:
@@ -55,7 +45,7 @@ def test_status_another_controller_wrote_is_kept_and_then_ours(lab: Lab) -> None
         ("https", [ip(22)]),
         ("elsewhere", ["192.0.2.50"]),
     ):
-        write_status(lab.core, lab.namespace, name, ips, METALLB)
+        write_status_as(lab.core, lab.namespace, name, ips, METALLB)
     a = lab.node("a")
     b = lab.node("b")
     create_pod(lab.core, lab.namespace, "web-1", a.name, "10.244.0.1", labels=APP)
@@ -97,8 +87,8 @@ def test_a_dry_run_beside_the_old_controller_says_what_it_would_do(lab: Lab) -> 
     ip = lab.ip
     lab.service("kept", annotations={"metallb.universe.tf/loadBalancerIPs": ip(20)})
     lab.service("moved")
-    write_status(lab.core, lab.namespace, "kept", [ip(20)], METALLB)
-    write_status(lab.core, lab.namespace, "moved", ["192.0.2.50"], METALLB)
+    write_status_as(lab.core, lab.namespace, "kept", [ip(20)], METALLB)
+    write_status_as(lab.core, lab.namespace, "moved", ["192.0.2.50"], METALLB)
     a = lab.node("a", args=("--address-lifetime", "30", "--dry-run"))
     create_pod(lab.core, lab.namespace, "web-1", a.name, "10.244.0.1", labels=APP)
     wait_for(
