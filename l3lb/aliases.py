@@ -210,8 +210,15 @@ def _set(annotations: Mapping[str, str], key: str) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
+OWN = frozenset((IPS_ANNOTATION, SHARING_ANNOTATION, POOL_ANNOTATION))
+OTHERS = frozenset(KNOWN) - OWN
+_EMPTY = Reading()
+
+
 def read(annotations: Mapping[str, str], spec: Mapping[str, Any]) -> Reading:
     """Requested IPs, sharing key and pool name of a Service, from l3lb's annotations and their aliases."""
+    if OTHERS.isdisjoint(annotations):  # l3lb's own at most: the common case, kept cheap
+        return _own(annotations, spec)
     notes: list[tuple[str, str]] = []
 
     # ---- requested IPs
@@ -297,6 +304,34 @@ def read(annotations: Mapping[str, str], spec: Mapping[str, Any]) -> Reading:
         sharing_namespaces=sharing_namespaces,
         pool=pool,
         notes=tuple(dict.fromkeys(notes)),
+    )
+
+
+def _own(annotations: Mapping[str, str], spec: Mapping[str, Any]) -> Reading:
+    raw = annotations.get(IPS_ANNOTATION)
+    share, pool = _set(annotations, SHARING_ANNOTATION), _set(annotations, POOL_ANNOTATION)
+    spec_ip = spec.get("loadBalancerIP")
+    if raw is None and not share and not pool and not spec_ip:
+        return _EMPTY
+    requested: tuple[str, ...] = ()
+    error = source = None
+    if raw is not None and raw.strip():
+        parsed = _strict(IPS_ANNOTATION, raw)
+        requested, error, source = parsed.ips, parsed.error, IPS_ANNOTATION
+    elif raw is not None:
+        source = IPS_ANNOTATION
+    elif isinstance(spec_ip, str) and spec_ip.strip():
+        source = SPEC_IP
+        try:
+            requested = (ip_text(spec_ip),)
+        except ValueError:
+            error = f"{SPEC_IP}: {spec_ip.strip()!r} is not an IP address"
+    return Reading(
+        requested=requested,
+        request_error=error,
+        request_source=source,
+        sharing_key=share,
+        pool=pool.strip() if pool else None,
     )
 
 

@@ -378,3 +378,19 @@ def test_whatever_the_annotations_say_no_ip_outside_the_pools(batch: list[Servic
             for b in hs[i + 1 :]:
                 assert compatible(a, b), f"{ip} held by {a.key} and {b.key}"
     assert all(c.reason != IP_OUTSIDE_POOL or "announced by no node" not in c.message for c in r.conflicts)
+
+
+own_maps = st.dictionaries(
+    st.sampled_from(["l3lb.io/load-balancer-ips", "l3lb.io/allow-shared-ip", "l3lb.io/address-pool"]),
+    values,
+    max_size=3,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(own_maps, st.one_of(st.none(), ip_texts))
+def test_the_short_path_for_l3lbs_own_annotations_reads_as_the_long_one(annotations: dict, spec_ip) -> None:  # type: ignore[no-untyped-def]
+    """With no other project's annotation, read() takes a shorter path (parsing is on the watch's hot
+    path); an alias key that changes nothing (kube-vip.io/ignore: "false") forces the long one."""
+    spec = {"loadBalancerIP": spec_ip} if spec_ip is not None else {}
+    assert read(annotations, spec) == read({**annotations, "kube-vip.io/ignore": "false"}, spec)
