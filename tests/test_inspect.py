@@ -88,9 +88,10 @@ def test_check_passes_on_a_healthy_node(lab: Lab) -> None:
         "arp",
     }
     assert all(statuses(r) <= {"ok", "warn"} for r in results.values()), results
-    assert [r["message"] for r in results["takeover"]] == [
-        "1 Service(s) of ours: status written by l3lb or by nobody, every IP kept"
-    ]
+    (takeover,) = results["takeover"]  # other tests' class-less Services may be counted too
+    assert takeover["message"].endswith(
+        "Service(s) of ours: status written by l3lb or by nobody, every IP kept"
+    )
     (pools,) = results["pools"]
     assert pools["status"] == "ok" and "as the allocator's (node" in pools["message"], pools
     # the agent identity may not list pods: the ServiceLB look-up says so instead of guessing
