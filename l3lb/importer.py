@@ -520,9 +520,14 @@ def _metallb_bgp(pool: Pool, advs: list[dict[str, Any]], aliases: dict[str, str]
         for c in _spec(a).get("communities") or []:
             value = aliases.get(str(c), str(c))
             via = f" (alias {c})" if value != str(c) else ""
-            if value.lower().startswith("large:"):
-                large.append(value[len("large:") :])
-            elif value.lower() in STOPPING:
+            large_value = value[len("large:") :] if value.lower().startswith("large:") else None
+            if (
+                large_value is not None
+                and re.fullmatch(r"\d{1,10}:\d{1,10}:\d{1,10}", large_value)
+                and all(int(x) < 2**32 for x in large_value.split(":"))
+            ):
+                large.append(large_value)
+            elif large_value is None and value.lower() in STOPPING:
                 pool.notes.append(
                     f"communities {value}{via} (BGPAdvertisement {_where(a)}): {STOPPING[value.lower()]}, "
                     "set "

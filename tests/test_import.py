@@ -57,7 +57,7 @@ kind: BGPAdvertisement
 metadata: {name: edge, namespace: metallb-system}
 spec:
   ipAddressPoolSelectors: [{matchLabels: {bgp: "yes"}}]
-  communities: [65000:100, large:65000:1:2, NO_ADVERTISE, BLUE]
+  communities: [65000:100, large:65000:1:2, NO_ADVERTISE, BLUE, large:1:x:2]
   localPref: 150
   aggregationLength: 32
   peers: [upstream]
@@ -212,6 +212,7 @@ def test_metallb_pools_and_their_advertisements() -> None:
     (refused,) = notes(lan, "communities 65535:65282 (alias NO_ADVERTISE)")
     assert "no-advertise" in refused and "the module refuses it" in refused
     assert notes(lan, "localPref 150") and notes(lan, "peers upstream")
+    assert notes(lan, "communities 'large:1:x:2' (BGPAdvertisement metallb-system/edge): not a community")
     assert not notes(lan, "aggregationLength"), "32 is l3lb's own"
 
     assert tenants.auto_assign is False and tenants.namespaces == ["team-a", "team-b"]
