@@ -365,6 +365,18 @@ def _metallb(objects: list[dict[str, Any]], namespaces: Namespaces, out: Importe
                     "not "
                     "among the imported IPAddressPools"
                 )
+    for adv in bgp + l2:
+        if not any(
+            _advertises(
+                adv,
+                str(_meta(p).get("name")),
+                {str(k): str(v) for k, v in (_meta(p).get("labels") or {}).items()},
+            )
+            for p in pools
+        ):
+            out.notes.append(
+                f"MetalLB {adv.get('kind')} {_where(adv)}: applies to none of the imported IPAddressPools"
+            )
     if not pools:
         return
     prioritized = any(int((_spec(p).get("serviceAllocation") or {}).get("priority") or 0) for p in pools)
@@ -705,7 +717,10 @@ def _purelb(objects: list[dict[str, Any]], out: Imported) -> None:
     groups = [o for o in objects if o.get("kind") == "ServiceGroup"]
     for o in objects:
         if o.get("kind") != "ServiceGroup":
-            what = "the host's FRR does what it does" if "bgp" in str(o.get("apiVersion")) else "not read"
+            what = {
+                "LBNodeAgent": "its interface and ARP settings are for PureLB's own announcements",
+                "BGPConfiguration": "the host's FRR peers with the routers (services.frr)",
+            }.get(str(o.get("kind")), "not read by l3lb import")
             out.notes.append(f"PureLB {o.get('kind')} {_where(o)}: no equivalent in l3lb ({what})")
     serving: dict[str, list[str]] = {}
     for g in groups:
