@@ -115,11 +115,18 @@ def compatible(a: Service, b: Service) -> bool:
     """May ``a`` and ``b`` share one IP?"""
     if not a.sharing_key or a.sharing_key != b.sharing_key:
         return False
+    if a.key[0] != b.key[0] and not (_admits(a, b.key[0]) and _admits(b, a.key[0])):
+        return False  # Cilium's keys: one namespace, unless both list each other's (l3lb/aliases.py)
     if not frozenset(a.ports).isdisjoint(b.ports):
         return False
     if a.local_policy != b.local_policy:
         return False
     return not a.local_policy or a.selector == b.selector
+
+
+def _admits(svc: Service, namespace: str) -> bool:
+    allowed = svc.sharing_namespaces
+    return allowed is None or "*" in allowed or namespace in allowed
 
 
 def allocate(
@@ -157,6 +164,8 @@ def allocate(
 
     pending: list[tuple[Service, list[str], list[AddressPool]]] = []
     for svc in ordered:
+        for reason, message in svc.notes:  # what its annotations say that l3lb reads otherwise
+            conflict(svc, reason, message)
         if svc.request_error:
             conflict(svc, INVALID_IPS, f"malformed request: {svc.request_error}")
             out.ips[svc.key] = ()
@@ -227,9 +236,7 @@ def allocate(
                 conflict(
                     svc,
                     IP_IN_USE,
-                    f"{ip} is used by {fmt_key(owner.key)} (older) "
-                    "and sharing does not allow both (same l3lb.io/allow-shared-ip key, "
-                    "no common port, same traffic policy and, for Local, same selector)",
+                    f"{ip} is used by {fmt_key(owner.key)} (older) and sharing does not allow both {RULES}",
                 )
         if svc.requested_ips:
             out.ips[svc.key] = _ordered(got)
@@ -247,16 +254,26 @@ def allocate(
                 continue
             if named and pool is not named:
                 continue  # the operator named another pool: move
-            if take(ip, svc):
-                got[fam] = ip
-                refused = pool.refuses(svc.key[0], labels)
-                if refused and not named:
+            if not take(ip, svc):
+                if not _ours(svc, ip, field_manager) and svc.status_managers:
+                    # Another controller's status (a takeover): say why it moves, never silently.
                     conflict(
                         svc,
-                        POOL_NOT_ALLOWED,
-                        f"{ip} is kept because the Service has it, but {refused}; to move it, name a "
-                        f"pool with {POOL_ANNOTATION}",
+                        IP_IN_USE,
+                        f"{ip} in its status (written by {', '.join(svc.status_managers)}) is used by "
+                        f"{fmt_key(holders[ip][0].key)} (older) and sharing does not allow both {RULES}: "
+                        "it gets another IP",
                     )
+                continue
+            got[fam] = ip
+            refused = pool.refuses(svc.key[0], labels)
+            if refused and not named:
+                conflict(
+                    svc,
+                    POOL_NOT_ALLOWED,
+                    f"{ip} is kept because the Service has it, but {refused}; to move it, name a "
+                    f"pool with {POOL_ANNOTATION}",
+                )
         pending.append((svc, [f for f in wanted if f not in got], candidates))
         out.ips[svc.key] = _ordered(got)
 
@@ -279,6 +296,10 @@ def allocate(
     return out
 
 
+RULES = (
+    "(the same sharing key, l3lb.io/allow-shared-ip or an alias; no common protocol and port; the same "
+    "traffic policy and, for Local, the same selector)"
+)
 KEPT = (
     "kept in status but announced by no node; to move the Service, name a pool with "
     f"{POOL_ANNOTATION} or request an IP in one"

@@ -37,7 +37,9 @@ BATCH = 0.05
 
 
 class StatusWriter(Protocol):
-    def status(self, key: Key, ips: tuple[str, ...], resource_version: str = "") -> None: ...
+    def status(
+        self, key: Key, ips: tuple[str, ...], resource_version: str = "", take_over: bool = False
+    ) -> None: ...
     def drop_status(self) -> None: ...
     def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None: ...
 
@@ -198,7 +200,11 @@ class Allocator:
         result = allocate(view.values(), self.config.pools, self.field_manager)
         for key, ips in result.ips.items():
             svc = view[key]
-            if ips == svc.ingress_ips or key in self._yielded:
+            if key in self._yielded:
+                continue
+            if ips == svc.ingress_ips:
+                if ips and self.field_manager not in svc.status_managers and key not in self._in_flight:
+                    self._take_over(svc, now)
                 continue
             self._write(svc, ips, now)
             if ips:
@@ -236,6 +242,22 @@ class Allocator:
                     continue
                 log.info("releasing %s of %s: not ours any more", ", ".join(svc.ingress_ips), fmt_key(key))
                 self._write(svc, (), now)
+
+    def _take_over(self, svc: Service, now: float) -> None:
+        """Status that another controller wrote (or that nobody owns), with the IPs we decided on: kept as
+        it is, and from now on ours (managedFields), so that it is handled as the rest of what we wrote."""
+        who = ", ".join(svc.status_managers) or "nobody"
+        log.info("taking over %s of %s from %s", ", ".join(svc.ingress_ips), fmt_key(svc.key), who)
+        self.writer.status(svc.key, svc.ingress_ips, svc.resource_version, take_over=True)
+        self._written[svc.key] = (svc.ingress_ips, now)
+        self._in_flight.add(svc.key)
+        self.writer.event(
+            svc.key,
+            svc.uid,
+            "Normal",
+            "TakenOver",
+            f"kept {', '.join(svc.ingress_ips)}, which {who} wrote in status; l3lb owns it now",
+        )
 
     def _write(self, svc: Service, ips: tuple[str, ...], now: float) -> None:
         log.debug("writing status of %s: %s", fmt_key(svc.key), ", ".join(ips) or "nothing")

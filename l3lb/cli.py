@@ -351,6 +351,46 @@ def check(
     sys.exit(1 if failed(results) else 0)
 
 
+@cli.command("import")
+@click.option(
+    "--file",
+    "-f",
+    "files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="YAML file of MetalLB, Cilium or PureLB objects (repeatable); without it, read the cluster.",
+)
+@click.option("--kubeconfig", envvar="L3LB_KUBECONFIG", type=click.Path(dir_okay=False))
+@click.option(
+    "--output",
+    "-o",
+    type=click.Choice(["yaml", "nix"]),
+    default="yaml",
+    show_default=True,
+    help="yaml: the agent's --config file; nix: an attribute set for services.l3lb.pools.",
+)
+def import_(files: tuple[str, ...], kubeconfig: str | None, output: str) -> None:
+    """Convert MetalLB IPAddressPools (with their BGPAdvertisements), Cilium CiliumLoadBalancerIPPools and
+    PureLB ServiceGroups into l3lb's pools; what has no equivalent is a comment naming the field."""
+    from .importer import ImportFailed, check, convert, from_cluster, load_files, to_nix, to_yaml
+
+    setup_logging("warning")
+    missing: list[str] = []
+    try:
+        objects = load_files(files) if files else None
+    except ImportFailed as err:
+        raise click.ClickException(str(err)) from None
+    if objects is None:
+        objects, missing = from_cluster(_api(kubeconfig))
+    imported = convert(objects)
+    imported.notes[:0] = [f"not read from the cluster: {m}" for m in missing]
+    if imported.pools:
+        check(imported)
+    click.echo(to_nix(imported) if output == "nix" else to_yaml(imported), nl=False)
+    if not imported.pools:
+        raise click.ClickException("no pools found to import")
+
+
 def _api(kubeconfig: str | None) -> Any:
     """The API for the one-shot commands: a kubeconfig that cannot be loaded is a one-line error."""
     from kubernetes.config.config_exception import ConfigException

@@ -106,6 +106,12 @@ class ApiSide:
             writer.start(self.stop)
             allocator.start(self.stop)
             self.elector.start(self.stop)
+        else:  # decide as a leader would and log it (l3lb/dryrun.py)
+            from .dryrun import DryRunWriter
+
+            agent.allocator = Allocator(config, DryRunWriter(), metrics, lease_namespace=self.lease_namespace)
+            agent.allocator.start(self.stop)
+            agent.allocator.on_leader(True)
 
         def on_restart(resource: str, err: Exception | None) -> None:
             metrics.watch_restarts.labels(resource).inc()

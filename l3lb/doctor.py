@@ -14,10 +14,10 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from . import permissions
+from . import permissions, traps
 from .config import Config, Network
 from .frr import Vtysh, check_config
-from .kube import Api, api_message, path
+from .kube import Api, api_message, pages, path
 from .leader import LEASE, LEASE_NAME, pools_fingerprint
 from .pools import fingerprint
 
@@ -69,6 +69,7 @@ class Doctor:
             self.check_netlink,
             self.check_frr,
             self.check_other_lbs,
+            self.check_takeover,
             self.check_arp,
         ]
 
@@ -264,6 +265,8 @@ class Doctor:
                 f"running config lacks {item}",
                 "add l3lb's FRR snippet (NixOS: services.l3lb.frr.enable = true; see nixos/frr.nix)",
             )
+        for certain, leak in traps.redistribution_leaks(running, self.config.prefixes):
+            yield Result("frr", FAIL if certain else WARN, leak, traps.LEAK_FIX)
         if not missing:
             weights = (
                 f", and every one of {self.config.weight_classes} weight classes"
@@ -291,6 +294,24 @@ class Doctor:
             )
         except ApiException:
             pass
+        try:  # ServiceLB's DaemonSets (svclb-<service>-<uid>), labelled by k3s' servicelb.go
+            daemonsets = self.api.get_json(
+                "/apis/apps/v1/daemonsets", query={"labelSelector": "svccontroller.k3s.cattle.io/svcname"}
+            )
+            names = [_ns_name(d) for d in daemonsets.get("items") or []]
+        except ApiException:
+            names = []
+        if names:
+            yield Result(
+                "other-lb",
+                FAIL,
+                f"k3s ServiceLB is enabled: its DaemonSets {', '.join(sorted(names)[:3])}"
+                + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                + " take the Services' ports on every node and write their status",
+                "start k3s with --disable=servicelb (NixOS: services.l3lb.disableServiceLB); k3s then "
+                "deletes the DaemonSets",
+            )
+            return
         try:
             pods = self.api.get_json(
                 "/api/v1/pods", query={"labelSelector": "svccontroller.k3s.cattle.io/svcname"}
@@ -314,6 +335,24 @@ class Doctor:
             )
         if not found:
             yield Result("other-lb", OK, "no MetalLB, no k3s ServiceLB pods")
+
+    def check_takeover(self) -> Iterator[Result]:
+        """Services of ours: another controller still writing their status, IPs the allocator would
+        change, and the other projects' annotations that l3lb reads otherwise (l3lb/traps.py)."""
+        if not self.api_ok:
+            yield Result("takeover", SKIP, "no API connection")
+            return
+        try:
+            objects = [
+                o
+                for page in pages(self.api, "/api/v1/services", {"fieldSelector": "spec.type=LoadBalancer"})
+                for o in page.get("items") or []
+            ]
+        except ApiException as err:
+            yield Result("takeover", WARN, f"cannot list Services: {api_message(err)}", RBAC_FIX)
+            return
+        for check, status, message, fix in traps.takeover(objects, self.config, self.lease_namespace):
+            yield Result(check, status, message, fix)
 
     def check_pools(self) -> Iterator[Result]:
         """This agent's pools against the elected allocator's (the fingerprint on its Lease)."""
@@ -368,6 +407,11 @@ class Doctor:
                 "sysctl -w net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 "
                 "(NixOS: services.l3lb.arpSysctls = true)",
             )
+
+
+def _ns_name(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
 def _short(err: Exception) -> str:

@@ -182,6 +182,12 @@ class Api:
             self.request("PATCH", url_path, body=body, content_type="application/merge-patch+json", **kw).data
         )
 
+    def apply(self, url_path: str, body: Any, **kw: Any) -> Any:
+        """Server-side apply (``query`` carries fieldManager and force)."""
+        return json.loads(
+            self.request("PATCH", url_path, body=body, content_type="application/apply-patch+yaml", **kw).data
+        )
+
     def post(self, url_path: str, body: Any, **kw: Any) -> Any:
         return json.loads(
             self.request("POST", url_path, body=body, content_type="application/json", **kw).data

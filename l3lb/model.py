@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import aliases
+from .aliases import IPS_ANNOTATION as IPS_ANNOTATION
+from .aliases import POOL_ANNOTATION as POOL_ANNOTATION
+from .aliases import SHARING_ANNOTATION as SHARING_ANNOTATION
+
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
 
-IPS_ANNOTATION = "l3lb.io/load-balancer-ips"
-SHARING_ANNOTATION = "l3lb.io/allow-shared-ip"
-POOL_ANNOTATION = "l3lb.io/address-pool"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 AUTOSCALER_TAINT = "ToBeDeletedByClusterAutoscaler"
@@ -55,7 +57,8 @@ class Service:
     ingress_ips: tuple[str, ...]
     """``status.loadBalancer.ingress[].ip``: what kube-proxy routes, so what we announce."""
     requested_ips: tuple[str, ...]
-    """From the ``l3lb.io/load-balancer-ips`` annotation, else the deprecated ``spec.loadBalancerIP``."""
+    """From the ``l3lb.io/load-balancer-ips`` annotation or an alias (``l3lb/aliases.py``), else the
+    deprecated ``spec.loadBalancerIP``."""
     request_error: str | None = None
     # What the allocator needs besides:
     created: str = ""
@@ -64,38 +67,29 @@ class Service:
     """``spec.ipFamilies`` as the apiserver filled it in, e.g. ("IPv4", "IPv6")."""
     family_policy: str = "SingleStack"
     sharing_key: str | None = None
-    """The ``l3lb.io/allow-shared-ip`` annotation: Services with the same key may share an IP."""
+    """The ``l3lb.io/allow-shared-ip`` annotation or an alias: Services with the same key may share an IP."""
+    sharing_namespaces: tuple[str, ...] | None = None
+    """Other namespaces it may share with: None for any; Cilium's keys are per namespace unless listed."""
     ports: tuple[tuple[str, int], ...] = ()
     """(protocol, port) pairs, sorted, each once. Tuples rather than frozensets here and below: a small
     frozenset takes four times the memory, and the agent holds one per Service."""
     selector: tuple[tuple[str, str], ...] = ()
     pool: str | None = None
-    """The ``l3lb.io/address-pool`` annotation: the pool the Service asks for."""
+    """The ``l3lb.io/address-pool`` annotation (or an alias): the pool the Service asks for."""
     labels: tuple[tuple[str, str], ...] = ()
     """For the pools' Service selectors."""
     status_managers: tuple[str, ...] = ()
     """The field managers that own status.loadBalancer (managedFields): who wrote it."""
+    notes: tuple[tuple[str, str], ...] = ()
+    """Warnings (reason, message) about its annotations: aliases that disagree, values l3lb cannot honour."""
     resource_version: str = field(default="", compare=False)
     """For conditional status writes; not part of the value, so that a bump alone is no change."""
 
 
 def parse_requested(annotations: dict[str, str], spec: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
-    """The requested IPs and, if the request is malformed, why."""
-    raw = annotations.get(IPS_ANNOTATION)
-    source = f"annotation {IPS_ANNOTATION}"
-    if raw is None:
-        raw, source = spec.get("loadBalancerIP") or "", "spec.loadBalancerIP"
-    ips: list[str] = []
-    for part in raw.split(","):
-        if not part.strip():
-            continue
-        try:
-            ip = canonical_ip(part)
-        except ValueError:
-            return (), f"{source}: {part.strip()!r} is not an IP address"
-        if ip not in ips:
-            ips.append(ip)
-    return tuple(ips), None
+    """The requested IPs and, if the request is malformed, why (aliases included: ``l3lb/aliases.py``)."""
+    read = aliases.read(annotations, spec)
+    return read.requested, read.request_error
 
 
 def parse_service(obj: dict[str, Any]) -> Service:
@@ -108,7 +102,7 @@ def parse_service(obj: dict[str, Any]) -> Service:
             ips.append(canonical_ip(entry.get("ip") or ""))
         except ValueError:
             continue  # hostname-only ingress entries carry no IP
-    requested, error = parse_requested(meta.get("annotations") or {}, spec)
+    read = aliases.read(meta.get("annotations") or {}, spec)
     return Service(
         key=key_of(obj, shared=True),
         uid=meta.get("uid") or "",
@@ -116,19 +110,21 @@ def parse_service(obj: dict[str, Any]) -> Service:
         load_balancer_class=spec.get("loadBalancerClass"),
         local_policy=spec.get("externalTrafficPolicy") == "Local",
         ingress_ips=tuple(ips),
-        requested_ips=requested,
-        request_error=error,
+        requested_ips=read.requested,
+        request_error=read.request_error,
         created=meta.get("creationTimestamp") or "",
         families=tuple(map(sys.intern, spec.get("ipFamilies") or ())),
         family_policy=sys.intern(spec.get("ipFamilyPolicy") or "SingleStack"),
-        sharing_key=(meta.get("annotations") or {}).get(SHARING_ANNOTATION) or None,
+        sharing_key=read.sharing_key,
+        sharing_namespaces=read.sharing_namespaces,
         ports=tuple(
             sorted({(p.get("protocol") or "TCP", int(p.get("port") or 0)) for p in spec.get("ports") or []})
         ),
         selector=tuple(sorted((spec.get("selector") or {}).items())),
-        pool=(meta.get("annotations") or {}).get(POOL_ANNOTATION) or None,
+        pool=read.pool,
         labels=tuple(sorted((meta.get("labels") or {}).items())),
         status_managers=_status_managers(meta.get("managedFields") or []),
+        notes=read.notes,
         resource_version=meta.get("resourceVersion") or "",
     )
 

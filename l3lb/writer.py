@@ -5,7 +5,9 @@ once a minute, so a flapping input can never flood the API).
 Status writes are the allocator's: each is a merge patch conditional on the resourceVersion it was decided
 on (a 409 sends the Service back to the allocator), made as field manager ``l3lb/<lease namespace>`` (so
 managedFields say which group of agents wrote it), and only while ``may_write()`` (the election: we lead);
-the allocator drops what is queued when leadership is lost.
+the allocator drops what is queued when leadership is lost. A takeover (status another controller wrote,
+kept as it is) is a server-side apply of the same value instead: a merge patch that changes nothing
+changes no ownership either, while an apply makes our field manager an owner of it.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class Writer:
         self.on_refused = on_refused
         """Told when a status write is refused because the Service changed since the decision (409)."""
         self._cond = threading.Condition()
-        self._status: dict[Key, tuple[tuple[str, ...], str]] = {}
+        self._status: dict[Key, tuple[tuple[str, ...], str, bool]] = {}
         self._events: deque[tuple[Key, str, str, str, str, str]] = deque(maxlen=1000)
         self._seen: dict[tuple[Key, str, str], _Seen] = {}
         self._denied: set[str] = set()
@@ -110,11 +112,14 @@ class Writer:
         self.dropped = 0
 
     # ---- requests from the sync loop (never block)
-    def status(self, key: Key, ips: tuple[str, ...], resource_version: str = "") -> None:
+    def status(
+        self, key: Key, ips: tuple[str, ...], resource_version: str = "", take_over: bool = False
+    ) -> None:
         """Asks for ``status.loadBalancer.ingress`` of ``key`` to become ``ips`` (ipMode VIP), if the
-        Service is still at ``resource_version`` (when given)."""
+        Service is still at ``resource_version`` (when given); ``take_over``: it is that already, written
+        by another field manager, and becomes ours (server-side apply)."""
         with self._cond:
-            self._status[key] = (ips, resource_version)
+            self._status[key] = (ips, resource_version, take_over)
             self._cond.notify()
 
     def drop_status(self) -> None:
@@ -164,19 +169,29 @@ class Writer:
                 for ev in events:
                     self._write_event(*ev)
 
-    def _write_status(self, key: Key, ips: tuple[str, ...], resource_version: str) -> None:
+    def _write_status(
+        self, key: Key, ips: tuple[str, ...], resource_version: str, take_over: bool = False
+    ) -> None:
         if not self.may_write():
             log.debug("not writing status of %s: not leading", fmt_key(key))
             return
         body: dict = {"status": {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in ips]}}}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
+        url = path(STATUS_PATH, ns=key[0], name=key[1])
         try:
-            self.api.merge_patch(
-                path(STATUS_PATH, ns=key[0], name=key[1]), body, query={"fieldManager": self.field_manager}
-            )
+            if take_over:
+                meta = {"name": key[1], "namespace": key[0], **body.get("metadata", {})}
+                self.api.apply(
+                    url,
+                    {"apiVersion": "v1", "kind": "Service", **body, "metadata": meta},
+                    query={"fieldManager": self.field_manager, "force": "true"},
+                )
+            else:
+                self.api.merge_patch(url, body, query={"fieldManager": self.field_manager})
             log.info(
-                "published %s for %s in status.loadBalancer.ingress",
+                "%s %s for %s in status.loadBalancer.ingress",
+                "took over" if take_over else "published",
                 ", ".join(ips) or "nothing",
                 fmt_key(key),
             )

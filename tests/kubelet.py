@@ -202,3 +202,21 @@ def lease_holder(core: client.CoreV1Api, namespace: str, name: str = "l3lb-alloc
             return ""
         raise
     return lease.spec.holder_identity or ""
+
+
+def write_status_as(
+    core: client.CoreV1Api, namespace: str, name: str, ips: list[str], binary: str = "controller"
+) -> None:
+    """Writes status.loadBalancer.ingress as another load balancer's controller does: an update of the
+    status subresource (client-go's UpdateStatus: a PUT) with no field manager, from a client whose
+    User-Agent starts with its binary's name, as client-go's default does; the apiserver then records that
+    name as the field manager (MetalLB's controller: ``controller``)."""
+    from l3lb.kube import Api
+
+    own = client.ApiClient(core.api_client.configuration)
+    own.user_agent = f"{binary}/v0.0.0 (linux/amd64) kubernetes/0000000"
+    api = Api(own)
+    path = f"/api/v1/namespaces/{namespace}/services/{name}"
+    svc = api.get_json(path)
+    svc["status"] = {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}}
+    api.put(f"{path}/status", svc)

@@ -212,10 +212,13 @@ class FakeWriter:
     def __init__(self) -> None:
         self.writes: list[tuple[str, tuple[str, ...], str]] = []
         self.warnings: list[str] = []
+        self.take_overs: list[str] = []
         self.drops = 0
 
-    def status(self, key, ips, resource_version="") -> None:  # type: ignore[no-untyped-def]
+    def status(self, key, ips, resource_version="", take_over=False) -> None:  # type: ignore[no-untyped-def]
         self.writes.append((key[1], ips, resource_version))
+        if take_over:
+            self.take_overs.append(key[1])
 
     def drop_status(self) -> None:
         self.drops += 1

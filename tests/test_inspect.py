@@ -3,16 +3,19 @@ formats: a healthy node, and each check failing on its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 from collections.abc import Iterator
 
 import pytest
-from kubelet import wait_for
+from kubelet import create_lb_service, wait_for
 from kubernetes import client
 from lab import NAMESPACE, VIP, VIP6, Lab
 from testenv import ControlPlane
+
+from l3lb.kube import Api
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.frr, pytest.mark.nix]
 
@@ -81,9 +84,14 @@ def test_check_passes_on_a_healthy_node(lab: Lab) -> None:
         "netlink",
         "frr",
         "other-lb",
+        "takeover",
         "arp",
     }
     assert all(statuses(r) <= {"ok", "warn"} for r in results.values()), results
+    (takeover,) = results["takeover"]  # other tests' class-less Services may be counted too
+    assert takeover["message"].endswith(
+        "Service(s) of ours: status written by l3lb or by nobody, every IP kept"
+    )
     (pools,) = results["pools"]
     assert pools["status"] == "ok" and "as the allocator's (node" in pools["message"], pools
     # the agent identity may not list pods: the ServiceLB look-up says so instead of guessing
@@ -203,6 +211,97 @@ def test_check_finds_other_load_balancers(
 
         results = wait_for(metallb_seen, timeout=30, interval=1, what="MetalLB in API discovery")
         assert_fails(results, "other-lb", "MetalLB is installed", "k3s ServiceLB is active (svclb-echo-abcde")
+        # ServiceLB's DaemonSet, as k3s' servicelb.go labels it (no DaemonSet controller runs here)
+        client.AppsV1Api(api).create_namespaced_daemon_set(NAMESPACE, SVCLB_DAEMONSET)
+        results = check_json(lab, "node1", "--kubeconfig", admin)[1]
+        assert_fails(results, "other-lb", "k3s ServiceLB is enabled: its DaemonSets lab/svclb-echo-0123abcd")
     finally:
         ext.delete_custom_resource_definition("ipaddresspools.metallb.io")
         core.delete_namespaced_pod("svclb-echo-abcde", NAMESPACE, grace_period_seconds=0)
+        with contextlib.suppress(client.ApiException):
+            client.AppsV1Api(api).delete_namespaced_daemon_set("svclb-echo-0123abcd", NAMESPACE)
+
+
+SVCLB_DAEMONSET = {
+    "metadata": {
+        "name": "svclb-echo-0123abcd",
+        "labels": {
+            "svccontroller.k3s.cattle.io/svcname": "echo",
+            "svccontroller.k3s.cattle.io/svcnamespace": NAMESPACE,
+            "svccontroller.k3s.cattle.io/nodeselector": "false",
+        },
+    },
+    "spec": {
+        "selector": {"matchLabels": {"app": "svclb-echo-0123abcd"}},
+        "template": {
+            "metadata": {"labels": {"app": "svclb-echo-0123abcd"}},
+            "spec": {"containers": [{"name": "lb-tcp-80", "image": "rancher/klipper-lb:v0.4.9"}]},
+        },
+    },
+}
+
+
+def test_check_finds_a_redistribution_that_lets_out_more(lab: Lab) -> None:
+    """On a real FRR: an entry ahead of l3lb's in its route-map that permits a wider prefix-list (as one
+    written for another load balancer's VIPs would), read back from FRR's own running config."""
+    frr = lab.node("node1").frr
+    frr.vtysh(
+        "configure terminal",
+        "ip prefix-list WIDE seq 5 permit 10.0.0.0/8 ge 32",
+        "route-map L3LB-V4 permit 5",
+        "match ip address prefix-list WIDE",
+    )
+    try:
+        code, results = check_json(lab, "node1")
+        assert code == 1
+        assert_fails(
+            results,
+            "frr",
+            "'redistribute connected' under address-family ipv4 unicast through route-map L3LB-V4: entry 5 "
+            "matches prefix-list WIDE, which permits 10.0.0.0/8, outside l3lb's prefixes",
+        )
+    finally:
+        frr.vtysh("configure terminal", "no route-map L3LB-V4 permit 5", "no ip prefix-list WIDE")
+    code, results = check_json(lab, "node1")
+    assert statuses(results["frr"]) <= {"ok", "warn"}, results["frr"]
+
+
+def test_check_finds_another_controllers_status_and_what_would_move(lab: Lab, core: client.CoreV1Api) -> None:
+    """Services of a class the lab's agents do not serve, checked as if they were ours: status that MetalLB
+    wrote, one that would move, and annotations l3lb reads otherwise."""
+    other = "example.com/other"
+    names = ["metallb-kept", "metallb-moves", "kube-vip-host"]
+    for name in names:
+        create_lb_service(
+            core,
+            NAMESPACE,
+            name,
+            selector={"app": name},
+            policy="Cluster",
+            lb_class=other,
+            annotations={"kube-vip.io/loadbalancerIPs": "lb.example.com"} if name == "kube-vip-host" else {},
+        )
+    try:
+        api = Api(core.api_client)
+        for name, ip in (("metallb-kept", "10.0.100.50"), ("metallb-moves", "192.0.2.50")):
+            api.merge_patch(
+                f"/api/v1/namespaces/{NAMESPACE}/services/{name}/status",
+                {"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}},
+                query={"fieldManager": "controller"},
+            )
+        code, results = check_json(lab, "node1", "--load-balancer-class", other, "--no-default-class")
+        assert code == 1
+        assert_fails(
+            results,
+            "takeover",
+            "status.loadBalancer of 2 Service(s) of ours was written by controller (MetalLB's controller",
+            "lab/metallb-moves would move from 192.0.2.50 to 10.0.100.",  # .1 or .2: oldest first
+        )
+        (warning,) = results["annotations"]
+        assert (
+            warning["status"] == "warn"
+            and "lab/kube-vip-host: kube-vip.io/loadbalancerIPs" in warning["message"]
+        )
+    finally:
+        for name in names:
+            core.delete_namespaced_service(name, NAMESPACE)
