@@ -175,6 +175,15 @@ HOPS = [
     ("R zebra queued", "R zebra to kernel", "R zebra: RIB work queue (hold) -> netlink"),
     ("R zebra to kernel", "R kernel route", "R kernel: route in the table (netlink event)"),
 ]
+WHAT_SETS_IT = {  # FRR 8.4.4 source lines (see the README's section on this bench)
+    "node zebra: RIB work queue (hold) -> redistribute": "zrouter.ribq->spec.hold = "
+    "ZEBRA_RIB_PROCESS_HOLD_TIME (10, zebra_router.h:179, zebra_rib.c:3714); `zebra work-queue 0` sets it "
+    "(zebra_vty.c:3835)",
+    "node bgpd: process queue (hold 50) -> UPDATE formed": "bgp->process_queue->spec.hold = 50 "
+    "(bgp_route.c:3402); no command sets it, in 8.4 and up to FRR 10.7 and master",
+    "R bgpd: process queue (hold 50) -> route to zebra": "the same constant in R's bgpd",
+    "R zebra: RIB work queue (hold) -> netlink": "R zebra's own 10 ms hold: `zebra work-queue 0` on R",
+}
 SPANS = [
     ("PATCH", "R kernel route", "total"),
     ("address on lo", "UPDATE on node wire", "node FRR: address -> UPDATE on the wire"),
@@ -566,22 +575,23 @@ def summarize(transitions: list[Transition], paths: list[str]) -> dict:
     return out
 
 
-def print_report(summary: dict, names: dict[str, str], direct: str, ref_ok: list[tuple[str, float]]) -> None:
+def print_report(summary: dict, names: dict[str, str], ref_ok: list[tuple[str, float]]) -> None:
+    """The table (each path next to the direct speaker under the same router settings), then the hops."""
     print(
         f"\n{'path to the router':58s}{'withdraw p50 / p99':>22s}{'announce p50 / p99':>22s}"
-        f"{'vs direct p50':>16s}"
+        f"{'over direct p50':>18s}"
     )
-    ref = summary.get(direct, {})
     for path, row in summary.items():
         cells = [
             f"{row[op]['p50']:.1f} / {row[op]['p99']:.1f} ms" if op in row else "-" for op in ("del", "add")
         ]
+        ref = summary.get("direct-rtuned" if path.endswith("rtuned") else "direct", {})
         vs = ""
-        if ref and path != direct and "add" in row and "add" in ref:
+        if ref and path.startswith("l3lb") and "add" in row and "add" in ref:  # floors start at netlink
             vs = (
-                f"+{row['del']['p50'] - ref['del']['p50']:.1f} / +{row['add']['p50'] - ref['add']['p50']:.1f}"
+                f"{row['del']['p50'] - ref['del']['p50']:+.1f} / {row['add']['p50'] - ref['add']['p50']:+.1f}"
             )
-        print(f"{names[path]:58s}{cells[0]:>22s}{cells[1]:>22s}{vs:>16s}")
+        print(f"{names[path]:58s}{cells[0]:>22s}{cells[1]:>22s}{vs:>18s}")
     if ref_ok:
         for op in ("add", "del"):
             d = [ms for o, ms in ref_ok if o == op]
@@ -599,6 +609,12 @@ def print_report(summary: dict, names: dict[str, str], direct: str, ref_ok: list
             if any(c is not None for c in cells):
                 txt = [f"{c:.2f}" if c is not None else "-" for c in cells]
                 print(f"  {what:66s}{txt[0]:>10s}{txt[1]:>10s}")
+
+
+def print_knobs() -> None:
+    print("\nwhat sets the hops that take time:")
+    for hop, what in WHAT_SETS_IT.items():
+        print(f"  {hop}: {what}")
 
 
 def main() -> int:
@@ -683,7 +699,8 @@ def main() -> int:
                 )
     signal.alarm(0)
     summary = summarize(bench.transitions, paths)
-    print_report(summary, names, "direct", bench.ref_ok)
+    print_report(summary, names, bench.ref_ok)
+    print_knobs()
     info["load_after"] = os.getloadavg()
     info["seconds"] = round(time.monotonic() - t_start)
     print(
