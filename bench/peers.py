@@ -175,7 +175,7 @@ HOPS = [
     ("R zebra queued", "R zebra to kernel", "R zebra: RIB work queue (hold) -> netlink"),
     ("R zebra to kernel", "R kernel route", "R kernel: route in the table (netlink event)"),
 ]
-WHAT_SETS_IT = {  # FRR 8.4.4 source lines (see the README's section on this bench)
+WHAT_SETS_IT = {  # with FRR 8.4.4's source lines (Debian 12's frr 8.4.4)
     "node zebra: RIB work queue (hold) -> redistribute": "zrouter.ribq->spec.hold = "
     "ZEBRA_RIB_PROCESS_HOLD_TIME (10, zebra_router.h:179, zebra_rib.c:3714); `zebra work-queue 0` sets it "
     "(zebra_vty.c:3835)",
