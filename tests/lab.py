@@ -84,13 +84,29 @@ print(json.dumps(seen))
 """
 
 
-def frr_snippet(prefixes: list[str], asn: int, classes: int = 0, pools: list[dict] | None = None) -> str:
+def frr_snippet(
+    prefixes: list[str],
+    asn: int,
+    classes: int = 0,
+    pools: list[dict] | None = None,
+    uplinks: dict | None = None,
+) -> str:
     """What the NixOS module appends to services.frr.config, from its pure Nix function; ``pools`` as the
-    module passes them (name, prefixes, bgp attributes)."""
+    module passes them (name, prefixes, bgp attributes); ``uplinks`` as frr.nix takes it (None: null)."""
     args = f"prefixes = {nix_list(prefixes)}; asn = {asn}; classes = {classes};"
     if pools:
         args += f" pools = builtins.fromJSON {json.dumps(json.dumps(pools))};"
+    if uplinks is not None:
+        args += f" uplinks = builtins.fromJSON {json.dumps(json.dumps(uplinks))};"
     return nix_eval(f"import ./nixos/frr.nix {{ {args} }}")
+
+
+def nixos_frr_conf(hostname: str, config: str) -> str:
+    """/etc/frr/frr.conf as NixOS' FRR module writes it from services.frr.config (no ``frr defaults``)."""
+    return (
+        f"! FRR configuration\n!\nhostname {hostname}\nlog syslog\nservice password-encryption\n"
+        f"service integrated-vtysh-config\n!\n{config}\n!\nend\n"
+    )
 
 
 def nix_eval(expr: str) -> Any:
@@ -117,37 +133,98 @@ def _interface_ra(name: str) -> str:
 
 @dataclass
 class Frr:
-    """zebra and bgpd in one namespace, as children we can wait on (no daemonising, no zombies)."""
+    """FRR's daemons in one namespace, as children we can wait on (no daemonising, no zombies).
+
+    ``start`` gives zebra, bgpd (and bfdd, with a config of its own) each their file, under the profile those
+    files name. ``start_integrated`` loads one file as NixOS does: the daemons start empty under FRR's
+    ``traditional`` profile (NixOS writes no ``frr defaults``), then ``vtysh -b`` sends each its part of
+    ``frr.conf``; a daemon restarted alone gets its part again with ``vtysh -b -d DAEMON``, as frrinit.sh
+    does."""
 
     ns: NetNS
     dir: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    daemons: dict[str, subprocess.Popen] = field(default_factory=dict)
+    integrated: bool = False
+    profile: str | None = None
+    names: list[str] = field(default_factory=list)
+    """The daemons started, in order (those killed too)."""
 
-    def start(self, zebra_conf: str, bgpd_conf: str) -> None:
+    def start(self, zebra_conf: str, bgpd_conf: str, bfdd_conf: str | None = None) -> None:
+        files = {"zebra.conf": zebra_conf, "bgpd.conf": bgpd_conf}
+        if bfdd_conf is not None:
+            files["bfdd.conf"] = bfdd_conf
+        self._files(files, vtysh="")
+        for daemon in ("zebra", "bgpd", "bfdd") if bfdd_conf is not None else ("zebra", "bgpd"):
+            self.spawn(daemon)
+
+    def start_integrated(self, config: str, *, bfdd: bool = True, profile: str = "traditional") -> None:
+        self.integrated, self.profile = True, profile
+        self._files({"frr.conf": config, "empty.conf": ""}, vtysh="service integrated-vtysh-config\n")
+        daemons = ("zebra", "bgpd", "bfdd") if bfdd else ("zebra", "bgpd")
+        for daemon in daemons:
+            self.spawn(daemon)
+        for daemon in daemons:
+            self._wait_vty(daemon)
+        self._vtysh_b()
+
+    def _files(self, files: dict[str, str], vtysh: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "vtysh.conf").write_text("")
-        (self.dir / "zebra.conf").write_text(zebra_conf)
-        (self.dir / "bgpd.conf").write_text(bgpd_conf)
+        (self.dir / "vtysh.conf").write_text(vtysh)
+        for name, text in files.items():
+            (self.dir / name).write_text(text)
         frr = pwd.getpwnam("frr")
         for path in [self.dir, *self.dir.iterdir()]:
             os.chown(path, frr.pw_uid, frr.pw_gid)
-        common = ["-z", str(self.dir / "zserv.api"), "--vty_socket", str(self.dir), "-P", "0"]
-        for daemon in ("zebra", "bgpd"):
-            self.procs.append(
-                self.ns.popen(
-                    [
-                        str(FRR / daemon),
-                        "-f",
-                        str(self.dir / f"{daemon}.conf"),
-                        "-i",
-                        str(self.dir / f"{daemon}.pid"),
-                        *common,
-                    ],
-                    daemon,
-                )
-            )
-            if daemon == "zebra":
-                _wait(lambda: (self.dir / "zserv.api").exists(), 10, "zebra's zserv socket")
+
+    def spawn(self, daemon: str) -> subprocess.Popen:
+        """Starts ``daemon`` with its file (``empty.conf`` when integrated); zebra: waits for its socket."""
+        conf = self.dir / ("empty.conf" if self.integrated else f"{daemon}.conf")
+        argv = [str(FRR / daemon), "-f", str(conf), "-i", str(self.dir / f"{daemon}.pid")]
+        argv += ["-z", str(self.dir / "zserv.api"), "--vty_socket", str(self.dir), "-P", "0"]
+        if self.profile:
+            argv += ["-F", self.profile]
+        if daemon == "bfdd":  # FRR 8.4: else every namespace's bfdd re-binds the one default control socket
+            argv += ["--bfdctl", str(self.dir / "bfdd.sock")]
+        # A socket left by an earlier run would pass for the new daemon's.
+        (self.dir / f"{daemon}.vty").unlink(missing_ok=True)
+        if daemon == "zebra":
+            (self.dir / "zserv.api").unlink(missing_ok=True)
+        proc = self.ns.popen(argv, daemon)
+        self.procs.append(proc)
+        self.daemons[daemon] = proc
+        if daemon not in self.names:
+            self.names.append(daemon)
+        if daemon == "zebra":
+            _wait(lambda: (self.dir / "zserv.api").exists(), 10, "zebra's zserv socket")
+        return proc
+
+    def kill(self, daemon: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Sends ``sig`` to ``daemon`` alone; after SIGKILL or SIGTERM, waits for it and forgets it."""
+        proc = self.daemons[daemon]
+        proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            proc.wait(10)
+            self.procs.remove(proc)
+            self.ns.procs.remove(proc)
+            del self.daemons[daemon]
+
+    def restart(self, daemon: str) -> None:
+        """Starts ``daemon`` again (after ``kill``), with its configuration."""
+        self.spawn(daemon)
+        if self.integrated:
+            self._wait_vty(daemon)
+            self._vtysh_b(daemon)
+
+    def _wait_vty(self, daemon: str) -> None:
+        _wait(lambda: (self.dir / f"{daemon}.vty").exists(), 10, f"{daemon}'s vty socket")
+
+    def _vtysh_b(self, daemon: str | None = None) -> None:
+        argv = ["vtysh", "--config_dir", str(self.dir), "--vty_socket", str(self.dir), "-b"]
+        argv += ["-d", daemon] if daemon else []
+        out = self.ns.run(argv, env={**os.environ, "HOME": str(self.dir)}, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"vtysh -b failed ({out.returncode}): {out.stdout}{out.stderr}")
 
     def vtysh(self, *commands: str) -> str:
         argv = ["vtysh", "--config_dir", str(self.dir), "--vty_socket", str(self.dir)]
