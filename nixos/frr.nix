@@ -41,6 +41,8 @@
 #   through a route-map that does not exist); its `activate` is rendered too, for configs with `no bgp
 #   default ipv4-unicast` (FRR leaves the line out of its running config otherwise). IPv4 routes get IPv6
 #   link-local next hops (extended next hop, automatic on interface peers).
+# - Two or more interfaces: `bgp bestpath as-path multipath-relax`, so that the node's own traffic uses
+#   every uplink when the routers have different AS numbers (`maximum-paths` is FRR's maximum by default).
 # - Timers 3/9 s. Without BFD the hold time is the failure detection, and the traditional 180 s would keep
 #   a dead node's share of the traffic going to it for three minutes (a session takes the lower of the two
 #   sides' hold times: the routers need no change). With BFD too: FRR 10.4.0-10.5.4 waits 30 s before it
@@ -168,7 +170,6 @@ let
       ] else [ ]);
       global =
         (if routerId != null then [ " bgp router-id ${routerId}" ] else [ ])
-        # Two uplinks to routers of different AS numbers: both carry the node's own traffic out.
         ++ (if builtins.length interfaces > 1 then [ " bgp bestpath as-path multipath-relax" ] else [ ])
         ++ (if gr.enable then [
           " bgp graceful-restart"
