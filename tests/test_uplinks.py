@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from kubelet import wait_for
-from lab import VIP, VIP6, Frr, Lab, LabNode, frr_snippet, ip, nixos_frr_conf
+from lab import VIP, VIP6, Frr, Lab, LabNode, frr_snippet, ip, nix_eval, nixos_frr_conf
 from netns import NetNS
 
 VIPS = (VIP, VIP6)
@@ -36,7 +36,10 @@ class Fault:
 
 
 def _link(up: bool) -> Callable[[LabNode], None]:
-    return lambda node: ip("-n", node.ns.name, "link", "set", "eth-r", "up" if up else "down") and None
+    def switch(node: LabNode) -> None:
+        ip("-n", node.ns.name, "link", "set", "eth-r", "up" if up else "down")
+
+    return switch
 
 
 def _signal_frr(sig: signal.Signals) -> Callable[[LabNode], None]:
@@ -261,10 +264,12 @@ def test_uplinks_text_is_accepted_whole_by_a_real_frr(workdir: Path, case: str) 
         assert peers[interface]["bgpTimerConfiguredHoldTimeMsecs"] == hold * 1000
 
 
+@pytest.mark.nix
 def test_without_uplinks_the_output_is_unchanged() -> None:
-    """``uplinks = null`` (the default) renders exactly what frr.nix rendered before it had the argument."""
+    """``uplinks = null`` is the same as no ``uplinks``: the redistribution alone, no session of any kind."""
     plain = frr_snippet(["10.0.100.0/24", "fd00:100::/64"], 65101, 2)
-    assert frr_snippet(["10.0.100.0/24", "fd00:100::/64"], 65101, 2, None, None) == plain
+    args = 'prefixes = [ "10.0.100.0/24" "fd00:100::/64" ]; asn = 65101; classes = 2; uplinks = null;'
+    assert nix_eval(f"import ./nixos/frr.nix {{ {args} }}") == plain
     assert "UPLINKS" not in plain and "neighbor" not in plain and "bfd" not in plain
 
 
