@@ -15,6 +15,15 @@ zebra's follows the highest lo address: a service VIP); ``ipv6 nd ra-lifetime 0`
 RAs); IPv6 DAD off in every namespace (tentative link-locals delay BGP by 2-3 s). The router has
 ``bgp bestpath as-path multipath-relax`` and ``maximum-paths 16`` for ECMP across nodes of different ASNs,
 and ``fib_multipath_hash_policy=1`` to spread flows by L4 hash. ``zebra work-queue`` stays at its default.
+
+Options for the uplinks tests (``tests/test_uplinks.py``): ``uplinks={...}`` gives the nodes nothing but what
+``nixos/frr.nix`` renders with that ``uplinks`` argument (plus NixOS' frr.conf header), loaded as NixOS does
+under FRR's default ``traditional`` profile, with bfdd; ``router_bfd`` runs BFD on the router's side;
+``switch`` puts an L2 bridge between the router and each node (a node's link going down is then no carrier
+loss at the router); ``cluster=False`` leaves out Kubernetes (no control plane, Nodes or agents).
+``L3LB_LAB_UPLINKS=1`` in the environment makes ``uplinks={}`` with ``router_bfd`` every lab's default, to
+run any lab test on the rendered config (not the default: tests/soak.py restarts FRR from zebra.conf and
+bgpd.conf, which such a node does not have).
 """
 
 from __future__ import annotations
@@ -84,13 +93,29 @@ print(json.dumps(seen))
 """
 
 
-def frr_snippet(prefixes: list[str], asn: int, classes: int = 0, pools: list[dict] | None = None) -> str:
+def frr_snippet(
+    prefixes: list[str],
+    asn: int,
+    classes: int = 0,
+    pools: list[dict] | None = None,
+    uplinks: dict | None = None,
+) -> str:
     """What the NixOS module appends to services.frr.config, from its pure Nix function; ``pools`` as the
-    module passes them (name, prefixes, bgp attributes)."""
+    module passes them (name, prefixes, bgp attributes); ``uplinks`` as frr.nix takes it (None: null)."""
     args = f"prefixes = {nix_list(prefixes)}; asn = {asn}; classes = {classes};"
     if pools:
         args += f" pools = builtins.fromJSON {json.dumps(json.dumps(pools))};"
+    if uplinks is not None:
+        args += f" uplinks = builtins.fromJSON {json.dumps(json.dumps(uplinks))};"
     return nix_eval(f"import ./nixos/frr.nix {{ {args} }}")
+
+
+def nixos_frr_conf(hostname: str, config: str) -> str:
+    """/etc/frr/frr.conf as NixOS' FRR module writes it from services.frr.config (no ``frr defaults``)."""
+    return (
+        f"! FRR configuration\n!\nhostname {hostname}\nlog syslog\nservice password-encryption\n"
+        f"service integrated-vtysh-config\n!\n{config}\n!\nend\n"
+    )
 
 
 def nix_eval(expr: str) -> Any:
@@ -117,37 +142,98 @@ def _interface_ra(name: str) -> str:
 
 @dataclass
 class Frr:
-    """zebra and bgpd in one namespace, as children we can wait on (no daemonising, no zombies)."""
+    """FRR's daemons in one namespace, as children we can wait on (no daemonising, no zombies).
+
+    ``start`` gives zebra, bgpd (and bfdd, with a config of its own) each their file, under the profile those
+    files name. ``start_integrated`` loads one file as NixOS does: the daemons start empty under FRR's
+    ``traditional`` profile (NixOS writes no ``frr defaults``), then ``vtysh -b`` sends each its part of
+    ``frr.conf``; a daemon restarted alone gets its part again with ``vtysh -b -d DAEMON``, as frrinit.sh
+    does."""
 
     ns: NetNS
     dir: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
+    daemons: dict[str, subprocess.Popen] = field(default_factory=dict)
+    integrated: bool = False
+    profile: str | None = None
+    names: list[str] = field(default_factory=list)
+    """The daemons started, in order (those killed too)."""
 
-    def start(self, zebra_conf: str, bgpd_conf: str) -> None:
+    def start(self, zebra_conf: str, bgpd_conf: str, bfdd_conf: str | None = None) -> None:
+        files = {"zebra.conf": zebra_conf, "bgpd.conf": bgpd_conf}
+        if bfdd_conf is not None:
+            files["bfdd.conf"] = bfdd_conf
+        self._files(files, vtysh="")
+        for daemon in ("zebra", "bgpd", "bfdd") if bfdd_conf is not None else ("zebra", "bgpd"):
+            self.spawn(daemon)
+
+    def start_integrated(self, config: str, *, bfdd: bool = True, profile: str = "traditional") -> None:
+        self.integrated, self.profile = True, profile
+        self._files({"frr.conf": config, "empty.conf": ""}, vtysh="service integrated-vtysh-config\n")
+        daemons = ("zebra", "bgpd", "bfdd") if bfdd else ("zebra", "bgpd")
+        for daemon in daemons:
+            self.spawn(daemon)
+        for daemon in daemons:
+            self._wait_vty(daemon)
+        self._vtysh_b()
+
+    def _files(self, files: dict[str, str], vtysh: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "vtysh.conf").write_text("")
-        (self.dir / "zebra.conf").write_text(zebra_conf)
-        (self.dir / "bgpd.conf").write_text(bgpd_conf)
+        (self.dir / "vtysh.conf").write_text(vtysh)
+        for name, text in files.items():
+            (self.dir / name).write_text(text)
         frr = pwd.getpwnam("frr")
         for path in [self.dir, *self.dir.iterdir()]:
             os.chown(path, frr.pw_uid, frr.pw_gid)
-        common = ["-z", str(self.dir / "zserv.api"), "--vty_socket", str(self.dir), "-P", "0"]
-        for daemon in ("zebra", "bgpd"):
-            self.procs.append(
-                self.ns.popen(
-                    [
-                        str(FRR / daemon),
-                        "-f",
-                        str(self.dir / f"{daemon}.conf"),
-                        "-i",
-                        str(self.dir / f"{daemon}.pid"),
-                        *common,
-                    ],
-                    daemon,
-                )
-            )
-            if daemon == "zebra":
-                _wait(lambda: (self.dir / "zserv.api").exists(), 10, "zebra's zserv socket")
+
+    def spawn(self, daemon: str) -> subprocess.Popen:
+        """Starts ``daemon`` with its file (``empty.conf`` when integrated); zebra: waits for its socket."""
+        conf = self.dir / ("empty.conf" if self.integrated else f"{daemon}.conf")
+        argv = [str(FRR / daemon), "-f", str(conf), "-i", str(self.dir / f"{daemon}.pid")]
+        argv += ["-z", str(self.dir / "zserv.api"), "--vty_socket", str(self.dir), "-P", "0"]
+        if self.profile:
+            argv += ["-F", self.profile]
+        if daemon == "bfdd":  # FRR 8.4: else every namespace's bfdd re-binds the one default control socket
+            argv += ["--bfdctl", str(self.dir / "bfdd.sock")]
+        # A socket left by an earlier run would pass for the new daemon's.
+        (self.dir / f"{daemon}.vty").unlink(missing_ok=True)
+        if daemon == "zebra":
+            (self.dir / "zserv.api").unlink(missing_ok=True)
+        proc = self.ns.popen(argv, daemon)
+        self.procs.append(proc)
+        self.daemons[daemon] = proc
+        if daemon not in self.names:
+            self.names.append(daemon)
+        if daemon == "zebra":
+            _wait(lambda: (self.dir / "zserv.api").exists(), 10, "zebra's zserv socket")
+        return proc
+
+    def kill(self, daemon: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Sends ``sig`` to ``daemon`` alone; after SIGKILL or SIGTERM, waits for it and forgets it."""
+        proc = self.daemons[daemon]
+        proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            proc.wait(10)
+            self.procs.remove(proc)
+            self.ns.procs.remove(proc)
+            del self.daemons[daemon]
+
+    def restart(self, daemon: str) -> None:
+        """Starts ``daemon`` again (after ``kill``), with its configuration."""
+        self.spawn(daemon)
+        if self.integrated:
+            self._wait_vty(daemon)
+            self._vtysh_b(daemon)
+
+    def _wait_vty(self, daemon: str) -> None:
+        _wait(lambda: (self.dir / f"{daemon}.vty").exists(), 10, f"{daemon}'s vty socket")
+
+    def _vtysh_b(self, daemon: str | None = None) -> None:
+        argv = ["vtysh", "--config_dir", str(self.dir), "--vty_socket", str(self.dir), "-b"]
+        argv += ["-d", daemon] if daemon else []
+        out = self.ns.run(argv, env={**os.environ, "HOME": str(self.dir)}, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"vtysh -b failed ({out.returncode}): {out.stdout}{out.stderr}")
 
     def vtysh(self, *commands: str) -> str:
         argv = ["vtysh", "--config_dir", str(self.dir), "--vty_socket", str(self.dir)]
@@ -286,12 +372,30 @@ class Lab:
         control_plane: ControlPlane | None = None,
         agents: bool = True,
         frr_pools: list[dict] | None = None,
+        uplinks: dict | None = None,
+        router_bfd: bool = False,
+        switch: bool = False,
+        cluster: bool = True,
         log=print,
     ) -> None:  # type: ignore[no-untyped-def]
         self.n = nodes
+        if uplinks is None and os.environ.get("L3LB_LAB_UPLINKS") == "1":
+            uplinks, router_bfd = {}, True  # to try any lab test on the rendered uplinks config
         self.frr_pools = frr_pools
         """Named pools with BGP attributes, for the nodes' FRR config (the agents keep the one prefix)."""
-        self.agents = agents
+        self.uplinks = uplinks
+        """The nodes' FRR config is all rendered by nixos/frr.nix with these ``uplinks`` (``interfaces``
+        and ``routerId`` filled in), under FRR's default ``traditional`` profile, loaded as NixOS does
+        (``Frr.start_integrated``); only ``hostname`` is the lab's. None: the lab's own peering lines under
+        ``frr defaults datacenter``, plus the rendered redistribution."""
+        self.router_bfd = router_bfd
+        """The router runs bfdd and BFD (100 ms x 3, as frr.nix's default) on every node session."""
+        self.switch = switch
+        """An L2 switch (a bridge per node, in a namespace of its own) between the router and each node: a
+        node's link going down is then not a carrier loss at the router."""
+        self.cluster = cluster
+        """Without it, no control plane, Nodes or agents: FRR and the network only."""
+        self.agents = agents and cluster
         self.address_lifetime = address_lifetime
         self.weight_classes = weight_classes
         """Weighted anycast: the agents run with --weighted and FRR gets the class entries."""
@@ -323,23 +427,14 @@ class Lab:
 
     def up(self) -> None:
         t0 = time.monotonic()
-        if self.cp is None:
-            self.cp = ControlPlane(self.workdir / "cp").start()
-        api = config.new_client_from_config(str(self.cp.admin_kubeconfig))
-        self.core = client.CoreV1Api(api)
-        with contextlib.suppress(utils.FailToCreateError):
-            utils.create_from_yaml(api, str(REPO / "deploy" / "rbac.yaml"))
-        self.kubeconfig = kubeconfig = self.cp.identity("l3lb-agent", ["l3lb:agents"])
-        with contextlib.suppress(client.ApiException):
-            self.core.create_namespace({"metadata": {"name": NAMESPACE}})
-            grant_leases(client.RbacAuthorizationV1Api(api), NAMESPACE)
-        self.relay = ApiRelay(self.cp.state.apiserver_port, self.workdir)
-        self.log(f"control plane ready ({time.monotonic() - t0:.1f}s)")
-
+        if self.cluster:
+            self._control_plane(t0)
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         self.router = self._netns(logs)
         self.client = self._netns(logs)
+        if self.switch:
+            self.switch_ns = self._netns(logs)
         r = self.router.name
         self.router.veth("eth-c", self.client, "eth-r")
         ip("-n", r, "addr", "add", f"{ROUTER_CLIENT_IP}/24", "dev", "eth-c")
@@ -353,15 +448,29 @@ class Lab:
         self.router.sysctl("net.ipv4.fib_multipath_hash_policy", "1")
 
         for i in range(1, self.n + 1):
-            self._add_node(i, logs, kubeconfig)
+            self._add_node(i, logs)
         router_frr = Frr(self.router, self.workdir / "frr-r")
-        router_frr.start(self._router_zebra(), self._router_bgpd())
+        router_frr.start(self._router_zebra(), self._router_bgpd(), self._router_bfdd())
         self.router_frr = router_frr
         self.routes = RouterRoutes(self.router, {n.uplink: n.name for n in self.nodes})
         _wait(lambda: router_frr.established() == self.n, 30, "BGP sessions to every node")
         self.log(f"{self.n} nodes peering BGP unnumbered with the router ({time.monotonic() - t0:.1f}s)")
         if self.agents:
             self.start_agents()
+
+    def _control_plane(self, t0: float) -> None:
+        if self.cp is None:
+            self.cp = ControlPlane(self.workdir / "cp").start()
+        api = config.new_client_from_config(str(self.cp.admin_kubeconfig))
+        self.core = client.CoreV1Api(api)
+        with contextlib.suppress(utils.FailToCreateError):
+            utils.create_from_yaml(api, str(REPO / "deploy" / "rbac.yaml"))
+        self.kubeconfig = self.cp.identity("l3lb-agent", ["l3lb:agents"])
+        with contextlib.suppress(client.ApiException):
+            self.core.create_namespace({"metadata": {"name": NAMESPACE}})
+            grant_leases(client.RbacAuthorizationV1Api(api), NAMESPACE)
+        self.relay = ApiRelay(self.cp.state.apiserver_port, self.workdir)
+        self.log(f"control plane ready ({time.monotonic() - t0:.1f}s)")
 
     def start_agents(self) -> None:
         for node in self.nodes:
@@ -372,32 +481,53 @@ class Lab:
         self.namespaces.append(ns)
         return ns
 
-    def _add_node(self, i: int, logs: Path, kubeconfig: Path) -> None:
+    def _add_node(self, i: int, logs: Path) -> None:
         name = f"node{i}"
         ns = self._netns(logs)
         uplink = f"eth-n{i}"
-        self.router.veth(uplink, ns, "eth-r")
-        assert self.relay is not None
-        self.relay.attach(ns)
-        weighted = ("--weighted", "--weight-classes", str(self.weight_classes)) if self.weight_classes else ()
-        argv = agent_argv(
-            [PREFIX, PREFIX6],
-            name,
-            kubeconfig,
-            NAMESPACE,
-            "--address-lifetime",
-            str(self.address_lifetime),
-            *weighted,
-        )
+        if self.switch:  # router eth-nI -- sw-rI [bridge br-I] sw-nI -- eth-r node I
+            sw = self.switch_ns
+            self.router.veth(uplink, sw, f"sw-r{i}")
+            sw.veth(f"sw-n{i}", ns, "eth-r")
+            bridge = f"br-{i}"
+            ip("-n", sw.name, "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
+            for port in (f"sw-r{i}", f"sw-n{i}"):
+                ip("-n", sw.name, "link", "set", port, "master", bridge)
+            ip("-n", sw.name, "link", "set", bridge, "up")
+        else:
+            self.router.veth(uplink, ns, "eth-r")
+        argv: list[str] = []
+        if self.cluster:
+            assert self.relay is not None
+            self.relay.attach(ns)
+            weighted = (
+                ("--weighted", "--weight-classes", str(self.weight_classes)) if self.weight_classes else ()
+            )
+            argv = agent_argv(
+                [PREFIX, PREFIX6],
+                name,
+                self.kubeconfig,
+                NAMESPACE,
+                "--address-lifetime",
+                str(self.address_lifetime),
+                *weighted,
+            )
         node = LabNode(name, i, ns, Frr(ns, self.workdir / f"frr-{name}"), uplink, argv)
-        bgpd = (
-            f"frr defaults datacenter\nhostname {name}\n!\nrouter bgp {node.asn}\n"
-            f" bgp router-id 10.255.0.{100 + i}\n no bgp ebgp-requires-policy\n coalesce-time 100\n"
-            " neighbor eth-r interface remote-as external\n"
-            " address-family ipv6 unicast\n  neighbor eth-r activate\n exit-address-family\nexit\n!\n"
-        ) + frr_snippet([PREFIX, PREFIX6], node.asn, self.weight_classes, self.frr_pools)
-        node.frr.start(f"frr defaults datacenter\nhostname {name}\n" + _interface_ra("eth-r"), bgpd)
-        create_node(self.core, name)
+        if self.uplinks is not None:
+            uplinks = {"interfaces": ["eth-r"], "routerId": f"10.255.0.{100 + i}", **self.uplinks}
+            rendered = frr_snippet([PREFIX, PREFIX6], node.asn, self.weight_classes, self.frr_pools, uplinks)
+            bfd = uplinks.get("bfd", {}).get("enable", True)
+            node.frr.start_integrated(nixos_frr_conf(name, rendered), bfdd=bfd)
+        else:
+            bgpd = (
+                f"frr defaults datacenter\nhostname {name}\n!\nrouter bgp {node.asn}\n"
+                f" bgp router-id 10.255.0.{100 + i}\n no bgp ebgp-requires-policy\n coalesce-time 100\n"
+                " neighbor eth-r interface remote-as external\n"
+                " address-family ipv6 unicast\n  neighbor eth-r activate\n exit-address-family\nexit\n!\n"
+            ) + frr_snippet([PREFIX, PREFIX6], node.asn, self.weight_classes, self.frr_pools)
+            node.frr.start(f"frr defaults datacenter\nhostname {name}\n" + _interface_ra("eth-r"), bgpd)
+        if self.cluster:
+            create_node(self.core, name)
         node.pod_server = ns.popen([PY, "-c", POD_SERVER, name, str(HTTP_PORT)], "pod")
         self.nodes.append(node)
 
@@ -406,8 +536,18 @@ class Lab:
             _interface_ra(n.uplink) for n in self.nodes
         )
 
+    def _router_bfdd(self) -> str | None:
+        if not self.router_bfd:
+            return None
+        return (
+            "frr defaults datacenter\nhostname router\n!\nbfd\n profile NODES\n  detect-multiplier 3\n"
+            "  receive-interval 100\n  transmit-interval 100\n exit\nexit\n"
+        )
+
     def _router_bgpd(self) -> str:
         neighbors = "".join(f" neighbor {n.uplink} interface peer-group NODES\n" for n in self.nodes)
+        if self.router_bfd:
+            neighbors = " neighbor NODES bfd profile NODES\n" + neighbors
         return f"""frr defaults datacenter
 hostname router
 !
