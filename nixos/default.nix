@@ -33,6 +33,10 @@ let
       let len = lib.toInt (builtins.elemAt m 1); v6 = lib.hasInfix ":" p;
       in (if v6 then len <= 128 else len <= 32 && builtins.match "([0-9]+\\.){3}[0-9]+" (builtins.head m) != null));
 
+  uplinks = if cfg.frr.uplinks.interfaces == [ ] then null else {
+    inherit (cfg.frr.uplinks) interfaces remoteAs routerId accept timers bfd gracefulRestart;
+  };
+
   k3sAgentDir = "/var/lib/rancher/k3s/agent";
   defaultKubeconfig =
     if !(k3s.enable or false) then null
@@ -320,6 +324,86 @@ in
         example = 65101;
         description = "This node's BGP AS number: the `router bgp` the redistribution goes under.";
       };
+      workQueue = mkOption {
+        type = types.nullOr types.ints.unsigned;
+        default = 0;
+        description = ''
+          zebra's RIB work-queue hold in milliseconds (`zebra work-queue N`); null keeps FRR's 10. zebra
+          holds every route change that long before it redistributes it, so 0 takes 10 ms off every
+          announcement and withdrawal at the routers (`bench/peers.py`), for some CPU when many routes change
+          at once: a node that learns large tables from its uplinks may want FRR's default back.
+        '';
+      };
+      uplinks = {
+        interfaces = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+          example = [ "eth1" "eth2" ];
+          description = ''
+            Interfaces to peer BGP unnumbered on: when set, the module renders this node's BGP sessions too
+            (under the same `router bgp`), complete for FRR's `traditional` profile: a policy each way per
+            address family (`bgp ebgp-requires-policy`), IPv6 unicast activated with IPv6 prefixes, timers
+            3/9, BFD and graceful restart. Empty: your own FRR config peers.
+          '';
+        };
+        remoteAs = mkOption {
+          type = types.either (types.enum [ "external" "internal" ]) types.ints.positive;
+          default = "external";
+          description = "The uplinks' AS: `external`, `internal` or a number.";
+        };
+        routerId = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "10.255.0.1";
+          description = ''
+            `bgp router-id`. Set it (here or in your own config): otherwise bgpd takes zebra's, which follows
+            the highest address on lo and can be a Service IP.
+          '';
+        };
+        accept = mkOption {
+          type = types.enum [ "all" "default" "none" ];
+          default = "all";
+          description = ''
+            What the node takes in from its uplinks (never another node's Service IP): everything, only the
+            default routes, or nothing.
+          '';
+        };
+        timers = {
+          keepalive = mkOption { type = types.ints.positive; default = 3; description = "BGP keepalive, seconds."; };
+          hold = mkOption {
+            type = types.ints.positive;
+            default = 9;
+            description = "BGP hold time, seconds: without BFD, how long a dead node keeps its share of traffic.";
+          };
+        };
+        bfd = {
+          enable = mkOption {
+            type = types.bool;
+            default = true;
+            description = "BFD on the uplinks (turns on bfdd); the routers need BFD on these sessions too.";
+          };
+          detectMultiplier = mkOption { type = types.ints.positive; default = 3; description = "BFD detect multiplier."; };
+          receiveInterval = mkOption { type = types.ints.positive; default = 100; description = "BFD receive interval, ms."; };
+          transmitInterval = mkOption { type = types.ints.positive; default = 100; description = "BFD transmit interval, ms."; };
+        };
+        gracefulRestart = {
+          enable = mkOption {
+            type = types.bool;
+            default = cfg.frr.uplinks.bfd.enable;
+            defaultText = literalExpression "services.l3lb.frr.uplinks.bfd.enable";
+            description = ''
+              Graceful restart with preserve-fw-state: the routers keep this node's routes while its bgpd
+              restarts. Only with BFD by default: a hold-timer expiry enters graceful restart, so without BFD
+              a dead node would keep its routes for hold + restartTime; BFD down flushes at once.
+            '';
+          };
+          restartTime = mkOption {
+            type = types.ints.positive;
+            default = 30;
+            description = "Seconds the routers keep the routes of a restarting bgpd.";
+          };
+        };
+      };
     };
   };
 
@@ -437,13 +521,20 @@ in
 
     (mkIf cfg.frr.enable {
       services.frr.bgpd.enable = true;
+      services.frr.bfdd.enable = mkIf (uplinks != null && cfg.frr.uplinks.bfd.enable) true;
       services.frr.config = lib.mkAfter (import ./frr.nix {
         prefixes = poolPrefixes;
         pools = if usePools then pools.ordered else [ ];
         inherit (cfg) interface;
-        asn = cfg.frr.asn;
+        inherit uplinks;
+        inherit (cfg.frr) asn workQueue;
         classes = if cfg.weighted.enable then cfg.weighted.classes else 0;
       });
+      # Stopped before FRR (units stop in the reverse order of After=): the withdrawals go out while bgpd
+      # still runs. Otherwise graceful restart would keep a stopping node's routes for the restart time.
+      systemd.services.l3lb.after = [ "frr.service" ];
+      warnings = lib.optional (uplinks != null && cfg.frr.uplinks.routerId == null)
+        "services.l3lb.frr.uplinks.routerId is not set: unless your own FRR config sets `bgp router-id`, bgpd takes zebra's, which follows the highest address on lo and can be a Service IP.";
     })
   ]);
 }

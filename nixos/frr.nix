@@ -67,8 +67,14 @@
 #   then and come back with the next session, about 2 s later (without graceful restart they are gone for
 #   the whole restart, about 8 s in the lab).
 #
+# `workQueue` (null, the default, renders nothing): zebra's RIB work-queue hold in ms, `zebra work-queue N`
+# (a hidden command of zebra, the same in 8.4 and 10.x). zebra holds every route change for 10 ms by
+# default (ZEBRA_RIB_PROCESS_HOLD_TIME, zebra_router.h) before it redistributes it; 0 takes those 10 ms
+# off each announcement and withdrawal on the node (bench/peers.py measured it), for some CPU when many
+# routes change at once (a node that learns large tables from its uplinks may want the default back).
+#
 # Pure: only builtins, so it evaluates without nixpkgs (tests feed its output to a real FRR).
-{ prefixes, asn, name ? "L3LB", classes ? 0, interface ? "lo", classPrefix ? "l3lbw", pools ? [ ], uplinks ? null }:
+{ prefixes, asn, name ? "L3LB", classes ? 0, interface ? "lo", classPrefix ? "l3lbw", pools ? [ ], uplinks ? null, workQueue ? null }:
 let
   isV6 = p: builtins.match ".*:.*" p != null;
   len = p: builtins.fromJSON (builtins.elemAt (builtins.match ".*/([0-9]+)" p) 0);
@@ -194,6 +200,7 @@ let
   afs = if up != null && builtins.all (f: f.host == 128) families then [ (family false) ] ++ families else families;
 
   lines = [ "! l3lb: advertise Service IPs held on this node" ]
+    ++ (if workQueue == null then [ ] else [ "zebra work-queue ${toString workQueue}" "!" ])
     ++ builtins.concatLists (map policy families)
     ++ (if up == null then [ ] else up.policy)
     ++ [ "router bgp ${toString asn}" ]

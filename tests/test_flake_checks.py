@@ -126,16 +126,20 @@ def test_bgp_sessions_are_on_interfaces_that_exist_and_face_each_other() -> None
 
 
 @pytest.mark.parametrize("name", ["server", "agent"])
-def test_frr_config_is_the_nodes_block_then_the_modules_snippet(name: str) -> None:
+def test_the_nodes_frr_config_is_the_modules_alone_with_policy_kept(name: str) -> None:
+    """The node's BGP is the module's uplinks, nothing hand-written: its whole FRR config is what frr.nix
+    renders, and no side turns ebgp-requires-policy off (NixOS' FRR runs the traditional profile)."""
     node = vm_nodes()[name]
     assert node["l3lb"]["failedAssertions"] == []
     prefixes, asn = nix_list([node["l3lb"]["prefix"]]), node["l3lb"]["asn"]
-    snippet = nix_eval(f"import ./nixos/frr.nix {{ prefixes = {prefixes}; asn = {asn}; }}")
-    config = node["frrConfig"]
-    assert config.endswith(snippet), config
-    own = config[: -len(snippet)]
-    assert re.search(rf"^router bgp {node['l3lb']['asn']}$", own, re.M), own
-    assert bgp_interfaces(own) and not bgp_interfaces(snippet)
+    (iface,) = bgp_interfaces(node["frrConfig"])
+    uplinks = f'{{ interfaces = [ "{iface}" ]; routerId = "10.255.0.{asn - 65000}"; }}'
+    args = f"prefixes = {prefixes}; asn = {asn}; uplinks = {uplinks}; workQueue = 0;"
+    snippet = nix_eval(f"import ./nixos/frr.nix {{ {args} }}")
+    assert node["frrConfig"] == snippet
+    assert " neighbor L3LB-UPLINKS bfd profile L3LB-UPLINKS" in snippet
+    for n in vm_nodes().values():
+        assert "no bgp ebgp-requires-policy" not in n["frrConfig"]
 
 
 def test_client_reaches_the_prefix_through_the_router_and_the_router_announces_the_client() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import systemd_exec
 from kubelet import wait_for
-from lab import Frr, Lab, nix_eval, nix_list
+from lab import Frr, Lab, nix_eval, nix_list, nixos_frr_conf
 from netns import NetNS
 from testenv import NIXPKGS_LIB, ControlPlane
 
@@ -505,4 +505,64 @@ def test_two_pool_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> 
         running = wait_for(complete, what="bgpd to load the whole snippet")
     for line in snippet.splitlines():
         if line.strip() and not line.startswith("!"):
+            assert line.strip() in running, line
+
+
+UPLINK_FRR_DEFAULTS = {"detect-multiplier 3", "neighbor L3LB-UPLINKS activate"}
+"""What FRR leaves out of its running config because it is its own default (tests/test_uplinks.py)."""
+
+
+# ---- the module's uplinks and zebra settings, on a real FRR as NixOS loads them
+UPLINKS_NODE = (
+    "{ services.k3s.enable = true; services.l3lb = { enable = true; "
+    'prefix = [ "10.0.100.0/24" "fd00:100::/64" ]; frr = { enable = true; asn = 65101; '
+    'uplinks = { interfaces = [ "eth1" "eth2" ]; routerId = "10.255.0.9"; }; }; }; }'
+)
+
+
+@pytest.mark.nixpkgs_lib
+def test_module_renders_the_uplinks_and_turns_on_bfdd() -> None:
+    got = eval_module(UPLINKS_NODE)
+    assert got["failedAssertions"] == [] and got["warnings"] == []
+    frr = got["frrConfig"]
+    assert frr.startswith("! l3lb: advertise Service IPs held on this node\nzebra work-queue 0\n")
+    assert (
+        " neighbor eth1 interface peer-group L3LB-UPLINKS\n neighbor eth2 interface peer-group L3LB-UPLINKS"
+        in frr
+    )
+    assert " bgp router-id 10.255.0.9" in frr and " neighbor L3LB-UPLINKS bfd profile L3LB-UPLINKS" in frr
+    assert got["bfdd"] is True and got["bgpd"] is True
+    assert "frr.service" in got["unit"]["after"], "stopped before FRR, so its withdrawals still go out"
+
+    plain = eval_module(
+        UPLINKS_NODE.replace('routerId = "10.255.0.9"; ', "").replace(
+            "uplinks = {", "workQueue = null; uplinks = { bfd.enable = false;"
+        )
+    )
+    assert "zebra work-queue" not in plain["frrConfig"] and "bfd" not in plain["frrConfig"]
+    assert plain["bfdd"] is False and " bgp graceful-restart\n" not in plain["frrConfig"]
+    assert any("uplinks.routerId is not set" in w for w in plain["warnings"])
+
+    none = eval_module(
+        '{ services.k3s.enable = true; services.l3lb = { enable = true; prefix = "10.0.100.0/24"; '
+        "frr = { enable = true; asn = 1; }; }; }"
+    )
+    assert "neighbor" not in none["frrConfig"] and none["bfdd"] is False and none["warnings"] == []
+
+
+@pytest.mark.root
+@pytest.mark.frr
+@pytest.mark.nixpkgs_lib
+def test_the_modules_whole_frr_config_loads_into_a_real_frr_as_nixos_loads_it(workdir: Path) -> None:
+    """services.frr.config as the module leaves it, written into frr.conf as NixOS' FRR module writes it
+    (no `frr defaults`: FRR's traditional profile) and loaded with vtysh -b into zebra, bgpd and bfdd: no
+    line refused, every line in the running config."""
+    text = eval_module(UPLINKS_NODE)["frrConfig"]
+    with NetNS(workdir) as ns:
+        frr = Frr(ns, workdir / "frr-module-whole")
+        frr.start_integrated(nixos_frr_conf("t", text), bfdd=True)
+        running = frr.vtysh("show running-config")
+    assert "frr defaults traditional" in running
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("!") and line.strip() not in UPLINK_FRR_DEFAULTS:
             assert line.strip() in running, line

@@ -34,18 +34,17 @@ let
     } else {
       serverAddr = "https://${nodes.server.networking.primaryIPAddress}:6443";
     });
-    services.frr.config = ''
-      router bgp ${toString asn}
-       bgp router-id 10.255.0.${toString (asn - 65000)}
-       no bgp ebgp-requires-policy
-       neighbor eth2 interface remote-as external
-      exit
-    '';
+    # The node's BGP is the module's: its uplink rendered with policies for FRR's traditional profile
+    # (ebgp-requires-policy stays on), BFD and graceful restart; nothing hand-written.
     services.l3lb = {
       enable = true;
       inherit prefix;
       addressLifetime = 20;
-      frr = { enable = true; inherit asn; };
+      frr = {
+        enable = true;
+        inherit asn;
+        uplinks = { interfaces = [ "eth2" ]; routerId = "10.255.0.${toString (asn - 65000)}"; };
+      };
     };
   };
 in
@@ -56,6 +55,7 @@ in
     boot.kernel.sysctl = { "net.ipv4.ip_forward" = 1; "net.ipv4.fib_multipath_hash_policy" = 1; };
     services.frr = {
       bgpd.enable = true;
+      bfdd.enable = true;
       config = ''
         ip prefix-list FROM-NODES seq 10 permit ${prefix} ge 32
         ip prefix-list TO-NODES seq 10 permit ${network24 (addressOf nodes.client "eth1")}
@@ -65,12 +65,18 @@ in
         route-map TO-NODES permit 10
          match ip address prefix-list TO-NODES
         exit
+        bfd
+         profile NODES
+          receive-interval 100
+          transmit-interval 100
+         exit
+        exit
         router bgp 65000
          bgp router-id 10.255.0.1
-         no bgp ebgp-requires-policy
          bgp bestpath as-path multipath-relax
          neighbor NODES peer-group
          neighbor NODES remote-as external
+         neighbor NODES bfd profile NODES
          neighbor eth1 interface peer-group NODES
          neighbor eth2 interface peer-group NODES
          address-family ipv4 unicast

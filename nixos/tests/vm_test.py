@@ -73,6 +73,11 @@ with subtest("on the agent, l3lb waited for k3s' kubeconfig instead of failing")
     agent.succeed("test $(systemctl show l3lb -P NRestarts) = 0")
     agent.fail("journalctl -u l3lb.service | grep -i 'failed with result'")
 
+with subtest("the nodes' rendered uplinks peer with the router, BFD up, ebgp-requires-policy on"):
+    router.wait_until_succeeds("vtysh -c 'show bfd peers' | grep -c 'Status: up' | grep -x 2", timeout=120)
+    for node in (server, agent):
+        node.fail("vtysh -c 'show running-config' | grep 'no bgp ebgp-requires-policy'")
+
 with subtest("a LoadBalancer Service with a requested IP is reachable from the client"):
     server.succeed(f"cat > /tmp/echo.yaml <<'EOF'\n{MANIFEST % VIP}\nEOF")
     server.succeed("k3s kubectl apply -f /tmp/echo.yaml")

@@ -27,6 +27,8 @@ if failed != [ ] then { failedAssertions = failed; } else
   k3sDisable = c.services.k3s.disable;
   frrConfig = c.services.frr.config;
   bgpd = c.services.frr.bgpd.enable;
+  bfdd = c.services.frr.bfdd.enable;
+  warnings = c.warnings;
   sysctl = c.boot.kernel.sysctl;
   kernelModules = c.boot.kernelModules;
   variables = c.environment.variables;

@@ -67,6 +67,7 @@ in
 {
   options = {
     assertions = opt (types.listOf types.unspecified) [ ];
+    warnings = opt (types.listOf types.str) [ ];
     environment.systemPackages = opt (types.listOf types.package) [ ];
     # nixos/modules/config/shells-environment.nix
     environment.variables = opt (types.attrsOf (types.oneOf [
