@@ -14,7 +14,8 @@ update-group coalescing delays the first change after a session comes up by ~1 s
 zebra's follows the highest lo address: a service VIP); ``ipv6 nd ra-lifetime 0`` (no default routes from
 RAs); IPv6 DAD off in every namespace (tentative link-locals delay BGP by 2-3 s). The router has
 ``bgp bestpath as-path multipath-relax`` and ``maximum-paths 16`` for ECMP across nodes of different ASNs,
-and ``fib_multipath_hash_policy=1`` to spread flows by L4 hash. ``zebra work-queue`` stays at its default.
+and ``fib_multipath_hash_policy=1`` to spread flows by L4 hash. ``zebra work-queue`` stays at FRR's 10 ms
+(the module renders 0 by default; bench/peers.py measures both).
 
 Options for the uplinks tests (``tests/test_uplinks.py``): ``uplinks={...}`` gives the nodes nothing but what
 ``nixos/frr.nix`` renders with that ``uplinks`` argument (plus NixOS' frr.conf header), loaded as NixOS does
