@@ -96,12 +96,14 @@ def parse_service(obj: dict[str, Any]) -> Service:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    ips = []
+    ips: list[str] = []
     for entry in ingress:
         try:
-            ips.append(canonical_ip(entry.get("ip") or ""))
+            ip = canonical_ip(entry.get("ip") or "")
         except ValueError:
             continue  # hostname-only ingress entries carry no IP
+        if ip not in ips:  # listed twice (or spelled two ways): one IP, held and released once
+            ips.append(ip)
     read = aliases.read(meta.get("annotations") or {}, spec)
     return Service(
         key=key_of(obj, shared=True),

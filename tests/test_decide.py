@@ -192,6 +192,22 @@ def test_the_weight_of_an_ip_is_its_local_ready_endpoints() -> None:
     assert decide({a.key: a}, counts, cordoned, CFG)["10.0.100.5"].weight == 0
 
 
+def test_an_ip_listed_twice_in_status_is_one_ip() -> None:
+    """Status that lists an IP twice (or spelled two ways) is held, changed and released as one IP: the
+    tracker's update once raised KeyError on it, failing every sync while the old IP stayed announced."""
+    twice = svc_obj("web", ["10.0.100.5", "10.0.100.5", "fd00:100::5", "FD00:100:0::5"], policy="Cluster")
+    svc = parse_service(twice)
+    assert svc.ingress_ips == ("10.0.100.5", "fd00:100::5")
+    t = Tracker(CFG)
+    t.set_node(NODE_OK)
+    t.set_slice(("default", "s"), parse_slice(slice_obj("s", "web", [("n2", True, False)]), "n1"))
+    t.set_service(svc)
+    assert t.update() == {"10.0.100.5", "fd00:100::5"} and t.announced == {"10.0.100.5", "fd00:100::5"}
+    t.set_service(parse_service(svc_obj("web", ["10.0.100.6", "10.0.100.6"], policy="Cluster")))
+    assert t.update() == {"10.0.100.5", "fd00:100::5", "10.0.100.6"}
+    assert t.announced == {"10.0.100.6"}
+
+
 # ---- trackers against the full decision (property)
 IPS = ["10.0.100.1", "10.0.100.2", "fd00:100::3", "192.0.2.9"]
 SVC_NAMES = ["a", "b", "c"]
@@ -199,7 +215,7 @@ event = st.one_of(
     st.tuples(
         st.just("svc"),
         st.sampled_from(SVC_NAMES),
-        st.lists(st.sampled_from(IPS), max_size=2, unique=True),
+        st.lists(st.sampled_from(IPS), max_size=3),  # duplicates too: status may list an IP twice
         st.sampled_from(["Local", "Cluster"]),
         st.sampled_from([None, "l3lb.io/l3lb", "other"]),
         st.sampled_from(["LoadBalancer", "ClusterIP"]),
