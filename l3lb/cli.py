@@ -142,16 +142,33 @@ def make_config(
         raise click.UsageError("give either --config or --prefix/--reserve: the pools in the file hold both")
     if not pools and not prefixes:
         raise click.UsageError("l3lb needs its prefixes: --prefix CIDR (one pool) or --config FILE (pools)")
-    return Config(
-        prefixes=prefixes,
-        pools=pools,
-        node_name=node_name,
-        interface=interface,
-        load_balancer_class=load_balancer_class,
-        default_class=default_class,
-        weight_classes=weight_classes if weighted else 0,
-        **extra,
-    )
+    try:
+        return Config(
+            prefixes=prefixes,
+            pools=pools,
+            node_name=node_name,
+            interface=interface,
+            load_balancer_class=load_balancer_class,
+            default_class=default_class,
+            weight_classes=weight_classes if weighted else 0,
+            **extra,
+        )
+    except ValueError as err:  # --reserve outside every --prefix
+        raise click.UsageError(str(err)) from None
+
+
+MIN_LIFETIME = 3
+"""The kernel counts lifetimes in whole seconds, and an address is renewed every third of its lifetime:
+under 3 s, renewals (and the full syncs that plan them) would come more often than once a second."""
+
+
+def _lifetime(value: int) -> int:
+    if value != 0 and value < MIN_LIFETIME:
+        raise click.BadParameter(
+            f"{value} is neither 0 (permanent) nor at least {MIN_LIFETIME} seconds",
+            param_hint="--address-lifetime",
+        )
+    return value
 
 
 LEASE_NAMESPACE = click.option(
@@ -180,11 +197,12 @@ def cli(ctx: click.Context) -> None:
 @click.option(
     "--address-lifetime",
     envvar="L3LB_ADDRESS_LIFETIME",
-    type=click.IntRange(min=0),
+    type=int,
+    callback=lambda ctx, param, value: _lifetime(value),
     default=60,
     show_default=True,
-    help="Seconds of valid lifetime for each address, renewed well before it ends (0: permanent). "
-    "If the agent dies, its routes expire instead of blackholing traffic.",
+    help=f"Seconds of valid lifetime for each address, renewed every third of it (0: permanent; else at "
+    f"least {MIN_LIFETIME}). If the agent dies, its routes expire instead of blackholing traffic.",
 )
 @click.option(
     "--dry-run", envvar="L3LB_DRY_RUN", is_flag=True, help="Decide and log; never touch netlink or the API."

@@ -105,8 +105,14 @@ class ConfigError(ValueError):
 
 
 def shorthand(prefixes: Iterable[Network], reserved: Iterable[Network] = ()) -> tuple[AddressPool, ...]:
-    """``--prefix``/``--reserve``: one pool that every Service may use."""
-    return (AddressPool(DEFAULT_POOL, tuple(prefixes), tuple(reserved)),)
+    """``--prefix``/``--reserve``: one pool that every Service may use. ConfigError for a reserved range
+    inside none of the prefixes (a typo would otherwise reserve nothing, silently)."""
+    prefixes, reserved = tuple(prefixes), tuple(reserved)
+    for r in reserved:
+        if not any(r.version == p.version and r.subnet_of(p) for p in prefixes):  # type: ignore[arg-type]
+            inside = ", ".join(map(str, prefixes))
+            raise ConfigError(f"--reserve {r} is inside none of the prefixes ({inside})")
+    return (AddressPool(DEFAULT_POOL, prefixes, reserved),)
 
 
 def load(path: str | Path) -> tuple[AddressPool, ...]:

@@ -120,6 +120,9 @@ class RequestError(OSError):
     """The kernel refused a request; ``errno`` says why."""
 
 
+DUMP_ATTEMPTS = 10
+
+
 class Requests:
     """A NETLINK_ROUTE socket for requests: sends many in one datagram and collects their acknowledgements."""
 
@@ -164,8 +167,9 @@ class Requests:
 
     def addresses(self) -> list[Address]:
         """Every address of every interface, by one RTM_GETADDR dump; dumped again if a change interrupted
-        it (the kernel then flags it as possibly inconsistent)."""
-        while True:
+        it (the kernel then flags it as possibly inconsistent), at most DUMP_ATTEMPTS times in all: under
+        changes that never stop, RequestError (EAGAIN) rather than a loop without end."""
+        for _ in range(DUMP_ATTEMPTS):
             seq = self._next_seq()
             body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
             self.sock.send(
@@ -188,6 +192,7 @@ class Requests:
                         found.append(addr)
             if not interrupted:
                 return found
+        raise RequestError(errno.EAGAIN, f"the address dump was interrupted {DUMP_ATTEMPTS} times in a row")
 
 
 def monitor_socket() -> socket.socket:

@@ -3,6 +3,7 @@ the same request; what pyroute2 encodes as a notification, we parse to the same 
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 
@@ -107,3 +108,34 @@ print(json.dumps(out))
     }
     assert len(held) == 450 and "10.7.0.1" not in held
     assert 50 < held["10.7.0.2"]["valid_life_time"] <= 60, "renewed to 60 s"
+
+
+class AlwaysInterrupted:
+    """A socket whose every dump the kernel flags as interrupted (addresses changing without pause)."""
+
+    def __init__(self) -> None:
+        self.dumps = 0
+        self.seq = 0
+
+    def send(self, data: bytes) -> None:
+        self.dumps += 1
+        assert self.dumps < 1000, "the dump is retried without end"
+        self.seq = struct.unpack_from("=LHHLL", data)[3]
+
+    def recv(self, size: int) -> bytes:
+        done = struct.pack("=LHHLL", 20, rtnl.NLMSG_DONE, rtnl.NLM_F_DUMP_INTR, self.seq, 0) + b"\0" * 4
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_address_dump_interrupted_again_and_again_gives_up() -> None:
+    """A dump the kernel flags as interrupted is read again, but not forever: after DUMP_ATTEMPTS an error
+    (EAGAIN) that fails the sync, which is retried with backoff."""
+    r = rtnl.Requests()
+    r.sock.close()
+    r.sock = fake = AlwaysInterrupted()  # type: ignore[assignment]
+    with pytest.raises(rtnl.RequestError) as err:
+        r.addresses()
+    assert err.value.errno == errno.EAGAIN and fake.dumps == rtnl.DUMP_ATTEMPTS
