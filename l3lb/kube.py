@@ -7,9 +7,12 @@ instantiation, and the agent parses JSON into its own small values anyway.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.kube_config import KUBE_CONFIG_DEFAULT_LOCATION, KubeConfigLoader, KubeConfigMerger
 
 FILE_KEYS = ("certificate-authority", "client-certificate", "client-key")
 EX_TEMPFAIL = 75
@@ -43,24 +47,81 @@ class KubeconfigStale(Exception):
 
 
 def load_config(kubeconfig: str | None, credentials_dir: str | None = None) -> client.ApiClient:
-    """``kubeconfig`` if given; else in-cluster config; else ``$KUBECONFIG``, then ``~/.kube/config``.
+    """``kubeconfig`` if given; else in-cluster config; else ``$KUBECONFIG`` (one file or several, merged),
+    then ``~/.kube/config``.
 
-    A kubeconfig may point to certificate files by path, as k3s agent kubeconfigs do. Under systemd with
-    LoadCredential and DynamicUser those paths are unreadable, so a file that cannot be read is taken from
-    the credentials directory (``$CREDENTIALS_DIRECTORY``) under the same name, when it is there.
+    Inline certificates and keys (``client-key-data``, ...) go into memory files (``memfd``), never to
+    disk: the client library would write them to temporary files that outlive a killed process. A file a
+    kubeconfig names by path, as k3s agent kubeconfigs do, that cannot be read (systemd's LoadCredential
+    with DynamicUser) is taken from the credentials directory (``$CREDENTIALS_DIRECTORY``) under the same
+    name, when it is there.
     """
-    if kubeconfig:
-        credentials_dir = credentials_dir or os.environ.get("CREDENTIALS_DIRECTORY")
-        data = _with_credentials(Path(kubeconfig), Path(credentials_dir)) if credentials_dir else None
-        if data is None:
-            return config.new_client_from_config(config_file=kubeconfig)
-        return config.new_client_from_config_dict(data, temp_file_path=str(Path(kubeconfig).parent))
-    try:
-        cfg = client.Configuration()
-        config.load_incluster_config(client_configuration=cfg)
-        return client.ApiClient(cfg)
-    except ConfigException:
-        return config.new_client_from_config()
+    if not kubeconfig:
+        try:
+            cfg = client.Configuration()
+            config.load_incluster_config(client_configuration=cfg)
+            return client.ApiClient(cfg)
+        except ConfigException:
+            kubeconfig = os.environ.get("KUBECONFIG") or KUBE_CONFIG_DEFAULT_LOCATION
+    merged = KubeConfigMerger(kubeconfig).config
+    if merged is None:
+        raise ConfigException(f"kubeconfig {kubeconfig} does not exist")
+    credentials_dir = credentials_dir or os.environ.get("CREDENTIALS_DIRECTORY")
+    credentials = Path(credentials_dir) if credentials_dir else None
+    for section, inner in (("clusters", "cluster"), ("users", "user")):
+        for entry in merged.value.get(section) or []:  # each remembers the file it came from
+            fields = entry.value.get(inner)
+            if isinstance(fields, dict):
+                _credentials_in_memory(fields, Path(entry.path), credentials)
+    cfg = client.Configuration()
+    # config_base_path None: a relative path is relative to the kubeconfig that names it.
+    KubeConfigLoader(config_dict=merged, config_base_path=None).load_and_set(cfg)
+    return client.ApiClient(cfg)
+
+
+def _credentials_in_memory(fields: dict[str, Any], kubeconfig: Path, credentials: Path | None) -> None:
+    """Rewrites one cluster's or user's entry in place: inline data to a memory file, and a file that
+    cannot be read to the credential of the same name."""
+    for key in FILE_KEYS:
+        data = fields.pop(f"{key}-data", None)
+        if data:
+            fields[key] = memory_file(base64.standard_b64decode(data))
+            continue
+        value = fields.get(key)
+        if not value or credentials is None:
+            continue
+        original = Path(value) if Path(value).is_absolute() else kubeconfig.parent / value
+        substitute = credentials / original.name
+        if not os.access(original, os.R_OK) and substitute.is_file():
+            fields[key] = str(substitute)
+
+
+_memory_files: dict[bytes, int] = {}
+"""File descriptors of the memory files made so far, by the SHA-256 of their content: a kubeconfig read
+again (it was half-written) reuses them. They stay open for the process's life, since TLS reads them again
+for every new connection."""
+
+
+def memory_file(content: bytes) -> str:
+    """A path that reads as ``content`` in this process alone: a memfd (no file system at all), or where
+    memfd_create is not allowed, an unlinked file (O_TMPFILE) in a private 0700 directory that is removed
+    at once. The path is ``/proc/self/fd/N``."""
+    digest = hashlib.sha256(content).digest()
+    fd = _memory_files.get(digest)
+    if fd is None:
+        try:
+            fd = os.memfd_create("l3lb-credential", os.MFD_CLOEXEC)
+        except OSError:
+            private = tempfile.mkdtemp(prefix="l3lb-")
+            try:
+                fd = os.open(private, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            finally:
+                os.rmdir(private)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        _memory_files[digest] = fd
+    return f"/proc/self/fd/{fd}"
 
 
 def wait_for_client(
@@ -111,25 +172,6 @@ def load_client(kubeconfig: str | None, credentials_dir: str | None = None) -> c
         # A cut-off file parses as YAML of another shape, or not at all: the client raises any of these.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise KubeconfigIncomplete(f"kubeconfig {kubeconfig} does not parse ({first})") from None
-
-
-def _with_credentials(kubeconfig: Path, credentials: Path) -> dict[str, Any] | None:
-    """The kubeconfig with unreadable file paths replaced by credentials; None if none needed replacing."""
-    data = yaml.safe_load(kubeconfig.read_text())
-    changed = False
-    for section, inner in (("clusters", "cluster"), ("users", "user")):
-        for entry in data.get(section) or []:
-            fields = entry.get(inner) or {}
-            for key in FILE_KEYS:
-                value = fields.get(key)
-                if not value:
-                    continue
-                original = Path(value) if Path(value).is_absolute() else kubeconfig.parent / value
-                substitute = credentials / original.name
-                if not os.access(original, os.R_OK) and substitute.is_file():
-                    fields[key] = str(substitute)
-                    changed = True
-    return data if changed else None
 
 
 def path(template: str, **parts: str) -> str:

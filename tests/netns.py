@@ -104,8 +104,8 @@ class NetNS:
     def popen(self, argv: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """Starts ``argv`` inside the namespace, logging to ``<logdir>/<ns>-<name>.log``; stopped on close."""
         logdir = self.logdir or Path("/tmp")
-        # Temporary files (the kubernetes client writes a kubeconfig's keys to some) go with the logs, so a
-        # process killed before its own clean-up leaves nothing behind in /tmp.
+        # Temporary files go with the logs, so a process killed before its own clean-up leaves nothing
+        # behind in /tmp.
         env = {**os.environ, "TMPDIR": str(logdir), **(env or {})}
         proc = spawn(self.argv(argv), logdir / f"{self.name}-{name}.log", detach=False, env=env)
         self.procs.append(proc)
