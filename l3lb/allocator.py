@@ -1,7 +1,7 @@
-"""The leader's allocator, in a thread of its own: it follows every LoadBalancer Service (the agent hands it
-the Service watch events), and while this agent leads it runs ``allocate()`` over ours, writes the status
-that differs, clears status that l3lb wrote on a Service that is no longer ours, reports conflicts once
-per change, and stops fighting another controller that keeps rewriting a status.
+"""The leader's allocator, in a thread of its own: it follows every LoadBalancer Service (the daemon hands it
+the Service watch events, as it does the agent), and while this agent leads it runs ``allocate()`` over
+ours, writes the status that differs, clears status that l3lb wrote on a Service that is no longer ours,
+reports conflicts once per change, and stops fighting another controller that keeps rewriting a status.
 
 Everything it decides comes from the full state it holds, never from having seen a change live: a new
 leader, or one that missed events, reaches the same result. Status writes are conditional on the
@@ -22,8 +22,7 @@ from .allocate import allocate
 from .config import Config
 from .decide import is_ours
 from .metrics import Metrics
-from .model import Key, Service, field_manager, fmt_key
-from .runner import WatchEvent
+from .model import Key, Service, WatchEvent, field_manager, fmt_key
 
 log = logging.getLogger(__name__)
 

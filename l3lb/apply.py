@@ -1,23 +1,25 @@
-"""Applying decisions to the interface: a pure diff (``plan``) and the netlink calls that carry it out.
+"""Applying decisions to the interfaces: a pure diff (``plan``) and the tables that carry changes out (the
+kernel's through netlink, or one in memory).
 
-Only this module (and ``rtnl``, its codec) talks netlink. Whatever the inputs, a plan never
-touches an address outside the configured prefixes or one that is not host-length (/32, /128).
+Only this module (and ``rtnl``, its codec) talks netlink. Whatever the inputs, a plan never touches an
+address outside the configured prefixes or one that is not host-length (/32, /128). What is on the
+interfaces, and when to read them again, is ``presence``'s business; the tables only do what they are
+told and say how each request went.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import rtnl
 from .config import Config
-from .rtnl import parse_address
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,19 @@ def plan(
     return p
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One request to a table: add (or renew) ``ip`` on ``interface``, or remove it from there."""
+
+    add: bool
+    ip: str
+    interface: str
+
+
+GONE = (*rtnl.GONE, errno.ENODEV)
+"""What a removal may meet when the address is not there: nothing to do (ENODEV: its interface is gone)."""
+
+
 class AddressTable(Protocol):
     """The host-length addresses of the agent's interfaces: its interface (lo), and with weighted anycast
     the weight-class interfaces too."""
@@ -98,19 +113,28 @@ class AddressTable(Protocol):
     """After ``dump()``: (ip, interface) of each address also held on an earlier interface of ours."""
 
     def dump(self) -> dict[str, Present]: ...
-    def set_many(self, ips: list[str], lifetime: int, interface: str) -> dict[str, int]: ...
-    def remove(self, ip: str, interface: str) -> None: ...
+    def apply(self, changes: Sequence[Change], lifetime: int) -> list[int]:
+        """Carries out ``changes`` in order (adds with ``lifetime`` seconds, 0: permanent); returns the
+        errno of each (0: done). Raises OSError only when the requests could not be made at all."""
+        ...
+
+    def ensure(self, interface: str) -> bool:
+        """Makes the weight-class ``interface`` again if it is missing; True if it had to."""
+        ...
+
     def close(self) -> None: ...
 
 
 class MemoryTable:
-    """Interfaces that exist only in memory: for ``--dry-run`` (never touches netlink) and unit tests."""
+    """Interfaces that exist only in memory: for ``--dry-run`` (never touches netlink) and unit tests.
+    ``set`` and ``remove`` are its requests (tests wrap them); ``unlink`` deletes an interface."""
 
     def __init__(
         self, clock: Callable[[], float] = time.monotonic, interfaces: tuple[str, ...] = ("lo",)
     ) -> None:
         self.clock = clock
         self.interfaces = interfaces
+        self.links = set(interfaces)
         self.duplicates: list[tuple[str, str]] = []
         self.addresses: dict[str, Present] = {}
 
@@ -118,16 +142,35 @@ class MemoryTable:
         return dict(self.addresses)
 
     def set(self, ip: str, lifetime: int, interface: str = "lo") -> None:
+        if interface not in self.links:
+            raise OSError(errno.ENODEV, f"no interface {interface}")
         self.addresses[ip] = Present(self.clock() + lifetime if lifetime else None, interface)
-
-    def set_many(self, ips: list[str], lifetime: int, interface: str = "lo") -> dict[str, int]:
-        for ip in ips:
-            self.set(ip, lifetime, interface)
-        return {}
 
     def remove(self, ip: str, interface: str = "lo") -> None:
         if ip in self.addresses and self.addresses[ip].interface == interface:
             del self.addresses[ip]
+
+    def apply(self, changes: Sequence[Change], lifetime: int) -> list[int]:
+        codes = []
+        for c in changes:
+            try:
+                self.set(c.ip, lifetime, c.interface) if c.add else self.remove(c.ip, c.interface)
+            except OSError as err:
+                if err.errno is None:  # not the kernel's answer to one request: the whole batch failed
+                    raise
+                codes.append(err.errno)
+            else:
+                codes.append(0)
+        return codes
+
+    def unlink(self, interface: str) -> None:
+        self.links.discard(interface)
+        self.addresses = {ip: p for ip, p in self.addresses.items() if p.interface != interface}
+
+    def ensure(self, interface: str) -> bool:
+        made = interface not in self.links
+        self.links.add(interface)
+        return made
 
     def close(self) -> None:
         pass
@@ -137,45 +180,6 @@ class InterfaceMissing(RuntimeError):
     pass
 
 
-ECHO_WITHIN = 5.0
-"""Seconds within which the kernel's notification of one of our own writes (its echo) is expected."""
-
-
-class Echoes:
-    """The notifications our own writes will cause, so that the monitor can drop them: counted per
-    (kind, ip), each expected for ``ECHO_WITHIN`` seconds. Written by the sync loop, read by the monitor."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._expected: dict[tuple[str, str], list[float]] = {}
-
-    def expect(self, kind: str, ip: str) -> None:
-        with self._lock:
-            self._expected.setdefault((kind, ip), []).append(self.clock() + ECHO_WITHIN)
-
-    def forget(self, kind: str, ip: str) -> None:
-        """The write did not happen (it failed, or there was nothing to remove): no echo will come."""
-        with self._lock:
-            deadlines = self._expected.get((kind, ip))
-            if deadlines:
-                deadlines.pop()
-                if not deadlines:
-                    del self._expected[(kind, ip)]
-
-    def consume(self, kind: str, ip: str) -> bool:
-        """True if this notification is the echo of one of our writes (and counts it as seen)."""
-        now = self.clock()
-        with self._lock:
-            deadlines = [d for d in self._expected.pop((kind, ip), []) if d >= now]
-            if not deadlines:
-                return False
-            deadlines.pop(0)
-            if deadlines:
-                self._expected[(kind, ip)] = deadlines
-            return True
-
-
 def _index(ifname: str) -> int | None:
     try:
         return socket.if_nametoindex(ifname)
@@ -183,8 +187,13 @@ def _index(ifname: str) -> int | None:
         return None
 
 
+Notify = Callable[[str, str, Present, bool], None]
+"""Told of each address notification on our interfaces: ("add" | "del", ip, where and until when,
+whether our own request socket caused it, as the kernel says for IPv4)."""
+
+
 class NetlinkTable:
-    """The real interfaces, through ``rtnl``: batched writes, the dump, the monitor; pyroute2 only makes
+    """The real interfaces, through ``rtnl``: batched requests, the dump, the monitor; pyroute2 only makes
     the weight-class interfaces."""
 
     def __init__(self, ifname: str, classes: tuple[str, ...] = (), *, create: bool = True) -> None:
@@ -201,9 +210,9 @@ class NetlinkTable:
                 self.indices[name] = found
         self.interfaces = tuple(self.indices)
         self._names = {i: n for n, i in self.indices.items()}
+        """Interface index -> name, read by the monitor thread; replaced whole, never changed in place."""
         self.duplicates: list[tuple[str, str]] = []
         self.requests = rtnl.Requests()
-        self.echoes = Echoes()
         self.monitor_error: str | None = None
         """Why the monitor is not following the interfaces right now (for /healthz), or None."""
         self._monitor_thread: threading.Thread | None = None
@@ -231,13 +240,25 @@ class NetlinkTable:
             ipr.link("set", index=found[0], state="up")
             return int(found[0])
 
+    def ensure(self, interface: str) -> bool:
+        index = _index(interface)
+        if index is not None and index == self.indices.get(interface):
+            return False
+        if index is None:
+            log.warning("weight-class interface %s is gone; making it again", interface)
+        index = self._class_interface(interface)
+        self.indices = {**self.indices, interface: index}
+        self._names = {i: n for n, i in self.indices.items()}
+        return True
+
     def dump(self) -> dict[str, Present]:
         """The host-length addresses on our interfaces. An address on two of them counts on the first (in
         ``interfaces`` order); the later copies are listed in ``duplicates``."""
         now = time.monotonic()
-        found: dict[str, list[rtnl.Address]] = {name: [] for name in self.indices}
+        names = self._names
+        found: dict[str, list[rtnl.Address]] = {name: [] for name in self.interfaces}
         for addr in self.requests.addresses():
-            name = self._names.get(addr.index)
+            name = names.get(addr.index)
             if name is not None and addr.prefixlen == host_len(addr.ip):
                 found[name].append(addr)
         out: dict[str, Present] = {}
@@ -250,32 +271,14 @@ class NetlinkTable:
                     out[addr.ip] = Present(None if addr.valid == rtnl.FOREVER else now + addr.valid, name)
         return out
 
-    def set_many(self, ips: list[str], lifetime: int, interface: str) -> dict[str, int]:
-        """Adds or renews ``ips`` on ``interface`` in batches; returns {ip: errno} of those refused."""
-        index = self.indices[interface]
-        for ip in ips:
-            self.echoes.expect("add", ip)
-        try:
-            failed = self.requests.run((rtnl.RTM_NEWADDR, index, ip, lifetime) for ip in ips)
-        except BaseException:
-            for ip in ips:
-                self.echoes.forget("add", ip)
-            raise
-        for ip in failed:
-            self.echoes.forget("add", ip)
-        return failed
-
-    def remove(self, ip: str, interface: str) -> None:
-        self.echoes.expect("del", ip)
-        try:
-            failed = self.requests.run([(rtnl.RTM_DELADDR, self.indices[interface], ip, 0)])
-        except BaseException:
-            self.echoes.forget("del", ip)
-            raise
-        if ip in failed:
-            self.echoes.forget("del", ip)
-            if failed[ip] not in rtnl.GONE:
-                raise rtnl.RequestError(failed[ip], f"cannot remove {ip}: {os.strerror(failed[ip])}")
+    def apply(self, changes: Sequence[Change], lifetime: int) -> list[int]:
+        indices = self.indices
+        return self.requests.run(
+            (rtnl.RTM_NEWADDR, indices[c.interface], c.ip, lifetime)
+            if c.add
+            else (rtnl.RTM_DELADDR, indices[c.interface], c.ip, 0)
+            for c in changes
+        )
 
     def close(self) -> None:
         self.requests.close()
@@ -286,28 +289,29 @@ class NetlinkTable:
             return "netlink monitor thread ended"
         return self.monitor_error
 
-    def monitor(self, on_change: Callable[[str, str, Present | None], None]) -> threading.Thread:
-        """Follows our interfaces' address events in a thread: ``on_change("add"|"del", ip, present)`` (the
-        interface in ``present``) for changes made by someone else (echoes of our own writes are dropped),
-        ``on_change("lost", "", None)`` after a restart of the monitor, which may have missed events."""
+    def monitor(self, notify: Notify, lost: Callable[[], None]) -> threading.Thread:
+        """Follows our interfaces' address notifications in a thread: ``notify`` for each, ``lost()`` when
+        the monitor listens again after an error (ENOBUFS when notifications came faster than it read
+        them, say), having missed what happened meanwhile."""
         self._monitor_thread = threading.Thread(
-            target=self._monitor, args=(on_change,), name="netlink-monitor", daemon=True
+            target=self._monitor, args=(notify, lost), name="netlink-monitor", daemon=True
         )
         self._monitor_thread.start()
         return self._monitor_thread
 
-    def _monitor(self, on_change: Callable[[str, str, Present | None], None]) -> None:
+    def _monitor(self, notify: Notify, lost: Callable[[], None]) -> None:
         delay = 0.1
+        ours = self.requests.port_id
         while True:
             try:
                 with rtnl.monitor_socket() as sock:
                     self.monitoring.set()
                     if self.monitor_error is not None:
                         self.monitor_error = None
-                        on_change("lost", "", None)
+                        lost()
                     while True:
-                        for kind, _, _, payload in rtnl.messages(sock.recv(1 << 16)):
-                            self._event(parse_address(kind, payload), on_change)
+                        for kind, _, _, port, payload in rtnl.messages(sock.recv(1 << 16)):
+                            self._event(rtnl.parse_address(kind, payload), port == ours, notify)
                         delay = 0.1
             except Exception as err:  # whatever it was (ENOBUFS, a parse error...): restart, then re-read
                 self.monitoring.clear()
@@ -316,13 +320,12 @@ class NetlinkTable:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _event(
-        self, addr: rtnl.Address | None, on_change: Callable[[str, str, Present | None], None]
-    ) -> None:
-        if addr is None or addr.index not in self._names or addr.prefixlen != host_len(addr.ip):
+    def _event(self, addr: rtnl.Address | None, ours: bool, notify: Notify) -> None:
+        if addr is None or addr.prefixlen != host_len(addr.ip):
+            return
+        name = self._names.get(addr.index)
+        if name is None:
             return
         kind = "del" if addr.kind == rtnl.RTM_DELADDR else "add"
-        if self.echoes.consume(kind, addr.ip):
-            return
         expires = None if addr.valid == rtnl.FOREVER or kind == "del" else time.monotonic() + addr.valid
-        on_change(kind, addr.ip, Present(expires, self._names[addr.index]))
+        notify(kind, addr.ip, Present(expires, name), ours)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from typing import Any
 
 import click
 
@@ -20,10 +21,10 @@ from .config import Config
 from .kube import EX_TEMPFAIL, Api, KubeconfigStale, wait_for_client
 from .leader import LeaderElector
 from .metrics import HealthServer, Metrics
-from .model import watched
+from .model import SERVICES, WatchEvent, watched
 from .pools import fingerprint
 from .systemd import Notifier
-from .watch import Reflector
+from .watch import Reflector, Sink
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ApiSide:
         self.stop = stop
         self.reflectors: list[Reflector] = []
         self.elector: LeaderElector | None = None
+        self.allocator: Allocator | None = None
         self.exit_code = 0
         """EX_TEMPFAIL when the kubeconfig copy is unusable: the daemon then exits for a restart."""
 
@@ -100,18 +102,17 @@ class ApiSide:
                 api, self.lease_namespace, config.node_name, on_leader, fingerprint=mine, on_holder=on_holder
             )
             writer.may_write = self.elector.is_leader
-            # Before any watch starts: the loop hands the allocator every Service event it records.
-            agent.writer = writer
-            agent.allocator = allocator
+            agent.report.events = writer
+            self.allocator = allocator
             writer.start(self.stop)
             allocator.start(self.stop)
             self.elector.start(self.stop)
         else:  # decide as a leader would and log it (l3lb/dryrun.py)
             from .dryrun import DryRunWriter
 
-            agent.allocator = Allocator(config, DryRunWriter(), metrics, lease_namespace=self.lease_namespace)
-            agent.allocator.start(self.stop)
-            agent.allocator.on_leader(True)
+            self.allocator = Allocator(config, DryRunWriter(), metrics, lease_namespace=self.lease_namespace)
+            self.allocator.start(self.stop)
+            self.allocator.on_leader(True)
 
         def on_restart(resource: str, err: Exception | None) -> None:
             metrics.watch_restarts.labels(resource).inc()
@@ -119,12 +120,26 @@ class ApiSide:
                 metrics.api_errors.labels(resource).inc()
 
         self.reflectors = [
-            Reflector(resource, api, path, parse, agent.sink, selectors=selectors, on_restart=on_restart)
-            for resource, (path, selectors, parse) in watched(config.node_name).items()
+            Reflector(resource, api, path, parse, self.sink(resource), selectors=sel, on_restart=on_restart)
+            for resource, (path, sel, parse) in watched(config.node_name).items()
         ]
         agent.watched = self.reflectors
         for r in self.reflectors:
             r.start(self.stop)
+
+    def sink(self, resource: str) -> Sink:
+        """Where a watch delivers: the agent's inbox, and for Services the allocator's as well (one event,
+        parsed once, for both)."""
+        agent, allocator = self.agent, self.allocator
+        if resource != SERVICES or allocator is None:
+            return agent.sink
+
+        def both(resource: str, kind: str, value: Any) -> None:
+            event = WatchEvent(resource, kind, value, agent.clock())
+            agent.inbox.put(event)
+            allocator.offer(event)
+
+        return both
 
     def close(self) -> None:
         if self.elector is not None:

@@ -238,3 +238,23 @@ def watched(node_name: str) -> dict[str, tuple[str, dict[str, str], Parse]]:
         ),
         NODE: ("/api/v1/nodes", {"fieldSelector": f"metadata.name={node_name}"}, node_entry),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """From a watch: ``kind`` "REPLACE" (a (re)list: ``value`` is every (key, value)), "SET" or "DELETE"
+    (``value`` is one (key, value); a DELETE's is the object's last state)."""
+
+    resource: str
+    kind: str
+    value: Any
+    at: float
+
+    def __str__(self) -> str:
+        if self.kind == "REPLACE":
+            return f"{self.resource} REPLACE ({len(self.value)})"
+        key, obj = self.value
+        ips = getattr(obj, "ingress_ips", None)
+        return f"{self.resource} {self.kind} {fmt_key(key)}" + (
+            f" [{','.join(ips)}]" if ips is not None else ""
+        )

@@ -61,15 +61,16 @@ def encode(kind: int, index: int, ip: str, lifetime: int, seq: int) -> bytes:
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
 
 
-def messages(buf: bytes) -> Iterator[tuple[int, int, int, memoryview]]:
-    """(type, flags, sequence number, payload) of each message in one datagram."""
+def messages(buf: bytes) -> Iterator[tuple[int, int, int, int, memoryview]]:
+    """(type, flags, sequence number, port id, payload) of each message in one datagram. A notification's
+    port id is that of the socket whose request caused it, when the kernel stamps it (IPv4 addresses)."""
     view = memoryview(buf)
     off = 0
     while off + _NLMSGHDR.size <= len(buf):
-        length, kind, flags, seq, _ = _NLMSGHDR.unpack_from(buf, off)
+        length, kind, flags, seq, port = _NLMSGHDR.unpack_from(buf, off)
         if length < _NLMSGHDR.size:
             return
-        yield kind, flags, seq, view[off + _NLMSGHDR.size : off + length]
+        yield kind, flags, seq, port, view[off + _NLMSGHDR.size : off + length]
         off += _align(length)
 
 
@@ -140,30 +141,40 @@ class Requests:
         self._seq = self._seq % 0x7FFFFFFF + 1
         return self._seq
 
-    def run(self, requests: Iterable[tuple[int, int, str, int]]) -> dict[str, int]:
-        """Sends (kind, index, ip, lifetime) requests; returns {ip: errno} for those the kernel refused."""
-        failed: dict[str, int] = {}
-        pending: dict[int, str] = {}
+    def run(self, requests: Iterable[tuple[int, int, str, int]]) -> list[int]:
+        """Sends (kind, index, ip, lifetime) requests, BATCH to a datagram; returns the errno of each, in
+        order (0: done). A removal and an add of the same IP right after it (a move to another interface)
+        always go in one datagram: the kernel carries out a datagram's requests in order in one system
+        call, so no crash of ours can leave the address on neither interface."""
+        codes: list[int] = []
+        pending: dict[int, int] = {}
         chunk: list[bytes] = []
+        last: tuple[int, str] | None = None
         for kind, index, ip, lifetime in requests:
-            seq = self._next_seq()
-            pending[seq] = ip
-            chunk.append(encode(kind, index, ip, lifetime, seq))
-            if len(chunk) == self.BATCH:
-                self._exchange(chunk, pending, failed)
+            if len(chunk) >= self.BATCH and not (kind == RTM_NEWADDR and last == (RTM_DELADDR, ip)):
+                self._exchange(chunk, pending, codes)
                 chunk = []
+            seq = self._next_seq()
+            pending[seq] = len(codes)
+            codes.append(0)
+            chunk.append(encode(kind, index, ip, lifetime, seq))
+            last = (kind, ip)
         if chunk:
-            self._exchange(chunk, pending, failed)
-        return failed
+            self._exchange(chunk, pending, codes)
+        return codes
 
-    def _exchange(self, chunk: list[bytes], pending: dict[int, str], failed: dict[str, int]) -> None:
+    def _exchange(self, chunk: list[bytes], pending: dict[int, int], codes: list[int]) -> None:
         self.sock.send(b"".join(chunk))
         while pending:
-            for kind, _, seq, payload in messages(self.sock.recv(1 << 16)):
+            for kind, _, seq, _, payload in messages(self.sock.recv(1 << 16)):
                 if kind == NLMSG_ERROR and seq in pending:
-                    ip = pending.pop(seq)
-                    if code := _errno(payload):
-                        failed[ip] = code
+                    codes[pending.pop(seq)] = _errno(payload)
+
+    @property
+    def port_id(self) -> int:
+        """The socket's netlink port id: the kernel stamps the IPv4 address notifications that our requests
+        cause with it (not IPv6's)."""
+        return int(self.sock.getsockname()[0])
 
     def addresses(self) -> list[Address]:
         """Every address of every interface, by one RTM_GETADDR dump; dumped again if a change interrupted
@@ -179,7 +190,7 @@ class Requests:
             found: list[Address] = []
             interrupted = done = False
             while not done:
-                for kind, flags, got, payload in messages(self.sock.recv(1 << 16)):
+                for kind, flags, got, _, payload in messages(self.sock.recv(1 << 16)):
                     if got != seq:
                         continue  # a late acknowledgement of something else
                     interrupted |= bool(flags & NLM_F_DUMP_INTR)
@@ -195,10 +206,19 @@ class Requests:
         raise RequestError(errno.EAGAIN, f"the address dump was interrupted {DUMP_ATTEMPTS} times in a row")
 
 
+MONITOR_BUFFER = 4 << 20
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
 def monitor_socket() -> socket.socket:
-    """A NETLINK_ROUTE socket subscribed to IPv4 and IPv6 address notifications, with a large buffer."""
+    """A NETLINK_ROUTE socket subscribed to IPv4 and IPv6 address notifications, with a 4 MiB buffer:
+    SO_RCVBUFFORCE (CAP_NET_ADMIN, which the agent has) goes past net.core.rmem_max, which silently caps
+    SO_RCVBUF (212,992 bytes by default, a few thousand notifications)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, MONITOR_BUFFER)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MONITOR_BUFFER)
     sock.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
     return sock
 

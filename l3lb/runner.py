@@ -18,41 +18,21 @@ import select
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from .apply import Present
 from .backoff import Backoff
-from .model import fmt_key
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    """From a watch: ``kind`` "REPLACE" (a (re)list: ``value`` is every (key, value)), "SET" or "DELETE"
-    (``value`` is one (key, value); a DELETE's is the object's last state)."""
-
-    resource: str
-    kind: str
-    value: Any
-    at: float
-
-    def __str__(self) -> str:
-        if self.kind == "REPLACE":
-            return f"{self.resource} REPLACE ({len(self.value)})"
-        key, obj = self.value
-        ips = getattr(obj, "ingress_ips", None)
-        return f"{self.resource} {self.kind} {fmt_key(key)}" + (
-            f" [{','.join(ips)}]" if ips is not None else ""
-        )
+from .model import WatchEvent
 
 
 @dataclass(frozen=True, slots=True)
 class AddressEvent:
-    """Someone else added or removed a host-length address on the interface (the table drops the echoes
-    of the agent's own writes before they get here)."""
+    """Someone else added or removed a host-length address on one of our interfaces (``Presence`` drops
+    the echoes of the agent's own requests before they get here)."""
 
     kind: str  # "add" | "del"
     ip: str
-    present: Present | None
+    present: Present
+    """Which of our interfaces, and (for an add) until when."""
     at: float
 
     def __str__(self) -> str:
@@ -136,39 +116,38 @@ class SyncRunner:
         self.retry = retry or Backoff(initial=1.0, maximum=10.0)
         self._changed = False
         self._full_at = clock()  # the first sync is a full one
-        self._failed = False
+        self.failing_since: float | None = None
+        """When the syncs started failing (None while they succeed): /healthz turns after a bound."""
 
     def changed(self) -> None:
         """Something changed: sync what changed as soon as the loop gets to it."""
         self._changed = True
 
-    @property
-    def failing(self) -> bool:
-        return self._failed
-
     def due(self) -> Sync | None:
-        """The sync to run now, if any. A change waits while a failed sync backs off."""
+        """The sync to run now, if any. A change waits while a failed sync backs off (a sync fails only
+        when the requests cannot be made at all: a refused address backs off on its own)."""
         now = self.clock()
         if now >= self._full_at:
             return Sync.FULL
-        if self._changed and not self._failed:
+        if self._changed and self.failing_since is None:
             return Sync.CHANGES
         return None
 
     def timeout(self) -> float:
         """Seconds until a sync is due if nothing changes."""
-        if self._changed and not self._failed:
+        if self._changed and self.failing_since is None:
             return 0.0
         return max(0.0, self._full_at - self.clock())
 
     def done(self, sync: Sync, ok: bool) -> None:
         now = self.clock()
         if not ok:
-            self._failed = True
+            if self.failing_since is None:
+                self.failing_since = now
             self._full_at = now + self.retry.next()
             return
         self._changed = False
         if sync is Sync.FULL:
-            self._failed = False
+            self.failing_since = None
             self.retry.reset()
             self._full_at = now + self.resync
