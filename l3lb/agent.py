@@ -6,8 +6,8 @@ Watch threads and the netlink monitor only put typed messages in the ``Inbox``. 
 its tracker (O(what changed)), then:
 - a sync of changes plans and applies just the IPs whose decision or presence changed;
 - a full sync (at start, every resync interval, after a failure) plans over every address and collects
-  strays; the renewals of lifetimes it finds due are applied in small batches, with events served between
-  them, so a large table never delays an event.
+  strays; the renewals of lifetimes it finds due are applied in small batches, one batch each turn of the
+  loop whatever else is due, so a large table never delays an event and churn never starves a renewal.
 Nothing is removed until the Services, EndpointSlices and this Node have each been listed once: never act
 on half a picture.
 """
@@ -125,7 +125,7 @@ class Agent:
             due = self.runner.due()
             if due is not None:
                 self.runner.done(due, self.sync(due))
-            elif self._renewals:
+            if self._renewals:
                 self._renew_some()
             if messages and log.isEnabledFor(logging.DEBUG):
                 # "the agent has acted on this event": what tests wait for before asserting an absence
@@ -205,7 +205,6 @@ class Agent:
         if full:
             self.placement.prune()
             p = plan(self.placement.desired(), present, self.config, now)
-            self._renewals.clear()
             for ip, interface in p.renew:
                 self._renewals.setdefault(ip, interface)
             p.renew = []

@@ -383,6 +383,44 @@ def test_full_syncs_read_the_interfaces_again_now_and_then() -> None:
     assert seen == {1035: True, 1075: False}, "collected by the re-read of a later full sync, within a minute"
 
 
+def test_renewals_keep_up_under_endless_churn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change to sync every millisecond for 30 s, and each request takes a millisecond, so the loop finds
+    an event at every turn: the renewals of 200 addresses with a 9 s lifetime still go out between the
+    syncs, and no lifetime runs out. (A loop that renewed only when no sync was due renewed nothing under
+    churn, and each full sync cleared its queue: every address lapsed.)"""
+    import l3lb.agent
+
+    monkeypatch.setattr(l3lb.agent, "RENEW_BATCH", 10)
+    rig = make_agent(config=Config(prefixes=CFG.prefixes, node_name="n1", address_lifetime=9))
+    services = [svc_obj(f"s{i}", [f"10.0.100.{i + 1}"], policy="Cluster") for i in range(200)]
+    slices = [slice_obj(f"e{i}", f"s{i}", [("n2", True, False)]) for i in range(200)]
+    real_set, real_remove = rig.table.set, rig.table.remove
+
+    def slow_set(ip: str, lifetime: int, interface: str = "lo") -> None:
+        rig.clock.now += 0.001
+        real_set(ip, lifetime, interface)
+
+    def slow_remove(ip: str, interface: str = "lo") -> None:
+        rig.clock.now += 0.001
+        real_remove(ip, interface)
+
+    rig.table.set, rig.table.remove = slow_set, slow_remove  # type: ignore[method-assign]
+    rig.inbox.at(1000, lists(rig.agent, services=services, slices=slices))
+    lapsed: list[tuple[float, str]] = []
+    flip = itertools.cycle([True, False])
+
+    def churn() -> None:
+        rig.agent.sink(SLICES, "SET", slice_e(slice_obj("e0", "s0", [("n2", next(flip), False)])))
+        now = rig.clock.now
+        lapsed.extend((now, ip) for ip, p in rig.table.dump().items() if (p.expires or now) < now)
+
+    for k in range(30_000):
+        rig.inbox.at(1001 + k * 0.001, churn)
+    rig.agent.run()
+    assert lapsed == [], lapsed[:5]
+    assert rig.clock.now > 1030
+
+
 STOP_BY_SIGNAL = """
 import signal, threading, time
 from l3lb.agent import Agent
