@@ -23,7 +23,7 @@ from typing import Protocol
 from .apply import AddressTable, Plan, plan
 from .config import Config
 from .metrics import Metrics
-from .model import NODE, SERVICES, SLICES, WatchEvent
+from .model import WatchEvent
 from .placement import Placement
 from .presence import UNAPPLIED_AFTER, Presence
 from .report import Reporter
@@ -73,8 +73,6 @@ class Agent:
         self.last_loop = clock()
         self._renewals: dict[str, str] = {}
         """IP -> interface, due for renewal: queued by full syncs, applied RENEW_BATCH at a time."""
-        self._ready_sent = False
-        self._next_ping = 0.0
         self._batch_start: float | None = None
 
     @property
@@ -112,7 +110,7 @@ class Agent:
         self.presence.start_monitor()
         while not self.inbox.stopping:
             self.last_loop = now = self.clock()
-            self._ping(now)
+            self.notifier.ping(now)
             retry = self.presence.next_retry()
             if retry is not None and retry <= now:
                 self.runner.changed()  # a refused address is due again
@@ -134,12 +132,6 @@ class Agent:
                 log.debug("handled %s%s", shown, more)
         self.notifier.send("STOPPING=1")
 
-    def _ping(self, now: float) -> None:
-        interval = self.notifier.watchdog_interval
-        if interval is not None and now >= self._next_ping:
-            self.notifier.send("WATCHDOG=1")
-            self._next_ping = now + interval
-
     # ---- recording: O(the message)
     def _record(self, m: Message) -> None:
         if isinstance(m, MonitorLost):
@@ -149,7 +141,13 @@ class Agent:
             if self.presence.record(m, self.tracker.announced):
                 self._changed(m.at)
         else:
-            self._record_watch(m)
+            self.tracker.record(m)
+            if m.kind == "REPLACE" and m.resource not in self.listed:
+                log.info("initial list of %s done (%d objects)", m.resource, len(m.value))
+                self.listed.add(m.resource)
+                if len(self.listed) == 3:
+                    self.presence.reread()  # the first full picture: a full sync, from a fresh read
+                    self.runner.changed()
             if self.tracker.pending:
                 self._changed(m.at)
 
@@ -157,28 +155,6 @@ class Agent:
         if self._batch_start is None:
             self._batch_start = at
         self.runner.changed()
-
-    def _record_watch(self, m: WatchEvent) -> None:
-        t = self.tracker
-        if m.kind == "REPLACE":
-            if m.resource == SERVICES:
-                t.replace_services(m.value)
-            elif m.resource == SLICES:
-                t.replace_slices(m.value)
-            else:
-                t.set_node(m.value[0][1] if m.value else None)
-            if m.resource not in self.listed:
-                log.info("initial list of %s done (%d objects)", m.resource, len(m.value))
-                self.listed.add(m.resource)
-                if len(self.listed) == 3:
-                    self.presence.reread()  # the first full picture: a full sync, from a fresh read
-                    self.runner.changed()
-        elif m.resource == SERVICES:
-            t.delete_service(m.value[0]) if m.kind == "DELETE" else t.set_service(m.value[1])
-        elif m.resource == SLICES:
-            t.delete_slice(m.value[0]) if m.kind == "DELETE" else t.set_slice(*m.value)
-        elif m.resource == NODE:
-            t.set_node(None if m.kind == "DELETE" else m.value[1])
 
     # ---- syncing
     def sync(self, kind: Sync = Sync.FULL) -> bool:
@@ -225,8 +201,8 @@ class Agent:
         ours = {ip: have.interface for ip, have in present.items() if self.config.in_prefix(ip)}
         for ip, interface in plan(ours, present, self.config, now).renew:
             self._renewals.setdefault(ip, interface)
-        if not self._ready_sent:
-            self._notify(f"holding {len(ours)} adopted addresses; waiting for the API")
+        if not self.notifier.ready:
+            self.notifier.status(f"holding {len(ours)} adopted addresses; waiting for the API")
 
     def _renew_some(self) -> None:
         """Renews up to RENEW_BATCH addresses that are still wanted and present where they were."""
@@ -261,17 +237,7 @@ class Agent:
         self.sync_count += 1
         if self.sync_count == 1:
             log.info("initial sync done: holding %d addresses", len(held))
-            self._notify(f"holding {len(held)} addresses")
-
-    def _notify(self, status: str) -> None:
-        """READY=1 means: the agent runs and holds what it adopted from the interface. It is sent at the
-        first read of the interface, whether or not the API answers (a start must not wait for the
-        apiserver: systemd would fail it after TimeoutStartSec), and the status follows what it holds."""
-        if self._ready_sent:
-            self.notifier.send(f"STATUS={status}")
-        else:
-            self.notifier.send("READY=1", f"STATUS={status}")
-            self._ready_sent = True
+            self.notifier.status(f"holding {len(held)} addresses")
 
     def withdraw_all(self) -> None:
         """On exit: removes every host-length address of ours (inside the prefixes) from the interfaces."""

@@ -1,4 +1,5 @@
-"""systemd's notify protocol (one datagram per message, no dependency): READY=1, WATCHDOG=1, STOPPING=1."""
+"""systemd's notify protocol (one datagram per message, no dependency): READY=1 with STATUS=, WATCHDOG=1,
+STOPPING=1."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class Notifier:
         wanted = usec.isdigit() and (not pid or pid == str(os.getpid()))
         self.watchdog_interval = int(usec) / 2e6 if wanted else None
         """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or None without a watchdog."""
+        self.ready = False
+        self._next_ping = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -29,3 +32,16 @@ class Notifier:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
             s.connect(self.address)
             s.sendall("\n".join(fields).encode())
+
+    def status(self, text: str) -> None:
+        """READY=1 with the first status (the agent runs and holds what it adopted from the interface:
+        sent at its first read, whether or not the API answers, since systemd fails a start that takes
+        longer than TimeoutStartSec), then the status alone."""
+        self.send(f"STATUS={text}") if self.ready else self.send("READY=1", f"STATUS={text}")
+        self.ready = True
+
+    def ping(self, now: float) -> None:
+        """WATCHDOG=1, when a watchdog is set and half its interval passed since the last ping."""
+        if self.watchdog_interval is not None and now >= self._next_ping:
+            self.send("WATCHDOG=1")
+            self._next_ping = now + self.watchdog_interval

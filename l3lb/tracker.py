@@ -22,7 +22,7 @@ from .decide import (
     node_reason,
     unselected_pools,
 )
-from .model import Key, Node, Service, SliceSummary
+from .model import NODE, SERVICES, SLICES, Key, Node, Service, SliceSummary, WatchEvent
 
 
 class Tracker:
@@ -48,6 +48,22 @@ class Tracker:
         self._all_dirty = False
 
     # ---- recording (watch handlers)
+    def record(self, m: WatchEvent) -> None:
+        """Records one watch event (a relist, a change or a deletion) of Services, slices or our Node."""
+        if m.kind == "REPLACE":
+            if m.resource == SERVICES:
+                self.replace_services(m.value)
+            elif m.resource == SLICES:
+                self.replace_slices(m.value)
+            else:
+                self.set_node(m.value[0][1] if m.value else None)
+        elif m.resource == SERVICES:
+            self.delete_service(m.value[0]) if m.kind == "DELETE" else self.set_service(m.value[1])
+        elif m.resource == SLICES:
+            self.delete_slice(m.value[0]) if m.kind == "DELETE" else self.set_slice(*m.value)
+        elif m.resource == NODE:
+            self.set_node(None if m.kind == "DELETE" else m.value[1])
+
     def set_service(self, svc: Service) -> bool:
         """Records an added or modified Service; True if it changed anything we track."""
         if not is_ours(svc, self.config):

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from test_decide import node_obj, slice_obj, svc_obj
 
-from l3lb.agent import NODE, SERVICES, SLICES, Agent
+from l3lb.agent import Agent
 from l3lb.apply import MemoryTable, Present
 from l3lb.config import Config, parse_prefixes
-from l3lb.model import node_entry, service_entry, slice_entry
+from l3lb.model import NODE, SERVICES, SLICES, node_entry, service_entry, slice_entry
 from l3lb.runner import Inbox, Message
 
 slice_e = slice_entry("n1")

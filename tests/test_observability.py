@@ -10,11 +10,11 @@ from pathlib import Path
 
 from test_decide import node_obj
 
-from l3lb.agent import NODE, SERVICES, SLICES, Agent
+from l3lb.agent import Agent
 from l3lb.apply import MemoryTable
 from l3lb.config import Config, parse_prefixes
 from l3lb.logs import JsonFormatter
-from l3lb.model import node_entry
+from l3lb.model import NODE, SERVICES, SLICES, node_entry
 from l3lb.systemd import Notifier
 
 CFG = Config(prefixes=parse_prefixes(["10.0.100.0/24"]), node_name="n1")
