@@ -7,6 +7,12 @@ Everything it decides comes from the full state it holds, never from having seen
 leader, or one that missed events, reaches the same result. Status writes are conditional on the
 resourceVersion the decision was made on, go out only while the election says we lead, and whatever is
 still queued when leadership is lost is dropped.
+
+A status write that fails (the apiserver unreachable, 5xx, 429, or 403 before RBAC arrives) is tried again
+for that Service alone after a backoff of its own (1 s doubling to 60 s); a 409 (the Service changed
+since the decision) waits for the watch to bring the new version, or for that backoff, instead of writing
+again at once on the same stale resourceVersion. Every RESYNC seconds the leader runs over the full state
+anyway, so nothing can stay unwritten on a quiet cluster.
 """
 
 from __future__ import annotations
@@ -16,13 +22,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from .allocate import allocate
+from .backoff import Backoff
 from .config import Config
 from .decide import is_ours
 from .metrics import Metrics
 from .model import Key, Service, WatchEvent, field_manager, fmt_key
+from .writer import CONFLICT, DENIED, FAILED, WRITTEN
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +42,30 @@ YIELD_FOR = 600.0
 STATUS_CONFLICT = "StatusConflict"
 BATCH = 0.05
 """Seconds the allocator lets events gather before a run: a burst of Services costs a few runs."""
+RESYNC = 60.0
+"""Seconds between runs over the full state while leading, events or not. A run over 10,000 Services
+takes about 160 ms: 0.3% of a core, on the leader alone."""
 
 
 class StatusWriter(Protocol):
-    def status(
+    def write(
         self, key: Key, ips: tuple[str, ...], resource_version: str = "", take_over: bool = False
     ) -> None: ...
-    def drop_status(self) -> None: ...
-    def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None: ...
+    def drop(self) -> None: ...
+
+
+class Recorder(Protocol):
+    def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> object: ...
+
+
+@dataclass(slots=True)
+class Retry:
+    """A Service whose last status write did not land: written again at ``at``, or as soon as the watch
+    shows a resourceVersion other than the one that write was conditional on."""
+
+    at: float
+    resource_version: str
+    backoff: Backoff
 
 
 class Allocator:
@@ -48,6 +73,7 @@ class Allocator:
         self,
         config: Config,
         writer: StatusWriter,
+        events: Recorder,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         lease_namespace: str = "kube-system",
@@ -55,6 +81,7 @@ class Allocator:
         self.config = config
         self.field_manager = field_manager(lease_namespace)
         self.writer = writer
+        self.events = events
         self.metrics = metrics
         self.clock = clock
         self.services: dict[Key, Service] = {}
@@ -64,7 +91,9 @@ class Allocator:
         self._pending: list[WatchEvent] = []
         self._leader = False
         self._leading = False  # what the thread acts on
-        self._refused: set[Key] = set()
+        self._outcomes: list[tuple[Key, str, str]] = []
+        self._retries: dict[Key, Retry] = {}
+        self._resync_at = 0.0
         self._written: dict[Key, tuple[tuple[str, ...], float]] = {}
         self._fights: dict[Key, list[float]] = {}
         self._yielded: dict[Key, float] = {}
@@ -84,10 +113,10 @@ class Allocator:
             self._leader = leader
             self._cond.notify()
 
-    def retry(self, key: Key) -> None:
-        """A status write was refused because the Service changed meanwhile: decide again."""
+    def written(self, key: Key, outcome: str, resource_version: str) -> None:
+        """How a status write went (the writer's ``on_written``)."""
         with self._cond:
-            self._refused.add(key)
+            self._outcomes.append((key, outcome, resource_version))
             self._cond.notify()
 
     # ---- the loop
@@ -99,39 +128,66 @@ class Allocator:
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             with self._cond:
-                while not (self._pending or self._refused or self._leader != self._leading or stop.is_set()):
-                    self._cond.wait(1.0)
+                while (
+                    not (self._pending or self._outcomes or self._leader != self._leading or stop.is_set())
+                    and (wait := self._wait()) > 0
+                ):
+                    self._cond.wait(min(wait, 1.0))
                 events, self._pending = self._pending, []
-                refused, self._refused = self._refused, set()
+                outcomes, self._outcomes = self._outcomes, []
                 leader = self._leader
-            self.step(events, leader, refused)
+            self.step(events, leader, outcomes)
             stop.wait(BATCH)
 
-    def step(self, events: list[WatchEvent], leader: bool, refused: Iterable[Key] = ()) -> None:
-        """Records ``events`` and refused writes, follows a change of leadership, and allocates if we lead
-        and anything changed. The loop's body; tests call it directly."""
+    def _wait(self) -> float:
+        """Seconds until a retry or the resync is due, while leading."""
+        if not self._leading:
+            return 1.0
+        due = min([self._resync_at, *(r.at for r in self._retries.values())])
+        return due - self.clock()
+
+    def step(
+        self, events: list[WatchEvent], leader: bool, outcomes: Iterable[tuple[Key, str, str]] = ()
+    ) -> None:
+        """Records ``events`` and how writes went, follows a change of leadership, and allocates if we lead
+        and anything changed, a retry is due, or the resync. The loop's body; tests call it directly."""
         for e in events:
             self._record(e, leader)
-        dirty = False
-        for key in refused:
-            self._in_flight.discard(key)
-            self._written.pop(key, None)
-            dirty = True
+        now = self.clock()
+        dirty = self._outcome(outcomes, now)
         if leader != self._leading:
             self._leading = leader
             if not leader:
                 # A new term starts from the Services' status alone; nothing decided in this one goes out.
-                self.writer.drop_status()
+                self.writer.drop()
                 self._written.clear()
                 self._in_flight.clear()
                 self._reported.clear()
+                self._retries.clear()
                 return
             log.info("leading the allocator: %d LoadBalancer Services", len(self.services))
             dirty = True
-        if self._leading and (events or dirty):
+        due = any(r.at <= now for r in self._retries.values()) or now >= self._resync_at
+        if self._leading and (events or dirty or due):
             self.allocate_now()
             if events and log.isEnabledFor(logging.DEBUG):
                 log.debug("handled %s", "; ".join(map(str, events[:20])))
+
+    def _outcome(self, outcomes: Iterable[tuple[Key, str, str]], now: float) -> bool:
+        """Follows how writes went; True when one calls for deciding again."""
+        dirty = False
+        for key, outcome, version in outcomes:
+            if outcome == WRITTEN:
+                self._retries.pop(key, None)
+                continue
+            self._in_flight.discard(key)  # it did not land: the status is what the watch shows
+            self._written.pop(key, None)
+            if outcome in (CONFLICT, FAILED, DENIED):
+                r = self._retries.get(key) or Retry(now, version, Backoff(initial=1.0, maximum=60.0))
+                r.at, r.resource_version = now + r.backoff.next(), version
+                self._retries[key] = r
+                dirty = True
+        return dirty
 
     def _record(self, e: WatchEvent, leader: bool) -> None:
         if e.kind == "REPLACE":
@@ -181,6 +237,7 @@ class Allocator:
         """One run over the full state."""
         self.runs += 1
         now = self.clock()
+        self._resync_at = now + RESYNC
         self._yielded = {k: t for k, t in self._yielded.items() if now - t < YIELD_FOR}
         ours = {k: s for k, s in self.services.items() if is_ours(s, self.config)}
         # Our own writes count as the status until the watch shows them (or they are too old to trust):
@@ -199,17 +256,18 @@ class Allocator:
         result = allocate(view.values(), self.config.pools, self.field_manager)
         for key, ips in result.ips.items():
             svc = view[key]
-            if key in self._yielded:
+            if key in self._yielded or self._backing_off(svc, now):
                 continue
             if ips == svc.ingress_ips:
                 if ips and self.field_manager not in svc.status_managers and key not in self._in_flight:
                     self._take_over(svc, now)
                 continue
+            retrying = key in self._retries
             self._write(svc, ips, now)
-            if ips:
+            if ips and not retrying:
                 self.metrics.allocations.inc()
                 log.info("allocating %s to %s", ", ".join(ips), fmt_key(key))
-                self.writer.event(key, svc.uid, "Normal", "Allocated", f"allocated {', '.join(ips)}")
+                self.events.event(key, svc.uid, "Normal", "Allocated", f"allocated {', '.join(ips)}")
         self._release_not_ours(now)
         by_key: dict[Key, list[tuple[str, str]]] = {}
         for c in result.conflicts:
@@ -239,6 +297,8 @@ class Allocator:
             ):
                 if key in self._in_flight and now - self._written[key][1] < IN_FLIGHT_FOR:
                     continue
+                if self._backing_off(svc, now):
+                    continue
                 log.info("releasing %s of %s: not ours any more", ", ".join(svc.ingress_ips), fmt_key(key))
                 self._write(svc, (), now)
 
@@ -247,10 +307,10 @@ class Allocator:
         it is, and from now on ours (managedFields), so that it is handled as the rest of what we wrote."""
         who = ", ".join(svc.status_managers) or "nobody"
         log.info("taking over %s of %s from %s", ", ".join(svc.ingress_ips), fmt_key(svc.key), who)
-        self.writer.status(svc.key, svc.ingress_ips, svc.resource_version, take_over=True)
+        self.writer.write(svc.key, svc.ingress_ips, svc.resource_version, take_over=True)
         self._written[svc.key] = (svc.ingress_ips, now)
         self._in_flight.add(svc.key)
-        self.writer.event(
+        self.events.event(
             svc.key,
             svc.uid,
             "Normal",
@@ -258,13 +318,19 @@ class Allocator:
             f"kept {', '.join(svc.ingress_ips)}, which {who} wrote in status; l3lb owns it now",
         )
 
+    def _backing_off(self, svc: Service, now: float) -> bool:
+        """A write of this Service did not land, its retry is not due, and the watch has shown no newer
+        version of it (with one, a write conditional on it may succeed: no need to wait)."""
+        r = self._retries.get(svc.key)
+        return r is not None and now < r.at and svc.resource_version == r.resource_version
+
     def _write(self, svc: Service, ips: tuple[str, ...], now: float) -> None:
         log.debug("writing status of %s: %s", fmt_key(svc.key), ", ".join(ips) or "nothing")
-        self.writer.status(svc.key, ips, svc.resource_version)
+        self.writer.write(svc.key, ips, svc.resource_version)
         self._written[svc.key] = (ips, now)
         self._in_flight.add(svc.key)
 
     def _report(self, svc: Service, reason: str, message: str) -> None:
         log.warning("%s: %s: %s", fmt_key(svc.key), reason, message)
         self.metrics.conflicts.labels(reason).inc()
-        self.writer.event(svc.key, svc.uid, "Warning", reason, message)
+        self.events.event(svc.key, svc.uid, "Warning", reason, message)

@@ -18,6 +18,7 @@ from .agent import Agent
 from .allocator import Allocator
 from .apply import InterfaceMissing, MemoryTable, NetlinkTable
 from .config import Config
+from .events import EventRecorder
 from .kube import EX_TEMPFAIL, Api, KubeconfigStale, wait_for_client
 from .leader import LeaderElector
 from .metrics import HealthServer, Metrics
@@ -25,7 +26,7 @@ from .model import SERVICES, WatchEvent, watched
 from .pools import fingerprint
 from .systemd import Notifier
 from .watch import Reflector, Sink
-from .writer import Writer
+from .writer import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,10 @@ class ApiSide:
         config, agent, metrics = self.config, self.agent, self.metrics
         if not config.dry_run:
             # The allocator decides and the writer writes, only while the election says we lead.
-            writer = Writer(api, config.node_name, lease_namespace=self.lease_namespace)
-            allocator = Allocator(config, writer, metrics, lease_namespace=self.lease_namespace)
-            writer.on_refused = allocator.retry
+            events = EventRecorder(api, config.node_name)
+            writer = StatusWriter(api, lease_namespace=self.lease_namespace)
+            allocator = Allocator(config, writer, events, metrics, lease_namespace=self.lease_namespace)
+            writer.on_written = allocator.written
 
             def on_leader(leader: bool) -> None:
                 metrics.leader.set(1 if leader else 0)
@@ -94,7 +96,7 @@ class ApiSide:
                     "every agent the same --config (or --prefix/--reserve)"
                 )
                 log.warning("%s", message)
-                writer.event(
+                events.event(
                     ("", config.node_name), config.node_name, "Warning", "PoolsMismatch", message, "Node"
                 )
 
@@ -102,15 +104,17 @@ class ApiSide:
                 api, self.lease_namespace, config.node_name, on_leader, fingerprint=mine, on_holder=on_holder
             )
             writer.may_write = self.elector.is_leader
-            agent.report.events = writer
+            agent.report.events = events
             self.allocator = allocator
+            events.start(self.stop)
             writer.start(self.stop)
             allocator.start(self.stop)
             self.elector.start(self.stop)
         else:  # decide as a leader would and log it (l3lb/dryrun.py)
             from .dryrun import DryRunWriter
 
-            self.allocator = Allocator(config, DryRunWriter(), metrics, lease_namespace=self.lease_namespace)
+            dry = DryRunWriter()
+            self.allocator = Allocator(config, dry, dry, metrics, lease_namespace=self.lease_namespace)
             self.allocator.start(self.stop)
             self.allocator.on_leader(True)
 

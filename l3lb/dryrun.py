@@ -13,13 +13,13 @@ log = logging.getLogger(__name__)
 
 
 class DryRunWriter:
-    """The allocator's writer that only logs, each decision once (nothing lands, so the allocator would
-    decide the same again on later events)."""
+    """The allocator's status writer and Event recorder that only log, each decision once (nothing lands,
+    so the allocator would decide the same again on later events)."""
 
     def __init__(self) -> None:
         self.said: dict[Key, tuple[tuple[str, ...], bool]] = {}
 
-    def status(
+    def write(
         self, key: Key, ips: tuple[str, ...], resource_version: str = "", take_over: bool = False
     ) -> None:
         if self.said.get(key) == (ips, take_over):
@@ -30,7 +30,7 @@ class DryRunWriter:
         else:
             log.info("dry run: would write status of %s: %s", fmt_key(key), ", ".join(ips) or "nothing")
 
-    def drop_status(self) -> None:
+    def drop(self) -> None:
         pass
 
     def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None:

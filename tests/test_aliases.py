@@ -17,9 +17,8 @@ from l3lb.allocate import INVALID_IPS, IP_IN_USE, IP_OUTSIDE_POOL, allocate, com
 from l3lb.allocator import Allocator
 from l3lb.config import Config, parse_prefixes
 from l3lb.metrics import Metrics
-from l3lb.model import Service, parse_service
+from l3lb.model import Service, WatchEvent, parse_service
 from l3lb.pools import AddressPool, shorthand
-from l3lb.runner import WatchEvent
 
 V4 = parse_prefixes(["10.0.100.0/29", "fd00:100::/125"])
 POOLS = shorthand(V4)
@@ -247,10 +246,10 @@ class Recorder:
         self.writes: list[tuple[str, tuple[str, ...], bool]] = []
         self.events: list[tuple[str, str]] = []
 
-    def status(self, key, ips, resource_version="", take_over=False) -> None:  # type: ignore[no-untyped-def]
+    def write(self, key, ips, resource_version="", take_over=False) -> None:  # type: ignore[no-untyped-def]
         self.writes.append((key[1], ips, take_over))
 
-    def drop_status(self) -> None:
+    def drop(self) -> None:
         pass
 
     def event(self, key, uid, kind, reason, message) -> None:  # type: ignore[no-untyped-def]
@@ -259,7 +258,7 @@ class Recorder:
 
 def test_the_leader_takes_over_what_another_controller_wrote_once() -> None:
     writer = Recorder()
-    allocator = Allocator(Config(prefixes=V4, node_name="n1"), writer, Metrics())
+    allocator = Allocator(Config(prefixes=V4, node_name="n1"), writer, writer, Metrics())
     theirs = svc("a", ingress_ips=("10.0.100.5",), status_managers=("controller",))
     mine = svc("b", ingress_ips=("10.0.100.6",), status_managers=(OURS,))
     allocator.step([WatchEvent("services", "SET", (s.key, s), 0.0) for s in (theirs, mine)], leader=True)

@@ -21,9 +21,9 @@ from l3lb.allocate import (
 from l3lb.allocator import Allocator
 from l3lb.config import Config, parse_prefixes
 from l3lb.metrics import Metrics
-from l3lb.model import Service
+from l3lb.model import Service, WatchEvent
 from l3lb.pools import shorthand as pools
-from l3lb.runner import WatchEvent
+from l3lb.writer import CONFLICT, FAILED, WRITTEN
 
 V4, V6 = parse_prefixes(["10.0.100.0/29"]), parse_prefixes(["10.0.100.0/29", "fd00:100::/125"])
 
@@ -215,12 +215,12 @@ class FakeWriter:
         self.take_overs: list[str] = []
         self.drops = 0
 
-    def status(self, key, ips, resource_version="", take_over=False) -> None:  # type: ignore[no-untyped-def]
+    def write(self, key, ips, resource_version="", take_over=False) -> None:  # type: ignore[no-untyped-def]
         self.writes.append((key[1], ips, resource_version))
         if take_over:
             self.take_overs.append(key[1])
 
-    def drop_status(self) -> None:
+    def drop(self) -> None:
         self.drops += 1
 
     def event(self, key, uid, kind, reason, message) -> None:  # type: ignore[no-untyped-def]
@@ -234,7 +234,7 @@ def sets(*services: Service) -> list[WatchEvent]:
 
 def make_allocator(clock=lambda: 0.0) -> tuple[Allocator, FakeWriter]:  # type: ignore[no-untyped-def]
     writer = FakeWriter()
-    return Allocator(Config(prefixes=V4, node_name="n1"), writer, Metrics(), clock=clock), writer
+    return Allocator(Config(prefixes=V4, node_name="n1"), writer, writer, Metrics(), clock=clock), writer
 
 
 def test_the_leader_counts_its_writes_in_flight_as_status() -> None:
@@ -280,12 +280,27 @@ def test_only_a_leader_allocates_and_losing_leadership_drops_queued_writes() -> 
     assert writer.drops == 1 and len(writer.writes) == 1, "nothing decided after the loss, the queue dropped"
 
 
-def test_a_refused_write_is_decided_again() -> None:
-    allocator, writer = make_allocator()
-    a = svc("a")
+def test_a_write_that_did_not_land_is_decided_again_after_a_backoff_or_a_newer_version() -> None:
+    """A failed write is tried again after its own backoff (1 s at first); a conflict too, unless the
+    watch shows the Service's newer version first, which is written at once."""
+    now = [0.0]
+    allocator, writer = make_allocator(clock=lambda: now[0])
+    a = dataclasses.replace(svc("a"), resource_version="1")
     allocator.step(sets(a), leader=True)
-    allocator.step([], leader=True, refused=[a.key])
-    assert [n for n, _, _ in writer.writes] == ["a", "a"]
+    allocator.step([], leader=True, outcomes=[(a.key, FAILED, "1")])
+    assert len(writer.writes) == 1, "not at once"
+    now[0] += 1.0
+    allocator.step([], leader=True)
+    assert writer.writes[-1] == ("a", ("10.0.100.1",), "1") and len(writer.writes) == 2
+    allocator.step([], leader=True, outcomes=[(a.key, CONFLICT, "1")])
+    allocator.step(sets(dataclasses.replace(a, labels=(("x", "y"),))), leader=True)
+    assert len(writer.writes) == 2, "the same version: no use writing again yet"
+    allocator.step(sets(dataclasses.replace(a, resource_version="2")), leader=True)
+    assert writer.writes[-1] == ("a", ("10.0.100.1",), "2"), "a newer version: written at once"
+    allocator.step([], leader=True, outcomes=[(a.key, WRITTEN, "2"), (a.key, FAILED, "2")])
+    now[0] += 1.0
+    allocator.step([], leader=True)
+    assert len(writer.writes) == 4, "a write that landed starts the backoff over"
 
 
 def test_status_we_wrote_on_a_service_no_longer_ours_is_cleared_from_full_state() -> None:
