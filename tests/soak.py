@@ -12,6 +12,11 @@ from outside the agents:
 - I4: no agent exits unless the soak stopped it, and /healthz never fails (no fault here lasts long enough
   that it should).
 
+The agents run weighted anycast with two classes, so a Local Service's IP sits on ``l3lbw1`` and the soak
+can delete that interface under them (``class-interface-delete``); ``monitor-lost`` shrinks an agent's
+netlink monitor buffer from outside (its socket, taken with pidfd_getfd) and floods it with address
+changes until the kernel drops notifications, and removes one of the agent's addresses in that flood.
+
 Faults are injected one at a time, each followed by its convergence; many leave state behind (agents down,
 nodes cordoned, the apiserver down, addresses added by hand), so they mix. ``bench/soak.py`` runs it for
 minutes; ``tests/test_soak.py`` for a minute in ``make test``.
@@ -20,16 +25,21 @@ minutes; ``tests/test_soak.py`` for a minute in ``make test``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import json
+import os
 import random
 import signal
+import socket
 import statistics
+import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,6 +67,11 @@ MAX_SERVICES = 6
 REACT = 25.0
 """Seconds the allocator has to resolve a conflict the soak's own change made (a new leader may be due)."""
 OUTSIDE = ("10.250.0.1/32", "10.0.100.192/26", "fd00:beef::1/128")  # hand-made: the agents must not touch
+CLASSES = 2
+"""Weight classes of the agents: a Local Service's IP (one ready pod per node here) sits on l3lbw1."""
+FLOOD = 300
+"""Addresses added and removed by hand, outside the prefix, to overflow a shrunken monitor buffer."""
+PIDFD_GETFD = 438  # the system call's number on x86_64 and aarch64 alike
 CLIENT_GET = """
 import json, socket, sys
 out = {}
@@ -123,7 +138,7 @@ class Report:
             f"seed {self.seed}: {j['faults_total']} faults, {sum(self.checks.values())} checks, "
             f"{len(self.violations)} violations",
             "time to converge of the faults that changed what is announced where:",
-            f"{'fault':<16} {'faults':>6} {'changed':>7} {'p50 s':>7} {'p99 s':>7} {'max s':>7}",
+            f"{'fault':<22} {'faults':>6} {'changed':>7} {'p50 s':>7} {'p99 s':>7} {'max s':>7}",
         ]
         conv = j["convergence_s"]
         for kind in sorted(self.faults):
@@ -131,7 +146,7 @@ class Report:
             figures = (
                 f"{c['p50']:>7.2f} {c['p99']:>7.2f} {c['max']:>7.2f}" if c else f"{'-':>7} {'-':>7} {'-':>7}"
             )
-            lines.append(f"{kind:<16} {self.faults[kind]:>6} {c['n'] if c else 0:>7} {figures}")
+            lines.append(f"{kind:<22} {self.faults[kind]:>6} {c['n'] if c else 0:>7} {figures}")
         lines.append("checks: " + ", ".join(f"{k} {v}" for k, v in sorted(self.checks.items())))
         return "\n".join(lines)
 
@@ -181,6 +196,10 @@ class Soak:
         self._conflicts: dict[str, float] = {}  # IP -> when two Services were first seen on it
         self.started_at = {n.name: time.monotonic() for n in lab.nodes}
         self._names = (f"s{i}" for i in range(10_000))
+        self.disturbed: str | None = None
+        """The node whose own addresses the last fault removed (class interface, monitor flood): the time
+        to converge counts even if the agent had repaired it by the first look, and includes its
+        /healthz being back to 200 (a flooded monitor is down for a moment, and says so)."""
 
     # ---- the run
     def run(self, duration: float) -> Report:
@@ -213,6 +232,7 @@ class Soak:
         self.note(f"fault {kind}")
         self.report.faults[kind] += 1
         before = (self._actual(), self._router()) if self.api_up and self.etcd_up else None
+        self.disturbed = None
         detail = action()
         if detail:
             self.note(f"  {detail}")
@@ -270,6 +290,8 @@ class Soak:
                 ("hand-add-inside", 0.7, self.do_hand_add_inside),
                 ("hand-del", 0.7, self.do_hand_del),
                 ("hand-outside", 0.5, self.do_hand_outside),
+                ("class-interface-delete", 0.6, self.do_class_interface_delete),
+                ("monitor-lost", 0.6, self.do_monitor_lost),
             ]
         if not self.agent_down:
             options += [
@@ -457,10 +479,10 @@ class Soak:
     def _running(self) -> list[str]:
         return [n.name for n in self.lab.nodes if n.name not in self.agent_down]
 
-    def _hand(self, node: str, op: str, cidr: str) -> None:
+    def _hand(self, node: str, op: str, cidr: str, dev: str = "lo") -> None:
         net = ipaddress.ip_interface(cidr)
         self.own.append((time.monotonic(), node, str(net.ip), net.network.prefixlen))
-        self.lab.node(node).ns.run(["ip", "addr", op, cidr, "dev", "lo"], check=False)
+        self.lab.node(node).ns.run(["ip", "addr", op, cidr, "dev", dev], check=False)
 
     def do_hand_add_inside(self) -> str:
         node = self._node(self._running())
@@ -470,12 +492,50 @@ class Soak:
 
     def do_hand_del(self) -> str:
         node = self._node(self._running())
-        held = sorted(self._lo(node))
+        held = self._ours(node)
         if not held:
             return self.do_hand_add_inside()
-        ip = self.rng.choice(held)
-        self._hand(node, "del", f"{ip}/32")
-        return f"{ip}/32 deleted by hand on {node}"
+        ip = self.rng.choice(sorted(held))
+        self._hand(node, "del", f"{ip}/32", held[ip])
+        return f"{ip}/32 deleted by hand from {held[ip]} on {node}"
+
+    def do_class_interface_delete(self) -> str:
+        """Deletes a weight-class interface (its addresses go with it): the agent makes it again."""
+        node = self._node(self._running())
+        used = sorted(set(self._ours(node).values()) - {"lo"})
+        dev = used[0] if used else f"l3lbw{self.rng.randrange(1, CLASSES + 1)}"
+        held = sum(d == dev for d in self._ours(node).values())
+        self.lab.node(node).ns.run(["ip", "link", "del", dev], check=False)
+        self.disturbed = node if held else None
+        return f"{dev} deleted on {node} (it held {held})"
+
+    def do_monitor_lost(self) -> str:
+        """The agent's netlink monitor loses notifications: its buffer shrunk from outside, then a flood of
+        address changes (outside the prefix) and, in it, one of the agent's addresses removed by hand."""
+        node = self._node(self._running())
+        n = self.lab.node(node)
+        assert n.agent is not None
+        try:
+            shrink_monitor_buffer(n.agent.pid)
+        except OSError as err:
+            return f"no monitor to shrink on {node}: {err}"
+        lines = []
+        for op in ("add", "del"):
+            for i in range(FLOOD):
+                cidr = f"10.251.{i // 250}.{i % 250 + 1}/32"
+                self.own.append((time.monotonic(), node, cidr.split("/")[0], 32))
+                lines.append(f"addr {op} {cidr} dev lo")
+        held = self._ours(node)
+        victim = self.rng.choice(sorted(held)) if held else None
+        if victim is not None:
+            lines.insert(FLOOD, f"addr del {victim}/32 dev {held[victim]}")
+            self.own.append((time.monotonic(), node, victim, 32))
+        self.disturbed = node
+        batch = "\n".join(lines) + "\n"
+        flood = n.ns.argv(["ip", "-batch", "-"])
+        subprocess.run(flood, input=batch, text=True, check=False, capture_output=True)
+        removed = f"; {victim} removed in them" if victim else ""
+        return f"monitor of {node} flooded with {2 * FLOOD} changes{removed}"
 
     def do_hand_outside(self) -> str:
         node = self._node()
@@ -534,9 +594,18 @@ class Soak:
         return "etcd started"
 
     # ---- observing
-    def _lo(self, node: str) -> set[str]:
-        """Host-length addresses inside the prefix on ``node``'s lo."""
-        return {ip for ip in self.lab.node(node).ns.host_addresses() if ipaddress.ip_address(ip) in NET}
+    def _ours(self, node: str) -> dict[str, str]:
+        """Host-length addresses inside the prefix on ``node``'s lo and weight-class interfaces, each with
+        its interface."""
+        devs = {"lo", *(f"l3lbw{w}" for w in range(1, CLASSES + 1))}
+        out = {}
+        for link in json.loads(ip_json(self.lab.node(node).ns, "addr", "show") or "[]"):
+            if link["ifname"] not in devs:
+                continue
+            for a in link.get("addr_info", []):
+                if a["prefixlen"] == 32 and ipaddress.ip_address(a["local"]) in NET:
+                    out[a["local"]] = link["ifname"]
+        return out
 
     def _router(self) -> dict[str, set[str]]:
         """The router's next hops (by node) of every /32 inside the prefix."""
@@ -550,7 +619,7 @@ class Soak:
         return out
 
     def _actual(self) -> dict[str, set[str]]:
-        return {n.name: self._lo(n.name) for n in self.lab.nodes}
+        return {n.name: set(self._ours(n.name)) for n in self.lab.nodes}
 
     def expected(self) -> dict[str, set[str]]:
         """What each node should hold, from the API alone (the oracle)."""
@@ -618,9 +687,15 @@ class Soak:
                 )
                 if wrong:  # the data plane does not serve it yet (or the allocator moved an IP meanwhile)
                     last = ("client", wrong, dict(want_router))
+                elif (
+                    wrong is not None
+                    and self.disturbed
+                    and (health := self._healthz(self.disturbed))[0] != 200
+                ):
+                    last = ("healthz", self.disturbed, health)  # its monitor restarting, say
                 elif wrong is not None:
                     took = time.monotonic() - start
-                    if before == (have, router) and polls == 1:
+                    if before == (have, router) and polls == 1 and self.disturbed is None:
                         self.report.unchanged[kind] += 1
                     else:
                         self.report.convergence[kind].append(took)
@@ -670,10 +745,13 @@ class Soak:
                 )
                 self.agent_down[n.name] = "crashed"
 
+    def _healthz(self, node: str) -> tuple[int, str]:
+        return self.lab.http_get(node, "http://127.0.0.1:9655/healthz")
+
     def _check_health(self) -> None:
         for node in self._running():
             self.report.checks["I4 healthz"] += 1
-            status, body = self.lab.http_get(node, "http://127.0.0.1:9655/healthz")
+            status, body = self._healthz(node)
             if status != 200 and time.monotonic() - self.started_at[node] > 2:
                 self.violation(f"I4: /healthz of {node} says {status} {body.strip()}")
 
@@ -753,8 +831,39 @@ def _may_share(svcs: list[Any]) -> bool:
     return policies == {"Local"} and len({json.dumps(s.spec.selector, sort_keys=True) for s in svcs}) == 1
 
 
+def shrink_monitor_buffer(pid: int) -> None:
+    """Shrinks the receive buffer of the netlink monitor of the agent ``pid`` to the kernel's minimum (a
+    few notifications): its socket is found by its groups (address notifications) among the netlink
+    sockets of its namespace, matched with the agent's own descriptors, and taken with pidfd_getfd."""
+    ours = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            ours[os.readlink(f"/proc/{pid}/fd/{fd}")] = int(fd)
+    target = None
+    for line in Path(f"/proc/{pid}/net/netlink").read_text().splitlines()[1:]:
+        fields = line.split()  # sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+        groups, inode = int(fields[3], 16), fields[9]
+        if fields[1] == "0" and groups & 0x110 == 0x110 and f"socket:[{inode}]" in ours:
+            target = ours[f"socket:[{inode}]"]
+    if target is None:
+        raise OSError(f"agent {pid} has no socket subscribed to address notifications")
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        fd = libc.syscall(PIDFD_GETFD, pidfd, target, 0)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "pidfd_getfd")
+    finally:
+        os.close(pidfd)
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+    finally:
+        sock.close()  # our copy; the agent's stays open
+
+
 def run_soak(seed: int, duration: float, nodes: int = 3, lifetime: int = 6, log=print) -> Report:  # type: ignore[no-untyped-def]
-    with Lab(nodes, address_lifetime=lifetime, log=lambda m: log("  " + m)) as lab:
+    with Lab(nodes, address_lifetime=lifetime, weight_classes=CLASSES, log=lambda m: log("  " + m)) as lab:
         soak = Soak(lab, seed, log)
         report = soak.run(duration)
         with contextlib.suppress(Exception):
