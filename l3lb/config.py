@@ -6,13 +6,8 @@ import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .pools import AddressPool
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from .pools import Address, AddressPool, Network, shorthand
 
 DEFAULT_CLASS = "l3lb.io/l3lb"
 CLASS_PREFIX = "l3lbw"
@@ -76,8 +71,6 @@ class Config:
     cache keyed by the prefixes as well would hash them (in Python) on every call."""
 
     def __post_init__(self) -> None:
-        from .pools import shorthand
-
         if not self.pools:
             object.__setattr__(self, "pools", shorthand(self.prefixes, self.reserved))
         else:
