@@ -44,7 +44,7 @@ from netns import AddressEvents, ApiRelay, NetNS  # noqa: E402
 from stats import pct  # noqa: E402
 from testenv import ControlPlane, interrupt_on_sigterm  # noqa: E402
 
-from l3lb.kube import Api  # noqa: E402
+from l3lb.k8s.api import Api  # noqa: E402
 
 ENDPOINTS_PER_SLICE = 10
 NS = "bench"

@@ -64,7 +64,7 @@ from netns import AddressEvents, NetNS, enter_netns, ip  # noqa: E402
 from stats import pct  # noqa: E402
 from testenv import cache_dir, interrupt_on_sigterm, versions  # noqa: E402
 
-from l3lb.kube import Api  # noqa: E402
+from l3lb.k8s.api import Api  # noqa: E402
 
 PREFIX = f"{VIP}/32"
 SERVICE = "echo"

@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .pools import Address, AddressPool, Network, shorthand
+from .ipam.pools import Address, AddressPool, Network, shorthand
 
 DEFAULT_CLASS = "l3lb.io/l3lb"
 CLASS_PREFIX = "l3lbw"

@@ -14,19 +14,19 @@ from typing import Any
 
 import click
 
-from .agent import Agent
-from .allocator import Allocator
-from .apply import InterfaceMissing, MemoryTable, NetlinkTable
 from .config import Config
-from .events import EventRecorder
-from .kube import EX_TEMPFAIL, Api, KubeconfigStale, wait_for_client
-from .leader import LeaderElector
+from .ipam.allocator import Allocator
+from .ipam.pools import fingerprint
+from .k8s.api import EX_TEMPFAIL, Api, KubeconfigStale, wait_for_client
+from .k8s.events import EventRecorder
+from .k8s.leader import LeaderElector
+from .k8s.watch import Reflector, Sink
+from .k8s.writer import StatusWriter
 from .metrics import HealthServer, Metrics
 from .model import SERVICES, WatchEvent, watched
-from .pools import fingerprint
+from .netlink.tables import InterfaceMissing, MemoryTable, NetlinkTable
+from .node.agent import Agent
 from .systemd import Notifier
-from .watch import Reflector, Sink
-from .writer import StatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ class ApiSide:
             writer.start(self.stop)
             allocator.start(self.stop)
             self.elector.start(self.stop)
-        else:  # decide as a leader would and log it (l3lb/dryrun.py)
-            from .dryrun import DryRunWriter
+        else:  # decide as a leader would and log it (l3lb/ipam/dryrun.py)
+            from .ipam.dryrun import DryRunWriter
 
             dry = DryRunWriter()
             self.allocator = Allocator(config, dry, dry, metrics, lease_namespace=self.lease_namespace)

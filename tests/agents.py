@@ -97,7 +97,7 @@ class SimNode:
         """Waits until the agent's loop (by="agent") or its allocator (by="allocator") has acted on a
         message (their debug line "handled ... <what> ..."): before asserting that something did not
         happen."""
-        pattern = re.compile(rf"l3lb\.{by}: handled [^\n]*{re.escape(what)}")
+        pattern = re.compile(rf"l3lb\.\w+\.{by}: handled [^\n]*{re.escape(what)}")
         wait_for(lambda: pattern.search(self.log(), since), timeout=timeout, what=f"{self.name}: {by} {what}")
 
 

@@ -211,7 +211,7 @@ def write_status_as(
     status subresource (client-go's UpdateStatus: a PUT) with no field manager, from a client whose
     User-Agent starts with its binary's name, as client-go's default does; the apiserver then records that
     name as the field manager (MetalLB's controller: ``controller``)."""
-    from l3lb.kube import Api
+    from l3lb.k8s.api import Api
 
     own = client.ApiClient(core.api_client.configuration)
     own.user_agent = f"{binary}/v0.0.0 (linux/amd64) kubernetes/0000000"

@@ -98,7 +98,7 @@ def controller(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(HERE.parent))
     from kubernetes.watch.watch import iter_resp_lines
 
-    from l3lb.kube import Api, load_client
+    from l3lb.k8s.api import Api, load_client
 
     speaker = subprocess.Popen(
         [args.speaker, *args.speaker_args],

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from test_decide import node_obj, slice_obj, svc_obj
 
-from l3lb.agent import Agent
-from l3lb.apply import MemoryTable, Present
 from l3lb.config import Config, parse_prefixes
 from l3lb.model import NODE, SERVICES, SLICES, node_entry, service_entry, slice_entry
-from l3lb.runner import Inbox, Message
+from l3lb.netlink.tables import MemoryTable, Present
+from l3lb.node.agent import Agent
+from l3lb.node.runner import Inbox, Message
 
 slice_e = slice_entry("n1")
 CFG = Config(prefixes=parse_prefixes(["10.0.100.0/24"]), node_name="n1", address_lifetime=60)
@@ -161,17 +161,17 @@ def test_a_sync_of_changes_plans_only_what_changed(monkeypatch: pytest.MonkeyPat
     slices = [slice_obj(f"e{i}", f"s{i}", [("n2", True, False)]) for i in range(10_000)]
     cfg = Config(prefixes=parse_prefixes(["10.0.0.0/16"]), node_name="n1", address_lifetime=60)
     rig.agent.config = rig.agent.tracker.config = cfg
-    import l3lb.agent
+    import l3lb.node.agent
 
     planned: list[int] = []
-    real_plan = l3lb.agent.plan
+    real_plan = l3lb.node.agent.plan
 
     def counting_plan(desired, present, config, now, ips=None):  # type: ignore[no-untyped-def]
         out = real_plan(desired, present, config, now, ips)
         planned.append(len(desired | present.keys()) if ips is None else len(set(ips)))
         return out
 
-    monkeypatch.setattr(l3lb.agent, "plan", counting_plan)
+    monkeypatch.setattr(l3lb.node.agent, "plan", counting_plan)
     rig.inbox.at(1000, lists(rig.agent, services=services, slices=slices))
     rig.inbox.at(1001, lambda: planned.clear())
     gone = slice_obj("e7", "s7", [("n2", False, False)])
@@ -185,9 +185,9 @@ def test_a_sync_of_changes_plans_only_what_changed(monkeypatch: pytest.MonkeyPat
 def test_renewals_of_a_large_table_do_not_delay_an_event(monkeypatch: pytest.MonkeyPatch) -> None:
     """A full sync that renews 200 addresses applies them in batches; an event that arrives meanwhile is
     applied after the current batch, not after all of them."""
-    import l3lb.agent
+    import l3lb.node.agent
 
-    monkeypatch.setattr(l3lb.agent, "RENEW_BATCH", 10)
+    monkeypatch.setattr(l3lb.node.agent, "RENEW_BATCH", 10)
     rig = make_agent()
     services = [svc_obj(f"s{i}", [f"10.0.100.{i + 1}"], policy="Cluster") for i in range(200)]
     slices = [slice_obj(f"e{i}", f"s{i}", [("n2", True, False)]) for i in range(200)]
@@ -388,9 +388,9 @@ def test_renewals_keep_up_under_endless_churn(monkeypatch: pytest.MonkeyPatch) -
     an event at every turn: the renewals of 200 addresses with a 9 s lifetime still go out between the
     syncs, and no lifetime runs out. (A loop that renewed only when no sync was due renewed nothing under
     churn, and each full sync cleared its queue: every address lapsed.)"""
-    import l3lb.agent
+    import l3lb.node.agent
 
-    monkeypatch.setattr(l3lb.agent, "RENEW_BATCH", 10)
+    monkeypatch.setattr(l3lb.node.agent, "RENEW_BATCH", 10)
     rig = make_agent(config=Config(prefixes=CFG.prefixes, node_name="n1", address_lifetime=9))
     services = [svc_obj(f"s{i}", [f"10.0.100.{i + 1}"], policy="Cluster") for i in range(200)]
     slices = [slice_obj(f"e{i}", f"s{i}", [("n2", True, False)]) for i in range(200)]
@@ -423,8 +423,8 @@ def test_renewals_keep_up_under_endless_churn(monkeypatch: pytest.MonkeyPatch) -
 
 STOP_BY_SIGNAL = """
 import signal, threading, time
-from l3lb.agent import Agent
-from l3lb.apply import MemoryTable
+from l3lb.node.agent import Agent
+from l3lb.netlink.tables import MemoryTable
 from l3lb.config import Config, parse_prefixes
 from l3lb.model import node_entry
 

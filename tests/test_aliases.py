@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from l3lb import aliases
 from l3lb.aliases import ANNOTATION_CONFLICT, UNSUPPORTED, read
-from l3lb.allocate import INVALID_IPS, IP_IN_USE, IP_OUTSIDE_POOL, allocate, compatible
-from l3lb.allocator import Allocator
 from l3lb.config import Config, parse_prefixes
+from l3lb.ipam.allocate import INVALID_IPS, IP_IN_USE, IP_OUTSIDE_POOL, allocate, compatible
+from l3lb.ipam.allocator import Allocator
+from l3lb.ipam.pools import AddressPool, shorthand
 from l3lb.metrics import Metrics
 from l3lb.model import Service, WatchEvent, parse_service
-from l3lb.pools import AddressPool, shorthand
 
 V4 = parse_prefixes(["10.0.100.0/29", "fd00:100::/125"])
 POOLS = shorthand(V4)

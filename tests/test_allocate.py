@@ -8,7 +8,8 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l3lb.allocate import (
+from l3lb.config import Config, parse_prefixes
+from l3lb.ipam.allocate import (
     INVALID_IPS,
     IP_IN_USE,
     IP_OUTSIDE_POOL,
@@ -18,12 +19,11 @@ from l3lb.allocate import (
     allocate,
     compatible,
 )
-from l3lb.allocator import Allocator
-from l3lb.config import Config, parse_prefixes
+from l3lb.ipam.allocator import Allocator
+from l3lb.ipam.pools import shorthand as pools
+from l3lb.k8s.writer import CONFLICT, FAILED, WRITTEN
 from l3lb.metrics import Metrics
 from l3lb.model import Service, WatchEvent
-from l3lb.pools import shorthand as pools
-from l3lb.writer import CONFLICT, FAILED, WRITTEN
 
 V4, V6 = parse_prefixes(["10.0.100.0/29"]), parse_prefixes(["10.0.100.0/29", "fd00:100::/125"])
 

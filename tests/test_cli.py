@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from l3lb.cli import cli
+from l3lb.cli.commands import cli
 
 
 def run(*args: str) -> tuple[int, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from l3lb import kube
+from l3lb.k8s import api as kube
 
 
 def test_a_memory_file_reads_as_its_content_and_is_reused() -> None:

@@ -7,12 +7,12 @@ from typing import Any
 
 from test_decide import slice_obj, svc_obj
 
-from l3lb.agent import Agent
-from l3lb.apply import MemoryTable
 from l3lb.config import Config, parse_prefixes
 from l3lb.daemon import ApiSide
 from l3lb.metrics import Metrics
 from l3lb.model import SERVICES, SLICES, WatchEvent, service_entry, slice_entry
+from l3lb.netlink.tables import MemoryTable
+from l3lb.node.agent import Agent
 
 CFG = Config(prefixes=parse_prefixes(["10.0.100.0/24"]), node_name="n1")
 

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l3lb.apply import MemoryTable, Present, plan
 from l3lb.config import Config, parse_prefixes
-from l3lb.decide import (
+from l3lb.model import Node, parse_node, parse_requested, parse_service, parse_slice
+from l3lb.netlink.tables import MemoryTable, Present
+from l3lb.node.decide import (
     LOCAL_READY,
     NO_LOCAL_READY,
     NO_READY,
@@ -23,8 +24,8 @@ from l3lb.decide import (
     decide_service,
     node_reason,
 )
-from l3lb.model import Node, parse_node, parse_requested, parse_service, parse_slice
-from l3lb.tracker import Tracker
+from l3lb.node.plan import plan
+from l3lb.node.tracker import Tracker
 
 CFG = Config(prefixes=parse_prefixes(["10.0.100.0/24", "fd00:100::/64"]), node_name="n1")
 NODE_OK = Node("n1", ready=True, excluded=False, cordoned=False, to_be_deleted=False)

@@ -15,8 +15,8 @@ import yaml
 from lab import nix_eval
 from testenv import ControlPlane
 
-from l3lb.kube import Api, load_client, may
-from l3lb.permissions import check
+from l3lb.k8s.api import Api, load_client, may
+from l3lb.k8s.permissions import check
 
 pytestmark = [pytest.mark.cluster, pytest.mark.nix]
 

@@ -21,8 +21,8 @@ from kubernetes import client
 from lab import nix_eval
 from testenv import ControlPlane
 
-from l3lb import importer
-from l3lb.pools import load, parse
+from l3lb.ipam import importer
+from l3lb.ipam.pools import load, parse
 
 METALLB = """
 apiVersion: metallb.io/v1beta1

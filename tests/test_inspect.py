@@ -15,7 +15,7 @@ from kubernetes import client
 from lab import NAMESPACE, VIP, VIP6, Lab
 from testenv import ControlPlane
 
-from l3lb.kube import Api
+from l3lb.k8s.api import Api
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.frr, pytest.mark.nix]
 

@@ -15,7 +15,7 @@ import pytest
 from kubelet import wait_for
 from testenv import ControlPlane
 
-from l3lb.kube import Api, load_client
+from l3lb.k8s.api import Api, load_client
 
 pytestmark = pytest.mark.cluster
 

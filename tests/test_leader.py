@@ -8,7 +8,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from l3lb.leader import PERMISSIONS_AGAIN, LeaderElector
+from l3lb.k8s.leader import PERMISSIONS_AGAIN, LeaderElector
 
 
 class Clock:

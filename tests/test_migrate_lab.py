@@ -26,7 +26,7 @@ from kubernetes import client
 from lab import APP, HTTP_PORT, NAMESPACE, PREFIX, PREFIX6, Lab
 from netns import ip
 
-from l3lb.kube import Api
+from l3lb.k8s.api import Api
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.frr, pytest.mark.nix]
 SHOP = "10.0.100.7"

@@ -18,10 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 # command; what reaches the loop's inbox is recorded.
 SCRIPT = """
 import json, subprocess, sys, threading, time
-import l3lb.rtnl as rtnl
-from l3lb.apply import NetlinkTable, Plan
+import l3lb.netlink.rtnl as rtnl
+from l3lb.netlink.tables import NetlinkTable
+from l3lb.node.plan import Plan
 from l3lb.config import Config, parse_prefixes
-from l3lb.presence import Presence
+from l3lb.node.presence import Presence
 
 got = []
 seen = threading.Event()
@@ -121,8 +122,8 @@ def test_monitor_survives_any_error_reports_it_and_asks_for_a_reread(tmp_path: P
 DUMP_SCRIPT = """
 import ipaddress, json, socket, subprocess
 from pyroute2 import IPRoute
-from l3lb import rtnl
-from l3lb.apply import NetlinkTable, host_len
+from l3lb.netlink import rtnl
+from l3lb.netlink.tables import NetlinkTable, host_len
 
 ip = lambda *a: subprocess.run(["ip", *a], check=True)
 ip("link", "add", "l3lbw1", "type", "veth", "peer", "name", "l3lbw1p")
@@ -184,9 +185,9 @@ WEIGHTED_SCRIPT = """
 import json, socket, subprocess, sys, threading, time
 sys.path.insert(0, "tests")
 from test_decide import node_obj, slice_obj, svc_obj
-from l3lb import rtnl
-from l3lb.agent import Agent
-from l3lb.apply import NetlinkTable
+from l3lb.netlink import rtnl
+from l3lb.node.agent import Agent
+from l3lb.netlink.tables import NetlinkTable
 from l3lb.config import Config, parse_prefixes
 from l3lb.model import NODE, SERVICES, SLICES, node_entry, service_entry, slice_entry
 

@@ -21,8 +21,8 @@ from lab import Frr, Lab, nix_eval, nix_list, nixos_frr_conf
 from netns import NetNS
 from testenv import NIXPKGS_LIB, ControlPlane
 
+from l3lb.cli.frr import check_config
 from l3lb.config import parse_prefixes
-from l3lb.frr import check_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.nix
@@ -471,7 +471,7 @@ def pools_file(tmp_path: Path) -> Path:
 
 def test_the_rendered_pools_are_what_the_agent_reads(tmp_path: Path) -> None:
     """Order by priority then name; only what is set; and the agent's own parser takes the file."""
-    from l3lb.pools import load
+    from l3lb.ipam.pools import load
 
     path = pools_file(tmp_path)
     internet, internal = load(path)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from test_decide import node_obj
 
-from l3lb.agent import Agent
-from l3lb.apply import MemoryTable
+from l3lb.cli.logs import JsonFormatter
 from l3lb.config import Config, parse_prefixes
-from l3lb.logs import JsonFormatter
 from l3lb.model import NODE, SERVICES, SLICES, node_entry
+from l3lb.netlink.tables import MemoryTable
+from l3lb.node.agent import Agent
 from l3lb.systemd import Notifier
 
 CFG = Config(prefixes=parse_prefixes(["10.0.100.0/24"]), node_name="n1")
@@ -100,7 +100,11 @@ def test_health_reports_a_stuck_loop_and_a_stuck_watch() -> None:
 
 
 def test_json_logs() -> None:
-    record = logging.LogRecord("l3lb.agent", logging.INFO, __file__, 1, "assuming %s", ("10.0.100.5",), None)
+    record = logging.LogRecord(
+        "l3lb.node.agent", logging.INFO, __file__, 1, "assuming %s", ("10.0.100.5",), None
+    )
     out = json.loads(JsonFormatter().format(record))
-    assert out["level"] == "info" and out["logger"] == "l3lb.agent" and out["msg"] == "assuming 10.0.100.5"
+    assert (
+        out["level"] == "info" and out["logger"] == "l3lb.node.agent" and out["msg"] == "assuming 10.0.100.5"
+    )
     assert out["time"].endswith("Z")

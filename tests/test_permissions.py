@@ -1,4 +1,5 @@
-"""One table of what the agent may need (l3lb/permissions.py), and deploy/rbac.yaml grants exactly that."""
+"""One table of what the agent may need (l3lb/k8s/permissions.py), and deploy/rbac.yaml grants exactly
+that."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from l3lb.permissions import PERMISSIONS
+from l3lb.k8s.permissions import PERMISSIONS
 
 RBAC = Path(__file__).resolve().parent.parent / "deploy" / "rbac.yaml"
 

@@ -12,18 +12,12 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from l3lb.allocate import (
-    IP_OUTSIDE_POOL,
-    NO_POOL_ALLOWED,
-    POOL_NOT_ALLOWED,
-    UNKNOWN_POOL,
-    allocate,
-)
 from l3lb.config import Config
-from l3lb.decide import NODE_NOT_SELECTED
+from l3lb.ipam.allocate import IP_OUTSIDE_POOL, NO_POOL_ALLOWED, POOL_NOT_ALLOWED, UNKNOWN_POOL, allocate
+from l3lb.ipam.pools import AddressPool, ConfigError, fingerprint, load, parse
 from l3lb.model import Node, Service, SliceSummary, parse_service
-from l3lb.pools import AddressPool, ConfigError, fingerprint, load, parse
-from l3lb.tracker import Tracker
+from l3lb.node.decide import NODE_NOT_SELECTED
+from l3lb.node.tracker import Tracker
 
 MANAGER = "l3lb/kube-system"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from l3lb.presence import ECHO_WITHIN, Echoes
+from l3lb.node.presence import ECHO_WITHIN, Echoes
 
 
 class Clock:

@@ -1,5 +1,5 @@
-"""The hot-path rtnetlink codec (l3lb/rtnl.py) against pyroute2's own: what we encode, pyroute2 decodes to
-the same request; what pyroute2 encodes as a notification, we parse to the same address."""
+"""The hot-path rtnetlink codec (l3lb/netlink/rtnl.py) against pyroute2's own: what we encode, pyroute2
+decodes to the same request; what pyroute2 encodes as a notification, we parse to the same address."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
-from l3lb import rtnl
+from l3lb.netlink import rtnl
 
 ips = st.one_of(
     st.integers(0, 2**32 - 1).map(lambda n: str(socket.inet_ntoa(struct.pack("!I", n)))),
@@ -83,7 +83,7 @@ def test_requests_against_the_kernel(tmp_path) -> None:  # type: ignore[no-untyp
 
     script = """
 import json, socket
-from l3lb import rtnl
+from l3lb.netlink import rtnl
 lo = socket.if_nametoindex("lo")
 r = rtnl.Requests()
 ips = [f"10.7.{i // 250}.{i % 250 + 1}" for i in range(450)] + ["fd00:7::1"]

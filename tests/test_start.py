@@ -19,7 +19,7 @@ from lab import REPO, nix_eval
 from netns import ApiRelay, NetNS, ip
 from testenv import ControlPlane
 
-from l3lb.kube import EX_TEMPFAIL
+from l3lb.k8s.api import EX_TEMPFAIL
 
 pytestmark = pytest.mark.root
 

@@ -10,7 +10,7 @@ from kubelet import create_pod, wait_for, write_status_as
 from kubernetes import client
 from test_allocation import events, wait_ingress
 
-from l3lb.kube import Api
+from l3lb.k8s.api import Api
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster]
 APP = {"app": "web"}

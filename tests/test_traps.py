@@ -1,4 +1,4 @@
-"""The traps ``l3lb check`` looks for when a cluster moves to l3lb (l3lb/traps.py), on API objects and FRR
+"""The traps ``l3lb check`` looks for when a cluster moves to l3lb (l3lb/cli/traps.py), on API objects and FRR
 running configurations written here; tests/test_inspect.py runs the same against the real control plane
 and a real FRR."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from l3lb import traps
+from l3lb.cli import traps
 from l3lb.config import Config, parse_prefixes
 
 PREFIXES = parse_prefixes(["10.0.100.0/24", "fd00:100::/64"])

@@ -235,8 +235,8 @@ def test_uplinks_text_is_accepted_whole_by_a_real_frr(workdir: Path, case: str) 
     """frr.conf as NixOS writes it, loaded with ``vtysh -b`` into zebra, bgpd and bfdd started under FRR's
     ``traditional`` profile: no line refused (vtysh -b fails on any), every line in the running config, the
     ebgp-requires-policy default kept, and each family activated on the interface peers."""
+    from l3lb.cli.frr import check_config
     from l3lb.config import parse_prefixes
-    from l3lb.frr import check_config
 
     args = UPLINK_CASES[case]
     text = frr_snippet(args["prefixes"], 65101, args.get("classes", 0), args.get("pools"), args["uplinks"])

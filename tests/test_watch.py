@@ -9,7 +9,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from l3lb.watch import Reflector
+from l3lb.k8s.watch import Reflector
 
 
 class Resp:

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from kubernetes.client.rest import ApiException
 
-from l3lb import events as events_module
-from l3lb.allocator import Allocator
 from l3lb.config import Config, parse_prefixes
-from l3lb.events import Event, EventRecorder
+from l3lb.ipam.allocator import Allocator
+from l3lb.k8s import events as events_module
+from l3lb.k8s.events import Event, EventRecorder
+from l3lb.k8s.writer import CONFLICT, NOT_LEADING, WRITTEN, StatusWriter
 from l3lb.metrics import Metrics
 from l3lb.model import Service, WatchEvent
-from l3lb.writer import CONFLICT, NOT_LEADING, WRITTEN, StatusWriter
 
 
 class Api:

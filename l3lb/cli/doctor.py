@@ -14,12 +14,13 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from . import permissions, traps
-from .config import Config, Network
+from ..config import Config, Network
+from ..ipam.pools import fingerprint
+from ..k8s import permissions
+from ..k8s.api import Api, api_message, pages, path
+from ..k8s.leader import LEASE, LEASE_NAME, pools_fingerprint
+from . import traps
 from .frr import Vtysh, check_config
-from .kube import Api, api_message, pages, path
-from .leader import LEASE, LEASE_NAME, pools_fingerprint
-from .pools import fingerprint
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 
@@ -182,7 +183,7 @@ class Doctor:
     def _kubernetes_service_ips(self) -> list[str]:
         if not self.api_ok:
             return []
-        try:  # a list, not a get: the agent's identity may list Services (l3lb/permissions.py)
+        try:  # a list, not a get: the agent's identity may list Services (l3lb/k8s/permissions.py)
             found = self.api.get_json(
                 "/api/v1/namespaces/default/services", query={"fieldSelector": "metadata.name=kubernetes"}
             ).get("items")
@@ -191,7 +192,7 @@ class Doctor:
         return [ip for svc in found or [] for ip in (svc.get("spec") or {}).get("clusterIPs") or []]
 
     def check_interface(self) -> Iterator[Result]:
-        from .apply import InterfaceMissing, NetlinkTable
+        from ..netlink.tables import InterfaceMissing, NetlinkTable
 
         try:
             table = NetlinkTable(self.config.interface)
@@ -338,7 +339,7 @@ class Doctor:
 
     def check_takeover(self) -> Iterator[Result]:
         """Services of ours: another controller still writing their status, IPs the allocator would
-        change, and the other projects' annotations that l3lb reads otherwise (l3lb/traps.py)."""
+        change, and the other projects' annotations that l3lb reads otherwise (l3lb/cli/traps.py)."""
         if not self.api_ok:
             yield Result("takeover", SKIP, "no API connection")
             return

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from kubernetes.client.rest import ApiException
 
-from .kube import Api, may
+from .api import Api, may
 
 WATCH, STATUS, EVENTS, ELECT = "watch", "status", "events", "elect"
 """What a permission is for: watching (required), writing status and leading the allocator election (both

@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .config import DEFAULT_CLASS, Config, parse_prefixes
+from .. import __version__
+from ..config import DEFAULT_CLASS, Config, parse_prefixes
 from .logs import setup_logging
 
 log = logging.getLogger("l3lb")
@@ -31,7 +31,7 @@ def _prefixes(ctx: click.Context, param: click.Parameter, values: Sequence[str])
 def _pools(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple:
     if value is None:
         return ()
-    from .pools import ConfigError, load
+    from ..ipam.pools import ConfigError, load
 
     try:
         return load(value)
@@ -260,7 +260,7 @@ def run(
     early: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: early.append(signum))
-    from .daemon import serve
+    from ..daemon import serve
 
     listen = None if metrics_address == "off" else _host_port(metrics_address)
     setup_logging(log_level, log_format)
@@ -327,7 +327,7 @@ def status(
     present = None
     vtysh = None
     if local:
-        from .apply import InterfaceMissing, NetlinkTable
+        from ..netlink.tables import InterfaceMissing, NetlinkTable
 
         try:
             t = NetlinkTable(config.interface, config.class_interfaces, create=False)
@@ -390,7 +390,7 @@ def check(
 def import_(files: tuple[str, ...], kubeconfig: str | None, output: str) -> None:
     """Convert MetalLB IPAddressPools (with their BGPAdvertisements), Cilium CiliumLoadBalancerIPPools and
     PureLB ServiceGroups into l3lb's pools; what has no equivalent is a comment naming the field."""
-    from .importer import ImportFailed, check, convert, from_cluster, load_files, to_nix, to_yaml
+    from ..ipam.importer import ImportFailed, check, convert, from_cluster, load_files, to_nix, to_yaml
 
     setup_logging("warning")
     missing: list[str] = []
@@ -413,7 +413,7 @@ def _api(kubeconfig: str | None) -> Any:
     """The API for the one-shot commands: a kubeconfig that cannot be loaded is a one-line error."""
     from kubernetes.config.config_exception import ConfigException
 
-    from .kube import Api, KubeconfigIncomplete, load_client
+    from ..k8s.api import Api, KubeconfigIncomplete, load_client
 
     try:
         return Api(load_client(kubeconfig))

@@ -10,9 +10,9 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .config import Config
-from .model import Key, Node, Service
-from .pools import AddressPool
+from ..config import Config
+from ..ipam.pools import AddressPool
+from ..model import Key, Node, Service
 
 # Reasons to announce.
 LOCAL_READY = "localReadyEndpoints"

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Network
+from ..config import Network
 from .pools import OPERATORS, Labels, Requirement, Selector, parse
 
 METALLB, CILIUM, PURELB = "metallb.io", "cilium.io", "purelb.io"
@@ -121,7 +121,7 @@ def from_cluster(api: Any) -> tuple[list[dict[str, Any]], list[str]]:
     be read; Namespaces too, to resolve namespace selectors."""
     from kubernetes.client.rest import ApiException
 
-    from .kube import api_message
+    from ..k8s.api import api_message
 
     objects: list[dict[str, Any]] = []
     missing: list[str] = []

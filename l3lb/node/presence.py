@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 
-from .apply import GONE, AddressTable, Change, NetlinkTable, Plan, Present
-from .backoff import Backoff
-from .config import Config
+from ..backoff import Backoff
+from ..config import Config
+from ..netlink.tables import GONE, AddressTable, Change, NetlinkTable, Present
+from .plan import Plan
 from .runner import AddressEvent, Message, MonitorLost
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,9 @@
-"""Applying decisions to the interfaces: a pure diff (``plan``) and the tables that carry changes out (the
-kernel's through netlink, or one in memory).
+"""The tables that carry changes to the agent's interfaces out: the kernel's, through netlink (batched
+requests, the dump, the monitor), or one in memory (dry run, unit tests).
 
-Only this module (and ``rtnl``, its codec) talks netlink. Whatever the inputs, a plan never touches an
-address outside the configured prefixes or one that is not host-length (/32, /128). What is on the
-interfaces, and when to read them again, is ``presence``'s business; the tables only do what they are
-told and say how each request went.
+Only this package (these tables and ``rtnl``, their codec) talks netlink. What is on the interfaces, and
+when to read them again, is ``node.presence``'s business; the tables only do what they are told and say how
+each request went.
 """
 
 from __future__ import annotations
@@ -14,12 +13,11 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from . import rtnl
-from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -36,59 +34,6 @@ class Present:
     """``time.monotonic()`` at which its valid lifetime ends; None when permanent."""
     interface: str = "lo"
     """Which of our interfaces holds it."""
-
-
-@dataclass(slots=True)
-class Plan:
-    """(ip, interface) pairs. A move to another interface is a removal from the old one and an add on the
-    new one; the removals are carried out first (zebra 8.4 keeps a stale route otherwise)."""
-
-    add: list[tuple[str, str]] = field(default_factory=list)
-    renew: list[tuple[str, str]] = field(default_factory=list)
-    remove: list[tuple[str, str]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.add or self.renew or self.remove)
-
-
-def plan(
-    desired: Mapping[str, str],
-    present: Mapping[str, Present],
-    config: Config,
-    now: float,
-    ips: Iterable[str] | None = None,
-) -> Plan:
-    """What to add, renew and remove so that exactly ``desired`` (IP -> interface) is held inside our
-    prefixes.
-
-    ``ips``: plan only these addresses (an incremental sync, O(len(ips))); None: every desired and present
-    address (a full sync). Additions and removals come sorted; renewals in no particular order (sorting
-    thousands of them would be most of a full sync's cost)."""
-    p = Plan()
-    lifetime = config.address_lifetime
-    renew_before = now + lifetime - config.renew_after  # an expiry before this is renewed
-    in_prefix = config.in_prefix
-    for ip in desired.keys() | present.keys() if ips is None else ips:
-        if not in_prefix(ip):
-            continue  # decide() never asks for this, nor removes it; the check here makes it impossible
-        have = present.get(ip)
-        want = desired.get(ip)
-        if want is None:
-            if have is not None:
-                p.remove.append((ip, have.interface))
-        elif have is None:
-            p.add.append((ip, want))
-        elif have.interface != want:
-            p.remove.append((ip, have.interface))
-            p.add.append((ip, want))
-        elif lifetime == 0:
-            if have.expires is not None:
-                p.renew.append((ip, want))
-        elif have.expires is None or have.expires < renew_before:
-            p.renew.append((ip, want))
-    p.add.sort()
-    p.remove.sort()
-    return p
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..backoff import Backoff
+from ..config import Config
+from ..k8s.writer import CONFLICT, DENIED, FAILED, WRITTEN
+from ..metrics import Metrics
+from ..model import Key, Service, WatchEvent, field_manager, fmt_key
+from ..node.decide import is_ours
 from .allocate import allocate
-from .backoff import Backoff
-from .config import Config
-from .decide import is_ours
-from .metrics import Metrics
-from .model import Key, Service, WatchEvent, field_manager, fmt_key
-from .writer import CONFLICT, DENIED, FAILED, WRITTEN
 
 log = logging.getLogger(__name__)
 

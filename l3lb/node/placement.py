@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
-from .config import Config
+from ..config import Config
 from .presence import Done, Presence
 from .tracker import Tracker
 

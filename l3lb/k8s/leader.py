@@ -21,7 +21,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from .kube import Api, path
+from .api import Api, path
 from .permissions import may_allocate
 
 log = logging.getLogger(__name__)

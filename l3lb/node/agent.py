@@ -20,15 +20,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .apply import AddressTable, Plan, plan
-from .config import Config
-from .metrics import Metrics
-from .model import WatchEvent
+from ..config import Config
+from ..metrics import Metrics
+from ..model import WatchEvent
+from ..netlink.tables import AddressTable
+from ..systemd import Notifier
 from .placement import Placement
+from .plan import Plan, plan
 from .presence import UNAPPLIED_AFTER, Presence
 from .report import Reporter
 from .runner import AddressEvent, Inbox, Message, MonitorLost, Sync, SyncRunner
-from .systemd import Notifier
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from .config import Network
+from ..config import Network
 
 
 class Vtysh:

@@ -10,14 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .config import CLASS_PREFIX, Config
+from ..config import CLASS_PREFIX, Config
+from ..metrics import Metrics
+from ..model import Key, fmt_key
 from .decide import NOT_WANTED
-from .metrics import Metrics
-from .model import Key, fmt_key
 from .presence import Done, Presence
 from .tracker import Tracker
 
-log = logging.getLogger("l3lb.agent")
+log = logging.getLogger("l3lb.node.agent")  # its lines are the agent's
 
 STRAY = "stray"
 REPAIR = "repair"

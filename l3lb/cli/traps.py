@@ -1,5 +1,5 @@
 """The traps of moving a cluster to l3lb, as ``l3lb check`` finds them (pure functions over what the API
-and FRR say; l3lb/doctor.py runs them):
+and FRR say; l3lb/cli/doctor.py runs them):
 
 - another load balancer controller still writes status.loadBalancer on Services of our class
   (managedFields: a field manager that is not this group of agents', written after ours);
@@ -20,11 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import aliases
-from .allocate import allocate
-from .config import Config, Network
-from .decide import is_ours
-from .model import Service, field_manager, fmt_key, parse_service
+from .. import aliases
+from ..config import Config, Network
+from ..ipam.allocate import allocate
+from ..model import Service, field_manager, fmt_key, parse_service
+from ..node.decide import is_ours
 
 KNOWN_MANAGERS = {
     "controller": "MetalLB's controller (its binary is named controller)",
@@ -42,7 +42,7 @@ def who(manager: str) -> str:
     return f"{manager} ({known})" if known else manager
 
 
-OK, WARN, FAIL = "ok", "warn", "fail"  # as l3lb/doctor.py's
+OK, WARN, FAIL = "ok", "warn", "fail"  # as l3lb/cli/doctor.py's
 LEAK_FIX = (
     "let out only what l3lb puts on lo: 'redistribute connected route-map L3LB-V4' (and L3LB-V6) with the "
     "prefix-lists of l3lb's prefixes (NixOS: services.l3lb.frr.enable; nixos/frr.nix); another load "

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from kubernetes.client.rest import ApiException
 
-from .kube import Api, api_message, path
-from .model import Key, fmt_key
+from ..model import Key, fmt_key
+from .api import Api, api_message, path
 
 log = logging.getLogger(__name__)
 

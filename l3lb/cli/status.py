@@ -8,11 +8,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .config import Config
-from .decide import Counts, is_ours
-from .frr import Vtysh
-from .kube import Api, pages
-from .model import (
+from ..config import Config
+from ..k8s.api import Api, pages
+from ..model import (
     NODE,
     SERVICES,
     SLICES,
@@ -25,7 +23,9 @@ from .model import (
     serving,
     watched,
 )
-from .tracker import Tracker
+from ..node.decide import Counts, is_ours
+from ..node.tracker import Tracker
+from .frr import Vtysh
 
 
 @dataclass

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from kubernetes.client.rest import ApiException
 
-from .kube import Api, api_message, path
-from .model import Key, field_manager, fmt_key
+from ..model import Key, field_manager, fmt_key
+from .api import Api, api_message, path
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from .apply import Present
-from .backoff import Backoff
-from .model import WatchEvent
+from ..backoff import Backoff
+from ..model import WatchEvent
+from ..netlink.tables import Present
 
 
 @dataclass(frozen=True, slots=True)

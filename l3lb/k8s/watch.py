@@ -21,9 +21,9 @@ import urllib3
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from .backoff import Backoff
-from .kube import Api, api_message, pages
-from .model import Parse
+from ..backoff import Backoff
+from ..model import Parse
+from .api import Api, api_message, pages
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .config import Config
+from ..config import Config
+from ..model import NODE, SERVICES, SLICES, Key, Node, Service, SliceSummary, WatchEvent
 from .decide import (
     Counts,
     IPDecision,
@@ -22,7 +23,6 @@ from .decide import (
     node_reason,
     unselected_pools,
 )
-from .model import NODE, SERVICES, SLICES, Key, Node, Service, SliceSummary, WatchEvent
 
 
 class Tracker:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from .model import Key, fmt_key
+from ..model import Key, fmt_key
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .config import Network, pool_containing
-from .model import POOL_ANNOTATION, Key, Service, fmt_key
+from ..config import Network, pool_containing
+from ..model import POOL_ANNOTATION, Key, Service, fmt_key
 from .pools import AddressPool
 
 # Conflict reasons (Warning Events, metrics and logs).

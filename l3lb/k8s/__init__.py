@@ -1,0 +1,1 @@
+"""The Kubernetes API: requests, watches, writes (status, Events), the election, permissions."""

@@ -1,0 +1,1 @@
+"""The node side: what this node announces and keeping its interfaces so."""
