@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from l3lb import aliases
 from l3lb.aliases import ANNOTATION_CONFLICT, UNSUPPORTED, read
 from l3lb.config import Config, parse_prefixes
-from l3lb.ipam.allocate import INVALID_IPS, IP_IN_USE, IP_OUTSIDE_POOL, allocate, compatible
 from l3lb.ipam.allocator import Allocator
+from l3lb.ipam.assign import INVALID_IPS, IP_IN_USE, IP_OUTSIDE_POOL, assign, compatible
 from l3lb.ipam.pools import AddressPool, shorthand
 from l3lb.metrics import Metrics
 from l3lb.model import Service, WatchEvent, parse_service
@@ -200,11 +200,11 @@ def test_notes_are_warnings_of_the_allocator() -> None:
         "web",
         {"kube-vip.io/loadbalancerIPs": "lb.example.com", "metallb.io/loadBalancerIPs": "10.0.100.2"},
     )
-    r = allocate([s], POOLS)
+    r = assign([s], POOLS)
     assert r.ips[s.key] == ("10.0.100.2",)
     assert [c.reason for c in r.conflicts] == [ANNOTATION_CONFLICT], "the loser's hostname is not read at all"
     s = parsed("b", "web", {"metallb.io/loadBalancerIPs": "10.0.100.2,x"})
-    r = allocate([s], POOLS)
+    r = assign([s], POOLS)
     assert r.ips[s.key] == () and [c.reason for c in r.conflicts] == [INVALID_IPS]
 
 
@@ -214,7 +214,7 @@ def test_notes_are_warnings_of_the_allocator() -> None:
 def test_status_another_controller_wrote_in_a_pool_is_kept_as_if_requested() -> None:
     theirs = svc("a", ingress_ips=("10.0.100.5",), status_managers=("controller",))
     outside = svc("b", ingress_ips=("192.0.2.7",), status_managers=("controller",))
-    r = allocate([theirs, outside], POOLS, OURS)
+    r = assign([theirs, outside], POOLS, OURS)
     assert r.ips[theirs.key] == ("10.0.100.5",)
     assert r.ips[outside.key] == ("10.0.100.1",), "outside every pool: handled as before"
     assert r.conflicts == []
@@ -233,7 +233,7 @@ def test_a_takeover_that_sharing_refuses_moves_with_a_warning() -> None:
         local_policy=True,
         ports=(("TCP", 443),),
     )
-    r = allocate([old, young], POOLS, OURS)
+    r = assign([old, young], POOLS, OURS)
     assert r.ips[old.key] == ("10.0.100.5",) and r.ips[young.key] == ("10.0.100.1",)
     ((c,),) = [[c for c in r.conflicts if c.key == young.key]]
     assert c.reason == IP_IN_USE
@@ -363,7 +363,7 @@ def test_whatever_the_annotations_say_no_ip_outside_the_pools(batch: list[Servic
     pools: tuple[AddressPool, ...] = POOLS
     if name == "other":  # a second pool, as MetalLB's address-pool or PureLB's service-group may name
         pools = (*POOLS, AddressPool("other", parse_prefixes(["10.0.200.0/30"])))
-    r = allocate(batch, pools, OURS)
+    r = assign(batch, pools, OURS)
     held: dict[str, list[Service]] = {}
     for s in batch:
         got = r.ips[s.key]

@@ -9,17 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l3lb.config import Config, parse_prefixes
-from l3lb.ipam.allocate import (
+from l3lb.ipam.allocator import Allocator
+from l3lb.ipam.assign import (
     INVALID_IPS,
     IP_IN_USE,
     IP_OUTSIDE_POOL,
     NO_POOL_FOR_FAMILY,
     POOL_EXHAUSTED,
     TWO_IPS_ONE_FAMILY,
-    allocate,
+    assign,
     compatible,
 )
-from l3lb.ipam.allocator import Allocator
 from l3lb.ipam.pools import shorthand as pools
 from l3lb.k8s.writer import CONFLICT, FAILED, WRITTEN
 from l3lb.metrics import Metrics
@@ -65,23 +65,23 @@ def reasons(result) -> dict:  # type: ignore[no-untyped-def]
 
 
 def test_lowest_free_skipping_network_and_broadcast() -> None:
-    r = allocate([svc("a"), svc("b", "2026-01-02T00:00:00Z")], pools(V4))
+    r = assign([svc("a"), svc("b", "2026-01-02T00:00:00Z")], pools(V4))
     assert r.ips == {("ns", "a"): ("10.0.100.1",), ("ns", "b"): ("10.0.100.2",)}
 
 
 def test_existing_status_is_kept_and_the_older_requester_wins() -> None:
     young = svc("young", "2026-01-02T00:00:00Z", ingress=("10.0.100.3",))
     old = svc("old", "2026-01-01T00:00:00Z", requested=("10.0.100.3",))
-    r = allocate([young, old], pools(V4))
+    r = assign([young, old], pools(V4))
     assert r.ips[("ns", "old")] == ("10.0.100.3",)
     assert r.ips[("ns", "young")] == ("10.0.100.1",), "reallocated, not a conflict: it requested nothing"
     younger_requester = svc("yr", "2026-01-03T00:00:00Z", requested=("10.0.100.3",))
-    r = allocate([old, younger_requester], pools(V4))
+    r = assign([old, younger_requester], pools(V4))
     assert r.ips[("ns", "yr")] == () and reasons(r) == {"yr": IP_IN_USE}
 
 
 def test_bad_requests() -> None:
-    r = allocate(
+    r = assign(
         [
             svc("out", requested=("192.0.2.1",)),
             svc("bad", error="'x' is not an IP address"),
@@ -95,7 +95,7 @@ def test_bad_requests() -> None:
 
 def test_exhausted_pool_and_reserved_ranges() -> None:
     many = [svc(f"s{i}", f"2026-01-01T00:00:0{i}Z") for i in range(7)]
-    r = allocate(many, pools(V4, parse_prefixes(["10.0.100.2/31"])))
+    r = assign(many, pools(V4, parse_prefixes(["10.0.100.2/31"])))
     assert [r.ips[s.key] for s in many[:4]] == [
         ("10.0.100.1",),
         ("10.0.100.4",),
@@ -106,7 +106,7 @@ def test_exhausted_pool_and_reserved_ranges() -> None:
 
 
 def test_families() -> None:
-    r = allocate(
+    r = assign(
         [
             svc("single6", families=("IPv6",)),
             svc("prefer", families=("IPv4",), policy="PreferDualStack"),
@@ -119,7 +119,7 @@ def test_families() -> None:
     assert r.ips[("ns", "require")] == ("10.0.100.2", "fd00:100::2")
     assert r.ips[("ns", "single6")] == ("fd00:100::3",)
     both = [svc("prefer", policy="PreferDualStack"), svc("require", policy="RequireDualStack")]
-    r = allocate(both, pools(V4))
+    r = assign(both, pools(V4))
     assert r.ips[("ns", "prefer")] == ("10.0.100.1",)
     assert reasons(r) == {"require": NO_POOL_FOR_FAMILY}
     assert r.ips[("ns", "require")] == ("10.0.100.2",), (
@@ -139,7 +139,7 @@ def test_sharing_rules() -> None:
     assert not compatible(
         la, svc("lb", share="k", ports=(("UDP", 53),), local=True, selector=(("app", "y"),))
     )
-    r = allocate([a, svc("b", "2026-01-02T00:00:00Z", share="k", ports=(("UDP", 53),))], pools(V4))
+    r = assign([a, svc("b", "2026-01-02T00:00:00Z", share="k", ports=(("UDP", 53),))], pools(V4))
     assert r.ips[("ns", "a")] == r.ips[("ns", "b")] == ("10.0.100.1",)
 
 
@@ -186,7 +186,7 @@ def test_random_histories_keep_the_invariants(steps: list) -> None:
             services[name] = dataclasses.replace(services[name], requested_ips=tuple(s[2]))
         elif s[0] in ("delete", "class-change"):  # a class change takes the Service out of our hands
             services.pop(name, None)
-        result = allocate(services.values(), pools(V6))
+        result = assign(services.values(), pools(V6))
         # what the leader writes becomes the status the next round starts from
         services = {
             n: dataclasses.replace(v, ingress_ips=result.ips.get(v.key, ())) for n, v in services.items()
@@ -202,7 +202,7 @@ def test_random_histories_keep_the_invariants(steps: list) -> None:
             for i, a in enumerate(hs):
                 for b in hs[i + 1 :]:
                     assert compatible(a, b), f"{ip} held by {a.key} and {b.key} without compatible sharing"
-        again = allocate(services.values(), pools(V6))
+        again = assign(services.values(), pools(V6))
         assert again.ips == result.ips, "a settled allocation is a fixed point: no churn"
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l3lb.config import Config
-from l3lb.ipam.allocate import IP_OUTSIDE_POOL, NO_POOL_ALLOWED, POOL_NOT_ALLOWED, UNKNOWN_POOL, allocate
+from l3lb.ipam.assign import IP_OUTSIDE_POOL, NO_POOL_ALLOWED, POOL_NOT_ALLOWED, UNKNOWN_POOL, assign
 from l3lb.ipam.pools import AddressPool, ConfigError, fingerprint, load, parse
 from l3lb.model import Node, Service, SliceSummary, parse_service
 from l3lb.node.decide import NODE_NOT_SELECTED
@@ -212,7 +212,7 @@ def test_the_annotation_and_labels_are_parsed() -> None:
 
 
 def test_first_auto_assign_pool_that_allows_the_service(pools: tuple[AddressPool, ...]) -> None:
-    r = allocate(
+    r = assign(
         [svc("plain"), svc("exposed", labels={"exposure": "internet"}), svc("named", pool="internet")], pools
     )
     assert r.ips[("web", "plain")] == ("10.0.100.1",), "internet is not auto-assign: internal is first"
@@ -223,7 +223,7 @@ def test_first_auto_assign_pool_that_allows_the_service(pools: tuple[AddressPool
 
 def test_namespaces_and_no_pool_allowed(pools: tuple[AddressPool, ...]) -> None:
     only_internet = (pools[0], dataclasses.replace(pools[1], namespaces=frozenset({"web"})))
-    r = allocate([svc("a", "other", pool="internet"), svc("b", "other")], only_internet)
+    r = assign([svc("a", "other", pool="internet"), svc("b", "other")], only_internet)
     got = conflicts(r)
     assert r.ips[("other", "a")] == () and got["a"] == (
         POOL_NOT_ALLOWED,
@@ -235,7 +235,7 @@ def test_namespaces_and_no_pool_allowed(pools: tuple[AddressPool, ...]) -> None:
 
 
 def test_requests_follow_the_pool_rules(pools: tuple[AddressPool, ...]) -> None:
-    r = allocate(
+    r = assign(
         [
             svc("in-non-auto", requested=("203.0.113.2",)),  # no annotation needed to ask for an IP in it
             svc("wrong-ns", "other", requested=("203.0.113.3",)),
@@ -254,23 +254,23 @@ def test_requests_follow_the_pool_rules(pools: tuple[AddressPool, ...]) -> None:
 
 def test_a_granted_request_needs_no_auto_assign_pool(pools: tuple[AddressPool, ...]) -> None:
     exposed = svc("exposed", labels={"exposure": "internet"}, requested=("203.0.113.2",))
-    r = allocate([exposed], pools[:2])  # internet is not auto-assign, internal refuses the label
+    r = assign([exposed], pools[:2])  # internet is not auto-assign, internal refuses the label
     assert r.ips[("web", "exposed")] == ("203.0.113.2",) and r.conflicts == []
 
 
 def test_reserved_ranges_of_a_pool(pools: tuple[AddressPool, ...]) -> None:
     many = [svc(f"s{i}", pool="internet", created=f"2026-01-01T00:00:0{i}Z") for i in range(4)]
-    r = allocate(many, pools)
+    r = assign(many, pools)
     assert [r.ips[s.key] for s in many] == [("203.0.113.1",), ("203.0.113.2",), ("203.0.113.3",), ()]
 
 
 def test_dual_stack_from_the_named_pool(pools: tuple[AddressPool, ...]) -> None:
-    r = allocate([svc("ds", pool="internet", families=("IPv4", "IPv6"), policy="RequireDualStack")], pools)
+    r = assign([svc("ds", pool="internet", families=("IPv4", "IPv6"), policy="RequireDualStack")], pools)
     assert r.ips[("web", "ds")] == ("203.0.113.1", "2001:db8:100::1")
 
 
 def test_naming_another_pool_moves_the_service(pools: tuple[AddressPool, ...]) -> None:
-    r = allocate([svc("a", pool="lab", ingress=("10.0.100.1",))], pools)
+    r = assign([svc("a", pool="lab", ingress=("10.0.100.1",))], pools)
     assert r.ips[("web", "a")] == ("10.0.200.1",) and r.conflicts == []
 
 
@@ -289,7 +289,7 @@ def test_a_configuration_change_never_takes_an_ip_away(pools: tuple[AddressPool,
         dataclasses.replace(internal, namespaces=frozenset({"web"})),
         lab,
     )
-    r = allocate(held, after, MANAGER)
+    r = assign(held, after, MANAGER)
     assert r.ips == {
         ("web", "gone"): ("10.9.0.1",),
         ("web", "renamed"): ("203.0.113.1",),
@@ -307,7 +307,7 @@ def test_status_another_controller_wrote_outside_the_pools_is_replaced(
     pools: tuple[AddressPool, ...],
 ) -> None:
     """k3s ServiceLB writes node IPs; those are not ours to keep."""
-    r = allocate([svc("a", ingress=("192.168.1.10",), managers=("k3s",))], pools, MANAGER)
+    r = assign([svc("a", ingress=("192.168.1.10",), managers=("k3s",))], pools, MANAGER)
     assert r.ips[("web", "a")] == ("10.0.100.1",)
 
 
@@ -338,7 +338,7 @@ def services(draw: st.DrawFn) -> list[Service]:
 def test_new_addresses_only_from_a_pool_the_service_may_use(batch: list[Service]) -> None:
     pools = POOLS
     by_name = {p.name: p for p in pools}
-    r = allocate(batch, pools, MANAGER)
+    r = assign(batch, pools, MANAGER)
     taken: dict[str, tuple[str, str]] = {}
     for s in batch:
         for ip in r.ips[s.key]:

@@ -358,13 +358,13 @@ def check(
     kubeconfig: str | None, lease_namespace: str, vty_socket: str | None, output: str, **shared_opts: Any
 ) -> None:
     """Check everything the agent depends on; print a fix for each failure. Exits 1 if any check fails."""
-    from .doctor import Doctor, as_json, failed, render
+    from .check import Checks, as_json, failed, render
     from .frr import Vtysh
 
     setup_logging("error")
     config = make_config(**shared_opts)
     api = _api(kubeconfig)
-    results = Doctor(api, config, Vtysh(vty_socket), lease_namespace=lease_namespace).run()
+    results = Checks(api, config, Vtysh(vty_socket), lease_namespace=lease_namespace).run()
     click.echo(json.dumps(as_json(results), indent=2) if output == "json" else render(results))
     sys.exit(1 if failed(results) else 0)
 

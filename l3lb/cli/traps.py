@@ -1,5 +1,5 @@
 """The traps of moving a cluster to l3lb, as ``l3lb check`` finds them (pure functions over what the API
-and FRR say; l3lb/cli/doctor.py runs them):
+and FRR say; l3lb/cli/check.py runs them):
 
 - another load balancer controller still writes status.loadBalancer on Services of our class
   (managedFields: a field manager that is not this group of agents', written after ours);
@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import aliases
 from ..config import Config, Network
-from ..ipam.allocate import allocate
+from ..ipam.assign import assign
 from ..model import Service, field_manager, fmt_key, parse_service
 from ..node.decide import is_ours
 
@@ -42,7 +42,7 @@ def who(manager: str) -> str:
     return f"{manager} ({known})" if known else manager
 
 
-OK, WARN, FAIL = "ok", "warn", "fail"  # as l3lb/cli/doctor.py's
+OK, WARN, FAIL = "ok", "warn", "fail"  # as l3lb/cli/check.py's
 LEAK_FIX = (
     "let out only what l3lb puts on lo: 'redistribute connected route-map L3LB-V4' (and L3LB-V6) with the "
     "prefix-lists of l3lb's prefixes (NixOS: services.l3lb.frr.enable; nixos/frr.nix); another load "
@@ -147,7 +147,7 @@ class Move:
 
 def moves(services: list[Service], pools: tuple, field_manager: str) -> list[Move]:
     """Services of ours whose status l3lb's allocator would change, with the reasons it gives."""
-    result = allocate(services, pools, field_manager)
+    result = assign(services, pools, field_manager)
     reasons: dict[Any, list[str]] = {}
     for c in result.conflicts:
         if c.reason not in (aliases.ANNOTATION_CONFLICT, aliases.UNSUPPORTED):

@@ -1,5 +1,5 @@
 """The leader's allocator, in a thread of its own: it follows every LoadBalancer Service (the daemon hands it
-the Service watch events, as it does the agent), and while this agent leads it runs ``allocate()`` over
+the Service watch events, as it does the agent), and while this agent leads it runs ``assign()`` over
 ours, writes the status that differs, clears status that l3lb wrote on a Service that is no longer ours,
 reports conflicts once per change, and stops fighting another controller that keeps rewriting a status.
 
@@ -31,7 +31,7 @@ from ..k8s.writer import CONFLICT, DENIED, FAILED, WRITTEN
 from ..metrics import Metrics
 from ..model import Key, Service, WatchEvent, field_manager, fmt_key
 from ..node.decide import is_ours
-from .allocate import allocate
+from .assign import assign
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class Allocator:
             ):
                 svc = dataclasses.replace(svc, ingress_ips=written[0])
             view[key] = svc
-        result = allocate(view.values(), self.config.pools, self.field_manager)
+        result = assign(view.values(), self.config.pools, self.field_manager)
         for key, ips in result.ips.items():
             svc = view[key]
             if key in self._yielded or self._backing_off(svc, now):

@@ -1,4 +1,5 @@
-"""The allocator: which IPs each of our Services gets, as a pure function of the Services alone.
+"""The assignment: which IPs each of our Services gets, as a pure function of the Services alone (the
+leader's ``Allocator`` runs it and writes what differs).
 
 State lives in the Services' own status, so a new leader rebuilds everything from them. Services are
 taken oldest first (creationTimestamp, then namespace/name), so an older Service keeps its IP in any
@@ -43,7 +44,7 @@ class Conflict:
 
 
 @dataclass
-class Allocation:
+class Assignment:
     ips: dict[Key, tuple[str, ...]] = field(default_factory=dict)
     """What each Service's status.loadBalancer.ingress should hold (IPv4 first)."""
     conflicts: list[Conflict] = field(default_factory=list)
@@ -129,15 +130,15 @@ def _admits(svc: Service, namespace: str) -> bool:
     return allowed is None or "*" in allowed or namespace in allowed
 
 
-def allocate(
+def assign(
     services: Iterable[Service], pools: tuple[AddressPool, ...], field_manager: str | None = None
-) -> Allocation:
+) -> Assignment:
     """``field_manager``: our group's; an IP it wrote that is in no pool any more (the pool was removed or
     renamed) stays in the Service's status, with a warning, instead of being replaced."""
     ranges = {p.name: [Range(net, p.reserved) for net in p.prefixes] for p in pools}
     by_name = {p.name: p for p in pools}
     holders: dict[str, list[Service]] = {}
-    out = Allocation()
+    out = Assignment()
     ordered = sorted(services, key=lambda s: (s.created, s.key))
 
     def pool_of(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> AddressPool | None:

@@ -38,7 +38,7 @@ class Result:
     fix: str = ""
 
 
-class Doctor:
+class Checks:
     def __init__(
         self,
         api: Api,
