@@ -35,7 +35,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO / "tests")]
 
 from kubelet import create_node  # noqa: E402
 from kubernetes import client, config, utils  # noqa: E402

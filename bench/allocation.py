@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO / "tests")]
 
 from agents import Lab  # noqa: E402
 from kubelet import create_lb_service, lease_holder  # noqa: E402

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO / "tests")]
 
 from lab import VIP, Lab  # noqa: E402
 from netns import NetNS, enter_netns  # noqa: E402

@@ -2,8 +2,8 @@
 BGP speaker on the node, from a pod's Ready condition patched in the API to the router's kernel route,
 with where the time goes, hop by hop.
 
-One lab (tests/lab.py: the real control plane, two nodes with FRR, router R with FRR, BGP unnumbered), one
-IPv4 Local-policy Service whose only pod is on node1, and ``--flips`` announces and as many withdraws per
+One lab (tests/support/lab.py: the real control plane, two nodes with FRR, router R with FRR, BGP unnumbered),
+one IPv4 Local-policy Service whose only pod is on node1, and ``--flips`` announces and as many withdraws per
 path, the paths taking turns over ``--rounds`` rounds (one agent at a time):
 
 - ``l3lb, lab FRR``: the l3lb agents, node FRR as the lab runs it (zebra's RIB work-queue hold at its
@@ -11,7 +11,7 @@ path, the paths taking turns over ``--rounds`` rounds (one agent at a time):
 - ``l3lb, recommended FRR``: the same with the node settings this bench recommends (RECOMMENDED below);
 - ``FRR floor``: no agent, the /32 put on node1's lo by hand through netlink, under either node setting
   (the time starts at the netlink request);
-- ``direct speaker``: no agent and no node FRR in the path: tests/refspeaker.py, a controller watching
+- ``direct speaker``: no agent and no node FRR in the path: tests/support/refspeaker.py, a controller watching
   the Service's EndpointSlices through the same API relay as the agents, telling our GoBGP-based speaker
   (bench/refspeaker, GoBGP v3.37.0's server package) on node1 to add or withdraw the /32; the speaker
   peers R over numbered IPv4 on the same link (10.1.1.2 -> 10.1.1.1), R taking it into the same
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO / "tests")]
 sys.path.insert(0, str(REPO / "bench"))
 
 import refspeaker  # noqa: E402

@@ -1,5 +1,5 @@
-"""The chaos soak (tests/soak.py) for minutes: the FRR lab under a seeded random schedule of faults, with
-invariants I1-I4 checked from outside the agents. Run as root::
+"""The chaos soak (tests/support/soak.py) for minutes: the FRR lab under a seeded random schedule of faults,
+with invariants I1-I4 checked from outside the agents. Run as root::
 
     .venv/bin/python bench/soak.py [--minutes 10] [--seed N] [--out bench/results/soak.json]
 
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO / "tests")]
 
 from soak import run_soak  # noqa: E402
 from testenv import interrupt_on_sigterm  # noqa: E402

@@ -27,7 +27,7 @@ python3Packages.buildPythonApplication {
   # A plain `pytest`: the tests that need root, the control plane binaries, FRR or nix-instantiate skip
   # themselves inside the build sandbox (tests/conftest.py says why), so the check phase needs no flags.
   # A flag list would reach the hook space-joined and be split again (no __structuredAttrs):
-  # tests/test_nix.py fails on any list element with a space.
+  # tests/nix/test_nix.py fails on any list element with a space.
   nativeCheckInputs = with python3Packages; [
     hypothesis
     pytestCheckHook

@@ -1,6 +1,6 @@
 # A model of what the NixOS test driver prepends to a test script before it runs mypy on it
 # (nixos/lib/test-script-prepend.py), with the Machine methods the VM test uses typed as in
-# nixos/lib/test-driver/src/test_driver/machine/__init__.py. tests/test_flake_checks.py adds one
+# nixos/lib/test-driver/src/test_driver/machine/__init__.py. tests/nix/test_flake_checks.py adds one
 # `<node>: Machine` line per node, as nixos/lib/testing/driver.nix does, then the script.
 from collections.abc import Callable
 from contextlib import AbstractContextManager

@@ -1,5 +1,5 @@
 # The attributes nixos/package.nix hands to buildPythonApplication, as the builder would receive them, with
-# the dependencies as names. `src` is left out: it needs the store. Used by tests/test_flake_checks.py to
+# the dependencies as names. `src` is left out: it needs the store. Used by tests/nix/test_flake_checks.py to
 # rebuild the pytest command line that pytestCheckHook would run.
 { libPath }:
 let

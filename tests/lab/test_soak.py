@@ -1,5 +1,5 @@
-"""The chaos soak (tests/soak.py) in make test: a minute with a fixed seed, then one with a fresh random
-seed, printed so that a failure can be replayed with ``bench/soak.py --seed N``."""
+"""The chaos soak (tests/support/soak.py) in make test: a minute with a fixed seed, then one with a fresh
+random seed, printed so that a failure can be replayed with ``bench/soak.py --seed N``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The real interface table in a network namespace: the monitor reports what others change and drops the
-echoes of our own writes, and survives any error in its thread; the dump reads what pyroute2 reads."""
+"""The kernel side of the agent in a network namespace: rtnl's requests as the kernel answers them, the
+monitor reporting what others change and dropping the echoes of our own writes (and surviving any error in
+its thread), the dump reading what pyroute2 reads, and a weighted agent's moves and class interfaces."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 from netns import NetNS
 
+from l3lb.netlink import rtnl
+
 pytestmark = pytest.mark.root
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # Runs inside the namespace: our requests through Presence and the table, "someone else's" with the ip
 # command; what reaches the loop's inbox is recorded.
@@ -183,8 +186,8 @@ def test_the_dump_reads_what_pyroute2_reads(tmp_path: Path) -> None:
 # Runs inside the namespace: a weighted agent on real interfaces, fed by hand, its requests recorded.
 WEIGHTED_SCRIPT = """
 import json, socket, subprocess, sys, threading, time
-sys.path.insert(0, "tests")
-from test_decide import node_obj, slice_obj, svc_obj
+sys.path.insert(0, "tests/support")
+from objects import node_obj, slice_obj, svc_obj
 from l3lb.netlink import rtnl
 from l3lb.node.agent import Agent
 from l3lb.netlink.tables import NetlinkTable
@@ -268,3 +271,33 @@ def test_weighted_moves_are_one_datagram_and_a_deleted_class_interface_is_made_a
     together = [(d[k], d[k + 1]) for d in got["move"] for k in range(len(d) - 1)]
     assert (del1, add2) in together, f"the removal and the add in one datagram: {got['move']}"
     assert got["back"] is not None and got["back"] < 1.0, got
+
+
+def test_requests_against_the_kernel(tmp_path: Path) -> None:
+    """In a namespace: a batch adds and renews, a refused request reports its errno, a removal of an
+    absent address says it is gone."""
+    script = """
+import json, socket
+from l3lb.netlink import rtnl
+lo = socket.if_nametoindex("lo")
+r = rtnl.Requests()
+ips = [f"10.7.{i // 250}.{i % 250 + 1}" for i in range(450)] + ["fd00:7::1"]
+out = {"add": r.run((rtnl.RTM_NEWADDR, lo, ip, 30) for ip in ips)}
+out["renew"] = r.run((rtnl.RTM_NEWADDR, lo, ip, 60) for ip in ips)
+out["bad"] = r.run([(rtnl.RTM_NEWADDR, 999999, "10.7.9.9", 30)])
+out["del"] = r.run([(rtnl.RTM_DELADDR, lo, "10.7.0.1", 0), (rtnl.RTM_DELADDR, lo, "10.7.0.1", 0)])
+print(json.dumps(out))
+"""
+    with NetNS(tmp_path) as ns:
+        out = ns.run([sys.executable, "-c", script]).stdout
+        addrs = ns.addresses()
+    got = json.loads(out)
+    assert got["add"] == got["renew"] == [0] * 451
+    (bad,) = got["bad"]
+    assert bad > 0, "a refused request reports its errno"
+    assert got["del"][0] == 0 and got["del"][1] in rtnl.GONE, "the second removal finds nothing"
+    held = {
+        a["local"]: a for a in addrs if a["prefixlen"] in (32, 128) and a["local"] not in ("127.0.0.1", "::1")
+    }
+    assert len(held) == 450 and "10.7.0.1" not in held
+    assert 50 < held["10.7.0.2"]["valid_life_time"] <= 60, "renewed to 60 s"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_decide import node_obj, slice_obj, svc_obj
+from objects import node_obj, slice_obj, svc_obj
 
 from l3lb.config import Config, parse_prefixes
 from l3lb.model import NODE, SERVICES, SLICES, node_entry, service_entry, slice_entry
@@ -25,7 +25,7 @@ from l3lb.node.runner import Inbox, Message
 slice_e = slice_entry("n1")
 CFG = Config(prefixes=parse_prefixes(["10.0.100.0/24"]), node_name="n1", address_lifetime=60)
 VIP = "10.0.100.7"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Clock:

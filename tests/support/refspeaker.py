@@ -13,7 +13,7 @@ The controller logs, on the same clock as the bench (``time.monotonic()``, one c
 command, and the speaker's own answers ``<t> ok add|del PREFIX NS`` (NS: nanoseconds GoBGP's AddPath or
 DeletePath took) and ``<t> peer ADDRESS STATE``.
 
-    python tests/refspeaker.py --kubeconfig K --namespace NS --service S --node N --prefix P \
+    python tests/support/refspeaker.py --kubeconfig K --namespace NS --service S --node N --prefix P \
         --speaker BIN -- --local A --peer B --asn N
 """
 
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE.parent / "bench" / "refspeaker"
+SOURCE = HERE.parents[1] / "bench" / "refspeaker"
 GOBGP_MODULE = "github.com/osrg/gobgp/v3"
 
 
@@ -95,7 +95,7 @@ def ready_on(slices: dict[str, dict], node: str) -> bool:
 
 
 def controller(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE.parents[1]))
     from kubernetes.watch.watch import iter_resp_lines
 
     from l3lb.k8s.api import Api, load_client

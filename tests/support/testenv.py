@@ -5,9 +5,9 @@ cached outside the work tree. Each start is fresh: loopback only, free ports, a 
 certificates, RBAC on, an admin identity, and ``identity()`` to mint more (client certificates: CN = user,
 O = groups). The same code serves pytest fixtures and the shell::
 
-    python tests/testenv.py up --dir DIR          # prints DIR/admin.kubeconfig
-    python tests/testenv.py identity --dir DIR --user NAME --group GROUP
-    python tests/testenv.py down --dir DIR
+    python tests/support/testenv.py up --dir DIR          # prints DIR/admin.kubeconfig
+    python tests/support/testenv.py identity --dir DIR --user NAME --group GROUP
+    python tests/support/testenv.py down --dir DIR
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script too: tests/nixpkgs_lib.py
 import nixpkgs_lib
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +44,7 @@ EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 def versions() -> dict[str, str]:
     """The pinned versions from tests/versions.env."""
     out = {}
-    for line in (HERE / "versions.env").read_text().splitlines():
+    for line in (HERE.parent / "versions.env").read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
@@ -74,7 +75,7 @@ def binaries() -> dict[str, Path]:
         "kube-controller-manager": cache / f"kube-{v['KUBE_VERSION']}" / "kube-controller-manager",
     }
     if not all(p.exists() for p in paths.values()):
-        build = HERE.parent / "setup" / "build-control-plane.sh"
+        build = HERE.parents[1] / "setup" / "build-control-plane.sh"
         subprocess.run(["bash", str(build)], check=True, stdout=subprocess.DEVNULL)
     return paths
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from test_decide import slice_obj, svc_obj
+from objects import slice_obj, svc_obj
 
 from l3lb.config import Config, parse_prefixes
 from l3lb.daemon import ApiSide

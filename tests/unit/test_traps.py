@@ -1,5 +1,5 @@
 """The traps ``l3lb check`` looks for when a cluster moves to l3lb (l3lb/cli/traps.py), on API objects and FRR
-running configurations written here; tests/test_inspect.py runs the same against the real control plane
+running configurations written here; tests/lab/test_inspect.py runs the same against the real control plane
 and a real FRR."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import pytest
 from lab import nix_eval, nix_list
 from testenv import NIXPKGS_LIB
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.nix, pytest.mark.nixpkgs_lib]
 PREFIX = "10.0.100.0/24"

@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import systemd_exec
 from kubelet import wait_for
-from lab import Frr, Lab, nix_eval, nix_list, nixos_frr_conf
+from lab import Frr, Lab, eval_module, nix_eval, nix_list, nixos_frr_conf
 from netns import NetNS
-from testenv import NIXPKGS_LIB, ControlPlane
+from testenv import ControlPlane
 
 from l3lb.cli.frr import check_config
 from l3lb.config import parse_prefixes
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.nix
 NIX_FILES = sorted(str(p.relative_to(REPO)) for p in REPO.rglob("*.nix") if ".venv" not in p.parts)
 
@@ -162,7 +162,7 @@ CREDS = "/run/credentials/l3lb.service"
 
 
 def exec_argv(unit: dict, credentials: str = CREDS) -> list[str]:
-    """The argv systemd gives the agent for the unit's ExecStart= (tests/systemd_exec.py)."""
+    """The argv systemd gives the agent for the unit's ExecStart= (tests/support/systemd_exec.py)."""
     return systemd_exec.argv(unit["serviceConfig"]["ExecStart"], credentials)
 
 
@@ -255,14 +255,6 @@ def test_unit_is_hardened(tmp_path: Path, allowed: list[str] | None) -> None:
 
 
 # ---- the module itself, against nixpkgs' lib
-def eval_module(settings: str) -> dict:
-    result = nix_eval(
-        f"import ./tests/nix/eval-module.nix {{ libPath = {NIXPKGS_LIB}; settings = {settings}; }}"
-    )
-    assert isinstance(result, dict)
-    return result
-
-
 @pytest.mark.nixpkgs_lib
 def test_module_on_a_k3s_agent_and_server() -> None:
     agent = eval_module(
@@ -400,8 +392,8 @@ def test_an_frr_config_file_would_drop_the_snippet_so_it_is_refused() -> None:
 
 @pytest.mark.nixpkgs_lib
 def test_the_unit_starts_without_waiting_for_the_api_and_restarts_for_a_fresh_kubeconfig() -> None:
-    """READY=1 comes at adoption (tests/test_start.py), so the start timeout covers loading and one read of
-    the interface; exit 75 (a kubeconfig copied half-written) is a restart, not a failure."""
+    """READY=1 comes at adoption (tests/cluster/test_start.py), so the start timeout covers loading and one
+    read of the interface; exit 75 (a kubeconfig copied half-written) is a restart, not a failure."""
     unit = eval_module(USER_NODE)["unit"]["serviceConfig"]
     assert unit["Type"] == "notify" and unit["TimeoutStartSec"] == 30
     assert unit["RestartForceExitStatus"] == 75 and unit["SuccessExitStatus"] == 75
@@ -509,7 +501,7 @@ def test_two_pool_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> 
 
 
 UPLINK_FRR_DEFAULTS = {"detect-multiplier 3", "neighbor L3LB-UPLINKS activate"}
-"""What FRR leaves out of its running config because it is its own default (tests/test_uplinks.py)."""
+"""What FRR leaves out of its running config because it is its own default (tests/lab/test_uplinks.py)."""
 
 
 # ---- the module's uplinks and zebra settings, on a real FRR as NixOS loads them

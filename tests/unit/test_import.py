@@ -311,7 +311,7 @@ def test_the_nix_is_the_same_pools() -> None:
 
 @pytest.mark.nixpkgs_lib
 def test_the_nix_is_accepted_by_the_module() -> None:
-    from test_nix import eval_module
+    from lab import eval_module
 
     for text in (METALLB, CILIUM, PURELB):
         nix = importer.to_nix(imported(text))

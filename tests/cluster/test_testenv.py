@@ -63,7 +63,7 @@ def test_an_identity_without_bindings_is_refused(control_plane: ControlPlane) ->
 
 def test_shell_interface_runs_a_second_control_plane(tmp_path: Path, control_plane: ControlPlane) -> None:
     """``testenv.py up/identity/down`` from the shell, beside the session's own control plane."""
-    script = [sys.executable, str(HERE / "testenv.py")]
+    script = [sys.executable, str(HERE.parent / "support" / "testenv.py")]
     d = tmp_path / "shell-cp"
     up = subprocess.run([*script, "up", "--dir", str(d)], check=True, capture_output=True, text=True)
     try:

@@ -9,7 +9,7 @@ import yaml
 
 from l3lb.k8s.permissions import PERMISSIONS
 
-RBAC = Path(__file__).resolve().parent.parent / "deploy" / "rbac.yaml"
+RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
 
 
 def granted() -> set[tuple[str, str, str, str, bool]]:

@@ -22,7 +22,7 @@ import pytest
 from testenv import NIXPKGS_LIB, cache_dir
 
 pytestmark = [pytest.mark.nix, pytest.mark.nixpkgs_lib]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 REV = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -180,8 +180,8 @@ def test_a_clone_without_shared_evaluates_the_module_with_nixpkgs_on_nix_path(tm
             "no:cacheprovider",
             "-m",
             "nixpkgs_lib and not cluster and not root",
-            "tests/test_nix.py",
-            "tests/test_flake_checks.py",
+            "tests/nix/test_nix.py",
+            "tests/nix/test_flake_checks.py",
         ],
         cwd=clone,
         env={**env, "L3LB_REQUIRE_ALL": "1"},

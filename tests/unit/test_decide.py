@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from objects import node_obj, slice_obj, svc_obj
 
 from l3lb.config import Config, parse_prefixes
 from l3lb.model import Node, parse_node, parse_requested, parse_service, parse_slice
@@ -29,56 +30,6 @@ from l3lb.node.tracker import Tracker
 
 CFG = Config(prefixes=parse_prefixes(["10.0.100.0/24", "fd00:100::/64"]), node_name="n1")
 NODE_OK = Node("n1", ready=True, excluded=False, cordoned=False, to_be_deleted=False)
-
-
-def svc_obj(
-    name: str,
-    ips: list[str],
-    *,
-    policy: str = "Local",
-    lb_class: str | None = None,
-    svc_type: str = "LoadBalancer",
-    ns: str = "default",
-    ann: str | None = None,
-) -> dict:
-    spec = {"type": svc_type, "externalTrafficPolicy": policy}
-    if lb_class:
-        spec["loadBalancerClass"] = lb_class
-    return {
-        "metadata": {
-            "namespace": ns,
-            "name": name,
-            "uid": f"uid-{name}",
-            "annotations": {"l3lb.io/load-balancer-ips": ann} if ann is not None else {},
-        },
-        "spec": spec,
-        "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}},
-    }
-
-
-def slice_obj(
-    name: str, svc: str, endpoints: list[tuple[str, bool | None, bool]], ns: str = "default"
-) -> dict:
-    eps = []
-    for node, ready, terminating in endpoints:
-        cond: dict = {"terminating": terminating}
-        if ready is not None:
-            cond["ready"] = ready
-        eps.append({"addresses": ["10.244.0.1"], "nodeName": node, "conditions": cond})
-    return {
-        "metadata": {"namespace": ns, "name": name, "labels": {"kubernetes.io/service-name": svc}},
-        "endpoints": eps,
-    }
-
-
-def node_obj(
-    *, ready: bool = True, labels: dict | None = None, unschedulable: bool = False, taints: list | None = None
-) -> dict:
-    return {
-        "metadata": {"name": "n1", "labels": labels or {}},
-        "spec": {"unschedulable": unschedulable, "taints": taints or []},
-        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
-    }
 
 
 # ---- config and parsing

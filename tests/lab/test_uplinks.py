@@ -3,7 +3,7 @@ FRR's default ``traditional`` profile (ebgp-requires-policy on, IPv6 not activat
 lab with nothing but the rendered text on the nodes: what reaches the router, how fast a failed node leaves
 the router's multipath with BFD and without, and what graceful restart keeps while bgpd restarts.
 
-Figures: ``sudo .venv/bin/python tests/test_uplinks.py [--trials N]`` measures every case (BFD and no
+Figures: ``sudo .venv/bin/python tests/lab/test_uplinks.py [--trials N]`` measures every case (BFD and no
 BFD, graceful restart on and off) and prints the medians; the tests below assert only the fast cases."""
 
 from __future__ import annotations
@@ -13,15 +13,18 @@ import json
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kubelet import wait_for
-from lab import VIP, VIP6, Frr, Lab, LabNode, frr_snippet, ip, nix_eval, nixos_frr_conf
-from netns import NetNS
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("support", "")]  # run as a script too
+from kubelet import wait_for  # noqa: E402
+from lab import VIP, VIP6, Frr, Lab, LabNode, frr_snippet, ip, nix_eval, nixos_frr_conf  # noqa: E402
+from netns import NetNS  # noqa: E402
 
 VIPS = (VIP, VIP6)
 
@@ -367,7 +370,7 @@ def router_routes(lab: Lab) -> set[str]:
 def test_bfd_takes_a_failed_node_out_of_the_multipath_within_a_second(uplinks_lab: Lab, fault: Fault) -> None:
     """Two nodes hold the Service IPs (ECMP at the router); one fails silently (its link goes down behind
     the switch; or its FRR hangs): BFD takes it out of the router's multipath in well under a second (the
-    BGP hold time, 9 s, is what it takes without BFD: ``python tests/test_uplinks.py``)."""
+    BGP hold time, 9 s, is what it takes without BFD: ``python tests/lab/test_uplinks.py``)."""
     hold(uplinks_lab, "node1", "node2")
     times = trials(uplinks_lab, fault, 3)
     print(f"\nBFD 100 ms x 3, {fault.what}: router drops the node after {figure(times)}")
@@ -380,7 +383,7 @@ def test_bfd_takes_a_failed_node_out_of_the_multipath_within_a_second(uplinks_la
 def test_graceful_restart_keeps_the_route_while_bgpd_restarts(uplinks_lab: Lab) -> None:
     """bgpd alone SIGKILLed on a node and started again 2 s later: the router keeps the node's routes (and
     forwards on them) through the restart, until the new session is up (without graceful restart they go at
-    once: ``python tests/test_uplinks.py``). On FRR 8.4 a BFD flap follows as the session comes up: the
+    once: ``python tests/lab/test_uplinks.py``). On FRR 8.4 a BFD flap follows as the session comes up: the
     restarted bgpd registered the BFD session before it knew its source address and re-registers it with
     one, which the router sees as BFD down and answers with a hard reset; the node's routes are back with
     the next session, about 2 s later. Measured and printed, and the flap, if any, must be that one."""

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.root, pytest.mark.cluster]
 APP = {"app": "web"}
 METALLB = "controller"
 """The field manager MetalLB's controller writes status under: it sets none, so the apiserver takes the
-User-Agent's first word, its binary's name (tests/kubelet.py write_status_as)."""
+User-Agent's first word, its binary's name (tests/support/kubelet.py write_status_as)."""
 
 
 def status_managers(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import socket
 import threading
 from pathlib import Path
 
-from test_decide import node_obj
+from objects import node_obj
 
 from l3lb.cli.logs import JsonFormatter
 from l3lb.config import Config, parse_prefixes

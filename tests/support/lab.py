@@ -17,13 +17,13 @@ RAs); IPv6 DAD off in every namespace (tentative link-locals delay BGP by 2-3 s)
 and ``fib_multipath_hash_policy=1`` to spread flows by L4 hash. ``zebra work-queue`` stays at FRR's 10 ms
 (the module renders 0 by default; bench/peers.py measures both).
 
-Options for the uplinks tests (``tests/test_uplinks.py``): ``uplinks={...}`` gives the nodes nothing but what
-``nixos/frr.nix`` renders with that ``uplinks`` argument (plus NixOS' frr.conf header), loaded as NixOS does
-under FRR's default ``traditional`` profile, with bfdd; ``router_bfd`` runs BFD on the router's side;
+Options for the uplinks tests (``tests/lab/test_uplinks.py``): ``uplinks={...}`` gives the nodes nothing but
+what ``nixos/frr.nix`` renders with that ``uplinks`` argument (plus NixOS' frr.conf header), loaded as NixOS
+does under FRR's default ``traditional`` profile, with bfdd; ``router_bfd`` runs BFD on the router's side;
 ``switch`` puts an L2 bridge between the router and each node (a node's link going down is then no carrier
 loss at the router); ``cluster=False`` leaves out Kubernetes (no control plane, Nodes or agents).
-``L3LB_LAB_UPLINKS=1`` in the environment makes ``uplinks={}`` with ``router_bfd`` every lab's default, to
-run any lab test on the rendered config (not the default: tests/soak.py restarts FRR from zebra.conf and
+``L3LB_LAB_UPLINKS=1`` in the environment makes ``uplinks={}`` with ``router_bfd`` every lab's default, to run
+any lab test on the rendered config (not the default: tests/support/soak.py restarts FRR from zebra.conf and
 bgpd.conf, which such a node does not have).
 """
 
@@ -49,9 +49,9 @@ from agents import agent_argv
 from kubelet import cordon, create_lb_service, create_node, create_pod, grant_leases, set_pod_ready
 from kubernetes import client, config, utils
 from netns import ApiRelay, NetlinkWatch, NetNS, ip
-from testenv import ControlPlane
+from testenv import NIXPKGS_LIB, ControlPlane
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FRR = Path("/usr/lib/frr")
 PREFIX, PREFIX6 = "10.0.100.0/24", "fd00:100::/64"
 VIP, VIP6 = "10.0.100.5", "fd00:100::5"
@@ -129,6 +129,15 @@ def nix_eval(expr: str) -> Any:
         text=True,
     ).stdout
     return json.loads(out)
+
+
+def eval_module(settings: str) -> dict:
+    """The NixOS module evaluated with nixpkgs' lib against ``settings`` (tests/nix/eval-module.nix)."""
+    result = nix_eval(
+        f"import ./tests/nix/eval-module.nix {{ libPath = {NIXPKGS_LIB}; settings = {settings}; }}"
+    )
+    assert isinstance(result, dict)
+    return result
 
 
 def nix_list(items: list[str]) -> str:

@@ -19,7 +19,7 @@ changes until the kernel drops notifications, and removes one of the agent's add
 
 Faults are injected one at a time, each followed by its convergence; many leave state behind (agents down,
 nodes cordoned, the apiserver down, addresses added by hand), so they mix. ``bench/soak.py`` runs it for
-minutes; ``tests/test_soak.py`` for a minute in ``make test``.
+minutes; ``tests/lab/test_soak.py`` for a minute in ``make test``.
 """
 
 from __future__ import annotations
