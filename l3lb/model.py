@@ -10,12 +10,15 @@ import ipaddress
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import aliases
 from .aliases import IPS_ANNOTATION as IPS_ANNOTATION
 from .aliases import POOL_ANNOTATION as POOL_ANNOTATION
 from .aliases import SHARING_ANNOTATION as SHARING_ANNOTATION
+
+if TYPE_CHECKING:
+    from .config import Config
 
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
 
@@ -84,6 +87,12 @@ class Service:
     """Warnings (reason, message) about its annotations: aliases that disagree, values l3lb cannot honour."""
     resource_version: str = field(default="", compare=False)
     """For conditional status writes; not part of the value, so that a bump alone is no change."""
+
+
+def is_ours(svc: Service, config: Config) -> bool:
+    """A LoadBalancer Service of the class these agents serve: the agent announces it, the allocator gives it
+    IPs."""
+    return svc.is_load_balancer and config.owns_class(svc.load_balancer_class)
 
 
 def parse_requested(annotations: dict[str, str], spec: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:

@@ -16,6 +16,7 @@ from ..model import (
     SLICES,
     SliceSummary,
     fmt_key,
+    is_ours,
     key_of,
     parse_node,
     parse_slice,
@@ -23,7 +24,7 @@ from ..model import (
     serving,
     watched,
 )
-from ..node.decide import Counts, is_ours
+from ..node.decide import Counts
 from ..node.tracker import Tracker
 from .frr import Vtysh
 

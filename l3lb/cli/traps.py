@@ -23,8 +23,7 @@ from typing import Any
 from .. import aliases
 from ..config import Config, Network
 from ..ipam.assign import assign
-from ..model import Service, field_manager, fmt_key, parse_service
-from ..node.decide import is_ours
+from ..model import Service, field_manager, fmt_key, is_ours, parse_service
 
 KNOWN_MANAGERS = {
     "controller": "MetalLB's controller (its binary is named controller)",

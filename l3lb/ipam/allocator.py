@@ -29,8 +29,7 @@ from ..backoff import Backoff
 from ..config import Config
 from ..k8s.writer import CONFLICT, DENIED, FAILED, WRITTEN
 from ..metrics import Metrics
-from ..model import Key, Service, WatchEvent, field_manager, fmt_key
-from ..node.decide import is_ours
+from ..model import Key, Service, WatchEvent, field_manager, fmt_key, is_ours
 from .assign import assign
 
 log = logging.getLogger(__name__)

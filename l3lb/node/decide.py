@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..ipam.pools import AddressPool
-from ..model import Key, Node, Service
+from ..model import Key, Node, Service, is_ours
 
 # Reasons to announce.
 LOCAL_READY = "localReadyEndpoints"
@@ -52,10 +52,6 @@ def node_reason(node: Node | None) -> str | None:
     if node.to_be_deleted:
         return NODE_TO_BE_DELETED
     return None
-
-
-def is_ours(svc: Service, config: Config) -> bool:
-    return svc.is_load_balancer and config.owns_class(svc.load_balancer_class)
 
 
 @dataclass(frozen=True, slots=True)

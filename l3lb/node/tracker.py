@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..config import Config
-from ..model import NODE, SERVICES, SLICES, Key, Node, Service, SliceSummary, WatchEvent
+from ..model import NODE, SERVICES, SLICES, Key, Node, Service, SliceSummary, WatchEvent, is_ours
 from .decide import (
     Counts,
     IPDecision,
@@ -19,7 +19,6 @@ from .decide import (
     combine,
     decide_service,
     ip_weight,
-    is_ours,
     node_reason,
     unselected_pools,
 )
