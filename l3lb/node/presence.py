@@ -113,6 +113,9 @@ class Done:
 
 
 class Presence:
+    """The interfaces' change tracker (see the module): recorded from notifications, read when due, written
+    through ``apply()``; the loop asks it what changed, as it asks ``Tracker``."""
+
     def __init__(
         self,
         config: Config,
