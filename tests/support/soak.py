@@ -500,8 +500,11 @@ class Soak:
         return f"{ip}/32 deleted by hand from {held[ip]} on {node}"
 
     def do_class_interface_delete(self) -> str:
-        """Deletes a weight-class interface (its addresses go with it): the agent makes it again."""
-        node = self._node(self._running())
+        """Deletes a weight-class interface (its addresses go with it): the agent makes it again. A node
+        whose class interfaces hold addresses (a Local Service's, with a ready pod there) is chosen first."""
+        running = self._running()
+        holding = [n for n in running if set(self._ours(n).values()) - {"lo"}]
+        node = self._node(holding or running)
         used = sorted(set(self._ours(node).values()) - {"lo"})
         dev = used[0] if used else f"l3lbw{self.rng.randrange(1, CLASSES + 1)}"
         held = sum(d == dev for d in self._ours(node).values())
