@@ -109,46 +109,33 @@ def _strict(key: str, raw: str) -> _Parsed:
     return out
 
 
-def _cilium(key: str, raw: str) -> _Parsed:
-    """Cilium: entries that are not IPs are skipped (Cilium logs them); l3lb skips them with a Warning."""
-    out = _Parsed(key, raw)
-    ips: list[str] = []
-    for part in raw.split(","):
-        try:
-            ip = ip_text(part)
-        except ValueError:
-            if part.strip():
-                out.notes.append(
-                    (UNSUPPORTED, f"{key}: {part.strip()!r} is not an IP address; skipped, as Cilium does")
-                )
-            continue
-        if ip not in ips:
-            ips.append(ip)
-    out.ips = tuple(ips)
-    return out
+def _lenient(why: str) -> Callable[[str, str], _Parsed]:
+    """A parser that skips the entries that are not IPs, each with an UnsupportedAnnotation note saying
+    ``why`` (what the other project does with them)."""
+
+    def parse(key: str, raw: str) -> _Parsed:
+        out = _Parsed(key, raw)
+        ips: list[str] = []
+        for part in raw.split(","):
+            try:
+                ip = ip_text(part)
+            except ValueError:
+                if part.strip():
+                    out.notes.append((UNSUPPORTED, f"{key}: {part.strip()!r} is not an IP address; {why}"))
+                continue
+            if ip not in ips:
+                ips.append(ip)
+        out.ips = tuple(ips)
+        return out
+
+    return parse
 
 
-def _kube_vip(key: str, raw: str) -> _Parsed:
-    """kube-vip: an entry that is not an IP is a DNS name, which kube-vip resolves; l3lb cannot."""
-    out = _Parsed(key, raw)
-    ips: list[str] = []
-    for part in raw.split(","):
-        try:
-            ip = ip_text(part)
-        except ValueError:
-            if part.strip():
-                out.notes.append(
-                    (
-                        UNSUPPORTED,
-                        f"{key}: {part.strip()!r} is not an IP address; kube-vip resolves it as a DNS "
-                        "name, l3lb does not and ignores it (request the IP itself)",
-                    )
-                )
-            continue
-        if ip not in ips:
-            ips.append(ip)
-    out.ips = tuple(ips)
-    return out
+# Cilium skips entries that are not IPs (and logs them); kube-vip resolves them as DNS names, l3lb cannot.
+_cilium = _lenient("skipped, as Cilium does")
+_kube_vip = _lenient(
+    "kube-vip resolves it as a DNS name, l3lb does not and ignores it (request the IP itself)"
+)
 
 
 IP_SOURCES: tuple[tuple[str, Callable[[str, str], _Parsed]], ...] = (

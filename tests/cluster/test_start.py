@@ -72,6 +72,12 @@ def start(
     return ns.popen(argv, "agent", env={"NOTIFY_SOCKET": notify_path, **(env or {})})
 
 
+def adopted(ns: NetNS, lifetime: int) -> None:
+    """What a previous run of the agent left on lo: ADOPTED, with ``lifetime`` seconds to live."""
+    life = str(lifetime)
+    ip("-n", ns.name, "addr", "add", f"{ADOPTED}/32", "dev", "lo", "valid_lft", life, "preferred_lft", life)
+
+
 def held(ns: NetNS) -> set[str]:
     return {a["local"] for a in ns.addresses() if a["prefixlen"] == 32}
 
@@ -86,19 +92,7 @@ def test_ready_once_the_adopted_addresses_are_held_with_no_apiserver(
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(UNREACHABLE)
     with NetNS(tmp_path) as ns:
-        ip(
-            "-n",
-            ns.name,
-            "addr",
-            "add",
-            f"{ADOPTED}/32",
-            "dev",
-            "lo",
-            "valid_lft",
-            "30",
-            "preferred_lft",
-            "30",
-        )
+        adopted(ns, 30)
         t0 = time.monotonic()
         agent = start(ns, kubeconfig, path)
         seen = received(sock, "READY=1", 20)
@@ -122,19 +116,7 @@ def test_a_half_written_kubeconfig_copy_exits_for_a_fresh_one_keeping_the_addres
     creds.mkdir()
     (creds / "kubeconfig").write_text(UNREACHABLE[: len(UNREACHABLE) // 2])
     with NetNS(tmp_path) as ns:
-        ip(
-            "-n",
-            ns.name,
-            "addr",
-            "add",
-            f"{ADOPTED}/32",
-            "dev",
-            "lo",
-            "valid_lft",
-            "60",
-            "preferred_lft",
-            "60",
-        )
+        adopted(ns, 60)
         agent = start(ns, creds / "kubeconfig", path, env={"CREDENTIALS_DIRECTORY": str(creds)})
         received(sock, "READY=1", 20)
         assert agent.wait(30) == EX_TEMPFAIL
