@@ -447,7 +447,7 @@ class Bench:
         node = self.lab.node("node1")
         argv = [
             sys.executable,
-            str(REPO / "tests" / "refspeaker.py"),
+            str(REPO / "tests" / "support" / "refspeaker.py"),
             "--kubeconfig",
             str(self.lab.kubeconfig),
             "--namespace",

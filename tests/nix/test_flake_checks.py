@@ -255,7 +255,7 @@ def test_check_phase_passes_as_the_build_sandbox_runs_it() -> None:
         top = Path(tmp)
         src = top / "source"
         src.mkdir()
-        for name in ("pyproject.toml", "README.md", "l3lb", "tests", "deploy"):
+        for name in ("pyproject.toml", "README.md", "LICENSE", "l3lb", "tests", "deploy"):
             (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, src / name)
         env = {"PATH": str(Path(sys.executable).parent), "HOME": "/homeless-shelter", "LANG": "C.UTF-8"}
         argv = [unshare, "--user", "--map-user=1000", "--map-group=100", "--net"]
