@@ -100,16 +100,23 @@ FRR_PREFIXES = ["10.0.100.0/24", "fd00:100::/64", "10.0.200.7/32"]
 
 @pytest.mark.root
 @pytest.mark.frr
-@pytest.mark.parametrize("classes", [0, 4], ids=["plain", "weighted"])
-def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path, classes: int) -> None:
-    """Both families and a host-length prefix, without and with weight classes: FRR keeps every line (it
-    drops what it rejects), and l3lb check finds everything it looks for in the running config."""
+@pytest.mark.parametrize(
+    ("classes", "drain"),
+    [(0, False), (4, False), (0, True), (4, True)],
+    ids=["plain", "weighted", "drain", "both"],
+)
+def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path, classes: int, drain: bool) -> None:
+    """Both families and a host-length prefix, without and with weight classes and the drain entry: FRR
+    keeps every line (it drops what it rejects), and l3lb check finds everything it looks for in the
+    running config."""
     snippet = nix_eval(
-        f"import ./nixos/frr.nix {{ prefixes = {nix_list(FRR_PREFIXES)}; asn = 65101; classes = {classes}; }}"
+        f"import ./nixos/frr.nix {{ prefixes = {nix_list(FRR_PREFIXES)}; asn = 65101; classes = {classes}; "
+        f"drain = {'true' if drain else 'false'}; }}"
     )
+    assert ("graceful-shutdown" in snippet) is drain
     with NetNS(workdir) as ns:
         frr = Frr(
-            ns, workdir / f"frr-snippet-{classes}"
+            ns, workdir / f"frr-snippet-{classes}-{drain}"
         )  # under workdir: FRR runs as user frr, must reach it
         frr.start("frr defaults datacenter\nhostname t\n", "frr defaults datacenter\nhostname t\n" + snippet)
         prefixes = parse_prefixes(FRR_PREFIXES)
@@ -117,7 +124,11 @@ def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path, classes: int
 
         def complete() -> str | None:
             running = frr.vtysh("show running-config")
-            return running if not check_config(running, prefixes, names) else None
+            return (
+                running
+                if not check_config(running, prefixes, names, "l3lbdrain" if drain else None)
+                else None
+            )
 
         running = wait_for(complete, what="bgpd to load the whole snippet")
     for line in snippet.splitlines():
@@ -482,7 +493,7 @@ def test_two_pool_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> 
     snippet = nix_eval(
         f"let p = import ./nixos/pools.nix {{ pools = {TWO_POOLS_NIX}; }}; in import ./nixos/frr.nix "
         "{ prefixes = builtins.concatMap (x: x.prefixes) p.ordered; pools = p.ordered; asn = 65101; "
-        "classes = 2; }"
+        "classes = 2; drain = true; }"
     )
     assert "on-match goto 1010" in snippet
     with NetNS(workdir) as ns:
@@ -492,7 +503,8 @@ def test_two_pool_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> 
 
         def complete() -> str | None:
             running = frr.vtysh("show running-config")
-            return running if not check_config(running, prefixes, ("l3lbw1", "l3lbw2")) else None
+            missing = check_config(running, prefixes, ("l3lbw1", "l3lbw2"), "l3lbdrain")
+            return running if not missing else None
 
         running = wait_for(complete, what="bgpd to load the whole snippet")
     for line in snippet.splitlines():

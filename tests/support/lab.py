@@ -100,10 +100,12 @@ def frr_snippet(
     classes: int = 0,
     pools: list[dict] | None = None,
     uplinks: dict | None = None,
+    drain: bool = True,
 ) -> str:
     """What the NixOS module appends to services.frr.config, from its pure Nix function; ``pools`` as the
-    module passes them (name, prefixes, bgp attributes); ``uplinks`` as frr.nix takes it (None: null)."""
-    args = f"prefixes = {nix_list(prefixes)}; asn = {asn}; classes = {classes};"
+    module passes them (name, prefixes, bgp attributes); ``uplinks`` as frr.nix takes it (None: null);
+    ``drain``: the drain entry, as the module renders it by default."""
+    args = f"prefixes = {nix_list(prefixes)}; asn = {asn}; classes = {classes}; drain = {str(drain).lower()};"
     if pools:
         args += f" pools = builtins.fromJSON {json.dumps(json.dumps(pools))};"
     if uplinks is not None:
