@@ -97,6 +97,8 @@ for _ in range(n):
     try:
         c = http.client.HTTPConnection(ip, port, timeout=2); c.request("GET", "/")
         seen[c.getresponse().read().decode()] += 1; c.close()
+        if (took := time.monotonic() - start - t) > 0.5:
+            slow.append((round(t, 3), round(took, 3)))
     except OSError as e:
         seen["error: " + type(e).__name__] += 1
 print(json.dumps(seen))
@@ -106,7 +108,7 @@ print(json.dumps(seen))
 REQUESTS = """
 import collections, http.client, json, sys, time
 ip, port, seconds, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-seen, errors = collections.Counter(), []
+seen, errors, slow = collections.Counter(), [], []
 start = time.monotonic()
 n = 0
 while (now := time.monotonic()) < start + seconds:
@@ -116,9 +118,11 @@ while (now := time.monotonic()) < start + seconds:
     try:
         c = http.client.HTTPConnection(ip, port, timeout=2); c.request("GET", "/")
         seen[c.getresponse().read().decode()] += 1; c.close()
+        if (took := time.monotonic() - start - t) > 0.5:
+            slow.append((round(t, 3), round(took, 3)))
     except OSError as e:
         errors.append((round(t, 3), type(e).__name__))
-print(json.dumps({"served": seen, "errors": errors, "requests": n}))
+print(json.dumps({"served": seen, "errors": errors, "slow": slow, "requests": n}))
 """
 
 
@@ -846,7 +850,9 @@ exit
         return n.ns.run(argv, check=check)
 
     def requests_result(self, proc: subprocess.Popen) -> dict[str, Any]:
-        """{"served": {node: count}, "errors": [[seconds since its start, error]], "requests": n}."""
+        """{"served": {node: count}, "errors": [[seconds since its start, error]], "slow": [[seconds since
+        its start, seconds it took]] of those that took over 0.5 s,
+        "requests": n}."""
         proc.wait(120)
         self.client.procs.remove(proc)
         assert self.client.logdir is not None
