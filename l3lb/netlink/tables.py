@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import threading
 import time
@@ -138,8 +139,8 @@ whether our own request socket caused it, as the kernel says for IPv4)."""
 
 
 class NetlinkTable:
-    """The real interfaces, through ``rtnl``: batched requests, the dump, the monitor; pyroute2 only makes
-    the extra interfaces (weight classes, drain)."""
+    """The real interfaces, through ``rtnl``: batched requests, the dump, the monitor, and the extra
+    interfaces (weight classes, drain) made."""
 
     def __init__(self, ifname: str, extra: tuple[str, ...] = (), *, create: bool = True) -> None:
         """``extra``: the interfaces the agent makes beside its own (the weight classes, the drain
@@ -149,6 +150,7 @@ class NetlinkTable:
         if index is None:
             raise InterfaceMissing(f"interface {ifname!r} does not exist")
         self.indices = {ifname: index}
+        self.requests = rtnl.Requests()
         for name in extra:
             if create:
                 self.indices[name] = self._extra_interface(name)
@@ -158,33 +160,33 @@ class NetlinkTable:
         self._names = {i: n for n, i in self.indices.items()}
         """Interface index -> name, read by the monitor thread; replaced whole, never changed in place."""
         self.duplicates: list[tuple[str, str]] = []
-        self.requests = rtnl.Requests()
         self.monitor_error: str | None = None
         """Why the monitor is not following the interfaces right now (for /healthz), or None."""
         self._monitor_thread: threading.Thread | None = None
         self.monitoring = threading.Event()
         """Set once the monitor listens (and again after each restart): changes from then on are seen."""
 
-    @staticmethod
-    def _extra_interface(name: str) -> int:
+    def _extra_interface(self, name: str) -> int:
         """The index of the extra interface ``name``, made if missing: a ``dummy``, or where the kernel
         has no dummy driver a veth pair with both ends here (the peer named ``<name>p``). Either way up."""
-        from pyroute2 import IPRoute, NetlinkError  # loaded only here: it costs the agent ~11 MiB
-
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=name)
-            if not found:
-                try:
-                    ipr.link("add", ifname=name, kind="dummy")
-                except NetlinkError:
-                    ipr.link("add", ifname=name, kind="veth", peer={"ifname": f"{name}p"})
-                    ipr.link("set", index=ipr.link_lookup(ifname=f"{name}p")[0], state="up")
-                    log.info("made interface %s (a veth pair: no dummy driver here)", name)
-                else:
-                    log.info("made interface %s (dummy)", name)
-                found = ipr.link_lookup(ifname=name)
-            ipr.link("set", index=found[0], state="up")
-            return int(found[0])
+        index = _index(name)
+        if index is None:
+            code = self.requests.link(name=name, kind="dummy")
+            how = "dummy"
+            if code not in (0, errno.EEXIST):  # EOPNOTSUPP: no dummy driver
+                code = self.requests.link(name=name, kind="veth", peer=f"{name}p")
+                how = "a veth pair: no dummy driver here"
+                if code == 0 and (peer := _index(f"{name}p")) is not None:
+                    code = self.requests.link(index=peer)
+            if code not in (0, errno.EEXIST):
+                raise rtnl.RequestError(code, f"cannot make interface {name}: {os.strerror(code)}")
+            log.info("made interface %s (%s)", name, how)
+            index = _index(name)
+            if index is None:
+                raise rtnl.RequestError(errno.ENODEV, f"interface {name} is gone as soon as made")
+        if code := self.requests.link(index=index):
+            raise rtnl.RequestError(code, f"cannot set interface {name} up: {os.strerror(code)}")
+        return index
 
     def ensure(self, interface: str) -> bool:
         index = _index(interface)

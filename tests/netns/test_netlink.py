@@ -4,6 +4,7 @@ its thread), the dump reading what pyroute2 reads, and a weighted agent's moves 
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -301,3 +302,44 @@ print(json.dumps(out))
     }
     assert len(held) == 450 and "10.7.0.1" not in held
     assert 50 < held["10.7.0.2"]["valid_life_time"] <= 60, "renewed to 60 s"
+
+
+def test_the_extra_interfaces_are_made_without_pyroute2(tmp_path: Path) -> None:
+    """The weight-class and drain interfaces, up, made by the agent's own RTM_NEWLINK (pyroute2 never
+    loaded: it costs every agent 11 MiB, and every agent makes l3lbdrain by default): dummies, or veth pairs
+    where the kernel has no dummy driver (as here); a second start finds them; a veth pair made by hand as
+    the agent does has both ends up; a refusal is an error that names the interface."""
+    script = """
+import json, socket, subprocess, sys
+from l3lb.netlink import rtnl
+from l3lb.netlink.tables import NetlinkTable
+t = NetlinkTable("lo", ("l3lbw1", "l3lbdrain"))
+again = NetlinkTable("lo", ("l3lbw1", "l3lbdrain"))
+r = rtnl.Requests()
+veth = r.link(name="l3lbw2", kind="veth", peer="l3lbw2p") or r.link(index=socket.if_nametoindex("l3lbw2p"))
+twice = r.link(name="l3lbw2", kind="veth", peer="l3lbw2p")
+try:
+    NetlinkTable("lo", ("x" * 20,))  # longer than IFNAMSIZ
+    refused = None
+except OSError as err:
+    refused = str(err)
+links = {l["ifname"]: l for l in json.loads(subprocess.run(["ip", "-j", "-d", "link"], capture_output=True,
+    text=True, check=True).stdout)}
+print(json.dumps({"t": t.indices, "again": again.indices, "veth": veth, "twice": twice, "refused": refused,
+    "pyroute2": "pyroute2" in sys.modules, "links": {n: [l["flags"], l.get("linkinfo", {}).get("info_kind")]
+    for n, l in links.items()}}))
+"""
+    with NetNS(tmp_path) as ns:
+        got = json.loads(ns.run([sys.executable, "-c", script], timeout=30).stdout)
+    assert not got["pyroute2"]
+    assert got["t"] == got["again"] and set(got["t"]) == {"lo", "l3lbw1", "l3lbdrain"}
+    for name in ("l3lbw1", "l3lbdrain"):
+        flags, kind = got["links"][name]
+        assert kind in ("dummy", "veth") and "UP" in flags, got["links"]
+        if kind == "veth":
+            assert "UP" in got["links"][f"{name}p"][0], got["links"]
+    assert got["veth"] == 0 and got["twice"] == errno.EEXIST
+    for name in ("l3lbw2", "l3lbw2p"):
+        flags, kind = got["links"][name]
+        assert kind == "veth" and "UP" in flags, got["links"]
+    assert got["refused"] and "cannot make interface xxxxxxxxxxxxxxxxxxxx" in got["refused"]
