@@ -150,8 +150,9 @@ class Allocator:
     ) -> None:
         """Records ``events`` and how writes went, follows a change of leadership, and allocates if we lead
         and anything changed, a retry is due, or the resync. The loop's body; tests call it directly."""
+        changed = False
         for e in events:
-            self._record(e, leader)
+            changed |= self._record(e, leader)
         now = self.clock()
         dirty = self._outcome(outcomes, now)
         if leader != self._leading:
@@ -167,10 +168,10 @@ class Allocator:
             log.info("leading the allocator: %d LoadBalancer Services", len(self.services))
             dirty = True
         due = any(r.at <= now for r in self._retries.values()) or now >= self._resync_at
-        if self._leading and (events or dirty or due):
+        if self._leading and (changed or dirty or due):
             self.allocate_now()
-            if events and log.isEnabledFor(logging.DEBUG):
-                log.debug("handled %s", "; ".join(map(str, events[:20])))
+        if self._leading and events and log.isEnabledFor(logging.DEBUG):
+            log.debug("handled %s", "; ".join(map(str, events[:20])))
 
     def _outcome(self, outcomes: Iterable[tuple[Key, str, str]], now: float) -> bool:
         """Follows how writes went; True when one calls for deciding again."""
@@ -188,38 +189,41 @@ class Allocator:
                 dirty = True
         return dirty
 
-    def _record(self, e: WatchEvent, leader: bool) -> None:
+    def _record(self, e: WatchEvent, leader: bool) -> bool:
+        """Records one event; True when it may change a decision: the Service's value changed (not only its
+        resourceVersion or conditions, which the leader's own writes change), or a write of it waits for
+        a newer version."""
         if e.kind == "REPLACE":
             self.services = dict(e.value)
             for gone in self._written.keys() - self.services.keys():
                 del self._written[gone]
                 self._in_flight.discard(gone)
-            return
+            return True
         key, svc = e.value
         if e.kind == "DELETE":
-            self.services.pop(key, None)
             self._written.pop(key, None)
             self._in_flight.discard(key)
-            return
+            return self.services.pop(key, None) is not None
+        old = self.services.get(key)
         self.services[key] = svc
-        if leader:
-            self._observe(svc)
+        overwritten = leader and self._observe(svc)
+        return old != svc or key in self._retries or overwritten
 
-    def _observe(self, svc: Service) -> None:
+    def _observe(self, svc: Service) -> bool:
         """Follows our writes landing, and notices a status that is neither what we wrote nor empty, soon
-        after we wrote it: a fight."""
+        after we wrote it: a fight. True when what we wrote was overwritten."""
         written = self._written.get(svc.key)
         if written is None:
-            return
+            return False
         if svc.ingress_ips == written[0]:
             self._in_flight.discard(svc.key)
-            return
+            return False
         if not svc.ingress_ips:
-            return
+            return False
         self._in_flight.discard(svc.key)  # overwritten: the next run decides again
         now = self.clock()
         if now - written[1] > FIGHT_WINDOW:
-            return
+            return True
         fights = [t for t in self._fights.get(svc.key, []) if now - t < FIGHT_WINDOW] + [now]
         self._fights[svc.key] = fights
         if len(fights) >= FIGHTS_TO_YIELD and svc.key not in self._yielded:
@@ -231,6 +235,7 @@ class Allocator:
                 "active? Disable it or give the Service a loadBalancerClass"
             )
             self._report(svc, STATUS_CONFLICT, message)
+        return True
 
     def allocate_now(self) -> None:
         """One run over the full state."""

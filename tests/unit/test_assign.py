@@ -321,3 +321,29 @@ def test_status_we_wrote_on_a_service_no_longer_ours_is_cleared_from_full_state(
     everything = [(s.key, s) for s in (mine, theirs, other_group, outside)]
     allocator.step([WatchEvent("services", "REPLACE", everything, 0.0)], leader=True)
     assert writer.writes == [("mine", (), "7")]
+
+
+def test_a_new_version_that_changes_nothing_decided_runs_nothing() -> None:
+    """A Service whose new version differs only in what the allocator does not decide from (its
+    resourceVersion, its conditions: what the leader's own condition writes change) costs no run over the
+    full state; a value that changed does. But a write that met a conflict is made again at once at the
+    newer version, whatever changed in it."""
+    allocator, writer = make_allocator()
+    a = dataclasses.replace(svc("a"), resource_version="1")
+    allocator.step(sets(a), leader=True)
+    assert writer.writes == [("a", ("10.0.100.1",), "1")]
+    allocator.step([], leader=True, outcomes=[(a.key, CONFLICT, "1")])
+    assert len(writer.writes) == 1, "the same version: waits for a newer one"
+    allocator.step(sets(dataclasses.replace(a, resource_version="2")), leader=True)
+    assert writer.writes[-1] == ("a", ("10.0.100.1",), "2"), "a newer version: written at once"
+    allocator.step([], leader=True, outcomes=[(a.key, WRITTEN, "2")])
+    landed = dataclasses.replace(
+        a, ingress_ips=("10.0.100.1",), resource_version="3", status_managers=("l3lb/kube-system",)
+    )
+    allocator.step(sets(landed), leader=True)
+    runs = allocator.runs
+    allocator.step(sets(dataclasses.replace(landed, resource_version="4")), leader=True)
+    assert allocator.runs == runs, "nothing it decides from changed"
+    allocator.step(sets(dataclasses.replace(landed, resource_version="5", labels=(("x", "y"),))), leader=True)
+    assert allocator.runs == runs + 1
+    assert len(writer.writes) == 2
