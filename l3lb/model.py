@@ -104,7 +104,8 @@ class Service:
     resource_version: str = field(default="", compare=False)
     """For conditional status writes; not part of the value, so that a bump alone is no change."""
     generation: int = field(default=0, compare=False)
-    """``metadata.generation``, for the conditions' observedGeneration; not part of the value either."""
+    """``metadata.generation``, for the conditions' observedGeneration; not part of the value either. The
+    1.35 apiserver sets none on Services (0 here), so none is written."""
     conditions: tuple[Condition, ...] = field(default=(), compare=False)
     """Our entries of ``status.conditions`` (type ``l3lb.io/...``), as the leader compares them with what
     it would write; not part of the value, so that writing them changes nothing for the agents."""

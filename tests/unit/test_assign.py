@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l3lb.config import Config, parse_prefixes
-from l3lb.ipam.allocator import Allocator
+from l3lb.ipam.allocator import Allocator, Assigned
 from l3lb.ipam.assign import (
     INVALID_IPS,
     IP_IN_USE,
@@ -347,3 +347,31 @@ def test_a_new_version_that_changes_nothing_decided_runs_nothing() -> None:
     allocator.step(sets(dataclasses.replace(landed, resource_version="5", labels=(("x", "y"),))), leader=True)
     assert allocator.runs == runs + 1
     assert len(writer.writes) == 2
+
+
+def test_the_leader_hands_each_service_and_its_decision_to_the_conditions_as_it_changes() -> None:
+    """Everything when a term starts; then only the Services whose object or decision changed, a new
+    version alone included (the conditions are written conditional on it), without a run for that."""
+    allocator, _ = make_allocator()
+    handed: list[tuple[dict, bool]] = []
+    allocator.on_assigned = lambda changes, everything: handed.append((dict(changes), everything))
+    a = dataclasses.replace(svc("a"), resource_version="1")
+    other = dataclasses.replace(svc("b"), load_balancer_class="someone-else")
+    allocator.step(sets(a, other), leader=False)
+    assert handed == [], "not while it does not lead"
+    allocator.step([], leader=True)
+    ((changes, everything),) = handed
+    assert everything and changes[a.key].ours and changes[a.key].ips == ("10.0.100.1",)
+    assert not changes[other.key].ours
+    newer = dataclasses.replace(a, resource_version="2")
+    runs = allocator.runs
+    allocator.step(sets(newer), leader=True)
+    assert allocator.runs == runs and handed[-1] == (
+        {a.key: Assigned(newer, True, ("10.0.100.1",))},
+        False,
+    )
+    allocator.step(sets(dataclasses.replace(newer, request_error="bad")), leader=True)
+    (got,) = handed[-1][0].values()
+    assert got.ips == () and got.conflicts[0][0] == INVALID_IPS
+    allocator.step([WatchEvent("services", "DELETE", (a.key, a), 0.0)], leader=True)
+    assert handed[-1] == ({a.key: None}, False)
