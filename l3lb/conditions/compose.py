@@ -64,10 +64,11 @@ def _bounded(text: str) -> str:
 
 def allocated(a: Assigned, config: Config) -> Condition | None:
     """``l3lb.io/Allocated``; None while the allocator's own status write for it is on its way (what it
-    decided is not in status yet), unless it yields that status to another controller."""
+    decided is not in status yet, or a takeover), unless it yields that status to another controller: a
+    condition written meanwhile would only meet a conflict."""
     svc = a.svc
     refusals = [(r, m) for r, m in a.conflicts if r in REFUSALS]
-    if a.ips != svc.ingress_ips and STATUS_CONFLICT not in (r for r, _ in refusals):
+    if (a.writing or a.ips != svc.ingress_ips) and STATUS_CONFLICT not in (r for r, _ in refusals):
         return None
     if refusals:
         reason = refusals[0][0]

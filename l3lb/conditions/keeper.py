@@ -32,7 +32,7 @@ from ..k8s.conditions import REJECTED, Request
 from ..k8s.watch import Sink
 from ..k8s.writer import CONFLICT, DENIED, FAILED, WRITTEN
 from ..metrics import Metrics
-from ..model import Condition, Key, WatchEvent, fmt_key, is_ours
+from ..model import Condition, Key, Service, WatchEvent, fmt_key, is_ours
 from ..node.cluster import NODES, SLICES_BY_NODE, ClusterView
 from .compose import TYPES, allocated, announced
 
@@ -97,6 +97,10 @@ class Keeper:
         self._asked: dict[Key, tuple[Condition, ...]] = {}
         """What was last asked of the writer per Service, until the watch shows it or the write fails."""
         self._retries: dict[Key, Retry] = {}
+        self._landed: dict[Key, dict[str, tuple[str, Request]]] = {}
+        """Our writes that landed, per Service: the version each was made at -> (the version it made, the
+        request), until the watch shows them. What the keeper decides next starts from them, so that a
+        change right after a write is not made at the version the write replaced (a conflict)."""
         self._stale: dict[Key, str] = {}
         """Services whose write met a conflict: the version it was decided on, never to write at again."""
         self._rejected: set[Key] = set()
@@ -110,8 +114,9 @@ class Keeper:
     def on_leader(self, leader: bool) -> None:
         self._put("leader", leader)
 
-    def written(self, key: Key, outcome: str, resource_version: str) -> None:
-        self._put("written", (key, outcome, resource_version))
+    def written(self, key: Key, outcome: str, request: Request, landed: str) -> None:
+        """How a write went (the writer's ``on_written``)."""
+        self._put("written", (key, outcome, request, landed))
 
     def _put(self, kind: str, value: Any) -> None:
         with self._cond:
@@ -200,6 +205,7 @@ class Keeper:
         self._listed.clear()
         self._asked.clear()
         self._retries.clear()
+        self._landed.clear()
         self._stale.clear()
         self._rejected.clear()
         if leader:
@@ -239,21 +245,24 @@ class Keeper:
         self.view.delete_service(key)
         self._asked.pop(key, None)
         self._retries.pop(key, None)
+        self._landed.pop(key, None)
         self._stale.pop(key, None)
         self._dirty.discard(key)
         if a is not None and a.svc.conditions and self._leading:
             self.writer.write(key, Request((), tuple(c.type for c in a.svc.conditions), "", a.svc.uid))
 
-    def _written(self, key: Key, outcome: str, resource_version: str) -> None:
+    def _written(self, key: Key, outcome: str, request: Request, landed: str) -> None:
         self.metrics.condition_writes.labels(outcome).inc()
         if outcome == WRITTEN:
             self._retries.pop(key, None)
+            if landed and request.resource_version and key in self.assigned:
+                self._landed.setdefault(key, {})[request.resource_version] = (landed, request)
             return
         self._asked.pop(key, None)  # it did not land: the Service holds what the watch shows
         if key not in self.assigned:
             return
         if outcome == CONFLICT:
-            self._stale[key] = resource_version
+            self._stale[key] = request.resource_version
             self._dirty.add(key)  # the newer version may be here already
         elif outcome in (FAILED, DENIED, REJECTED):
             r = self._retries.get(key) or Retry(0.0)
@@ -275,18 +284,18 @@ class Keeper:
         if a is None:
             return
         svc = a.svc
-        if self._stale.get(key) == svc.resource_version:
+        version, current = self._seen(key, svc)
+        if self._stale.get(key) == version:
             return  # the version a write met a conflict on: wait for the newer one
         self._stale.pop(key, None)
         r = self._retries.get(key)
         if r is not None and now < r.at:
             return  # backing off
-        current = {c.type: c for c in svc.conditions}
         if not a.ours or not is_ours(svc, self.config):
             if not current:
                 self._asked.pop(key, None)
             elif self._asked.get(key) != ():
-                self._ask(key, svc.resource_version, svc.uid, (), tuple(current), urgent=False)
+                self._ask(key, version, svc.uid, (), tuple(current), urgent=False)
             return
         first = allocated(a, self.config)
         if first is None:
@@ -305,7 +314,21 @@ class Keeper:
             kept = old is not None and old.status == c.status and old.last_transition_time
             out.append(Condition(c.type, c.status, c.reason, c.message, c.observed_generation, kept or stamp))
         urgent = any(c.type not in current or current[c.type].status != c.status for c in wanted)
-        self._ask(key, svc.resource_version, svc.uid, tuple(out), stale, urgent=urgent)
+        self._ask(key, version, svc.uid, tuple(out), stale, urgent=urgent)
+
+    def _seen(self, key: Key, svc: Service) -> tuple[str, dict[str, Condition]]:
+        """The Service's version and our conditions on it: as the watch shows them, or after our writes
+        that landed since (the watch shows them soon after)."""
+        version, current = svc.resource_version, {c.type: c for c in svc.conditions}
+        chain = self._landed.get(key, {})
+        if version not in chain:
+            self._landed.pop(key, None)  # the watch caught up, or the Service changed otherwise
+            return version, current
+        while version in chain:
+            version, request = chain[version]
+            current = {t: c for t, c in current.items() if t not in request.remove}
+            current.update((c.type, c) for c in request.conditions)
+        return version, current
 
     def _ask(
         self,

@@ -68,6 +68,8 @@ class Assigned:
     """What its status.loadBalancer.ingress should hold."""
     conflicts: tuple[tuple[str, str], ...] = ()
     """(reason, message) of each warning of the run about it, and StatusConflict while the leader yields."""
+    writing: bool = False
+    """A status write of it (an allocation, a takeover) that the watch has not shown yet."""
 
 
 YIELDED = (
@@ -349,7 +351,7 @@ class Allocator:
             elif decided is None:
                 continue  # ours since the last run: the next one decides it
             else:
-                now = Assigned(svc, True, *decided)
+                now = Assigned(svc, True, *decided, writing=key in self._in_flight)
             if before is None or before.svc is not svc or before != now:
                 self._handed[key] = changes[key] = now
         if changes or everything:

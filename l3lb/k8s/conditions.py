@@ -24,7 +24,7 @@ from kubernetes.client.rest import ApiException
 
 from ..model import Condition, Key, field_manager, fmt_key
 from .api import Api, api_message, path
-from .writer import CONFLICT, DENIED, FAILED, GONE, NOT_LEADING, STATUS_PATH, WRITTEN, Written
+from .writer import CONFLICT, DENIED, FAILED, GONE, NOT_LEADING, STATUS_PATH, WRITTEN
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +51,25 @@ class Request:
     """Written only to this Service, not to another one made since under the same name (when given)."""
 
 
+Told = Callable[[Key, str, Request, str], None]
+"""Told (key, outcome, the request, the resourceVersion the Service got from a write that landed, else "")
+from the writer's thread."""
+
+
 class ConditionWriter:
     def __init__(
         self,
         api: Api,
         *,
         may_write: Callable[[], bool] = lambda: True,
-        on_written: Written = lambda key, outcome, version: None,
+        on_written: Told = lambda key, outcome, request, landed: None,
         lease_namespace: str = "kube-system",
         clock: Callable[[], float] = time.monotonic,
         rate: float = RATE,
     ) -> None:
         self.api = api
-        self.field_manager = field_manager(lease_namespace)
+        self.field_manager = f"{field_manager(lease_namespace)}/conditions"
+        """Its own beside the status writes': managedFields and audit logs tell them apart."""
         self.may_write = may_write
         self.on_written = on_written
         self.clock = clock
@@ -121,13 +127,14 @@ class ConditionWriter:
             request = self._pending.pop(key)
             self._urgent.pop(key, None)
         self._next_at = self.clock() + self.interval
-        outcome = self._patch(key, request)
-        self.on_written(key, outcome, request.resource_version)
+        outcome, landed = self._patch(key, request)
+        self.on_written(key, outcome, request, landed)
         return outcome
 
-    def _patch(self, key: Key, request: Request) -> str:
+    def _patch(self, key: Key, request: Request) -> tuple[str, str]:
+        """How the write went, and the Service's new resourceVersion if it landed."""
         if not self.may_write():
-            return NOT_LEADING
+            return NOT_LEADING, ""
         entries: list[dict[str, Any]] = [
             {
                 "type": c.type,
@@ -147,38 +154,39 @@ class ConditionWriter:
             body["metadata"] = {k: v for k, v in meta.items() if v}
         url = path(STATUS_PATH, ns=key[0], name=key[1])
         try:
-            self.api.strategic_merge_patch(url, body, query={"fieldManager": self.field_manager})
+            svc = self.api.strategic_merge_patch(url, body, query={"fieldManager": self.field_manager})
         except ApiException as err:
-            if err.status == 409:
-                log.debug("conditions of %s: the Service changed since; deciding again", fmt_key(key))
-                return CONFLICT
-            if err.status == 404:
-                return GONE
-            if err.status == 403:
-                if not self._denied:
-                    self._denied = True
-                    log.error(
-                        "permission denied to patch services/status (conditions of %s): %s. Grant it to the "
-                        "agent's identity (see deploy/rbac.yaml)",
-                        fmt_key(key),
-                        api_message(err),
-                    )
-                return DENIED
-            if err.status == 422 and not request.conditions:
-                return GONE  # removing ours from a Service gone since: another one has the name (its uid)
-            if err.status == 422:
-                log.error("the apiserver refuses the conditions of %s: %s", fmt_key(key), api_message(err))
-                return REJECTED
-            log.warning(
-                "could not write the conditions of %s: %s %s", fmt_key(key), err.status, api_message(err)
-            )
-            return FAILED
+            return self._failed(key, request, err), ""
         except Exception as err:  # the apiserver cannot be reached
             log.warning("could not write the conditions of %s: %s", fmt_key(key), err)
-            return FAILED
+            return FAILED, ""
         log.debug(
             "wrote conditions of %s: %s",
             fmt_key(key),
             "; ".join(f"{c.type}={c.status} {c.reason}" for c in request.conditions) or "removed ours",
         )
-        return WRITTEN
+        return WRITTEN, str(((svc or {}).get("metadata") or {}).get("resourceVersion") or "")
+
+    def _failed(self, key: Key, request: Request, err: ApiException) -> str:
+        if err.status == 409:
+            log.debug("conditions of %s: the Service changed since; deciding again", fmt_key(key))
+            return CONFLICT
+        if err.status == 404:
+            return GONE
+        if err.status == 403:
+            if not self._denied:
+                self._denied = True
+                log.error(
+                    "permission denied to patch services/status (conditions of %s): %s. Grant it to the "
+                    "agent's identity (see deploy/rbac.yaml)",
+                    fmt_key(key),
+                    api_message(err),
+                )
+            return DENIED
+        if err.status == 422 and not request.conditions:
+            return GONE  # removing ours from a Service gone since: another one has the name (its uid)
+        if err.status == 422:
+            log.error("the apiserver refuses the conditions of %s: %s", fmt_key(key), api_message(err))
+            return REJECTED
+        log.warning("could not write the conditions of %s: %s %s", fmt_key(key), err.status, api_message(err))
+        return FAILED

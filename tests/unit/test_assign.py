@@ -367,7 +367,7 @@ def test_the_leader_hands_each_service_and_its_decision_to_the_conditions_as_it_
     runs = allocator.runs
     allocator.step(sets(newer), leader=True)
     assert allocator.runs == runs and handed[-1] == (
-        {a.key: Assigned(newer, True, ("10.0.100.1",))},
+        {a.key: Assigned(newer, True, ("10.0.100.1",), writing=True)},
         False,
     )
     allocator.step(sets(dataclasses.replace(newer, request_error="bad")), leader=True)

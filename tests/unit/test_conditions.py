@@ -142,6 +142,7 @@ def test_allocated_names_the_pool_or_the_refusal() -> None:
     c = allocated(Assigned(service(ips=()), True, (), ((UNKNOWN_POOL, "names pool 'x'"),)), CFG)
     assert c is not None and (c.status, c.reason, c.message) == ("False", UNKNOWN_POOL, "names pool 'x'")
     assert allocated(Assigned(service(ips=()), True, (IP,)), CFG) is None, "its status write is on its way"
+    assert allocated(Assigned(svc, True, (IP,), writing=True), CFG) is None, "a takeover on its way"
     theirs = service(ips=("198.51.100.1",))
     c = allocated(Assigned(theirs, True, (IP,), ((STATUS_CONFLICT, YIELDED),)), CFG)
     assert c is not None and (c.status, c.reason) == ("False", STATUS_CONFLICT)
@@ -160,7 +161,7 @@ class FakeApi:
         self.at.append(self.now[0])
         if self.fail:
             raise self.fail.pop(0)
-        return {}
+        return {"metadata": {"resourceVersion": "42"}}
 
 
 class FakeStop:
@@ -183,11 +184,14 @@ def cond(kind: str = ANNOUNCED, status: str = "True", message: str = "m") -> Con
 def test_a_write_is_a_strategic_merge_patch_of_our_entries_conditional_on_version_and_uid() -> None:
     api = FakeApi()
     writer = ConditionWriter(api, lease_namespace="l3lb-system")  # type: ignore[arg-type]
+    told = []
+    writer.on_written = lambda *a: told.append(a)
     writer.write(("ns", "web"), Request((cond(),), ("l3lb.io/Old",), "41", "uid-web"))
     assert writer.write_next() == WRITTEN
+    assert told[0][3] == "42", "the version the write made"
     url, body, query = api.calls[0]
     assert url == "/api/v1/namespaces/ns/services/web/status"
-    assert query == {"fieldManager": "l3lb/l3lb-system"}
+    assert query == {"fieldManager": "l3lb/l3lb-system/conditions"}
     assert body == {
         "metadata": {"resourceVersion": "41", "uid": "uid-web"},
         "status": {
@@ -239,7 +243,7 @@ def test_how_a_write_went(error: Exception, request_: Request, outcome: str) -> 
     told = []
     writer = ConditionWriter(api, on_written=lambda *a: told.append(a))  # type: ignore[arg-type]
     writer.write(("ns", "web"), request_)
-    assert writer.write_next() == outcome and told == [(("ns", "web"), outcome, request_.resource_version)]
+    assert writer.write_next() == outcome and told == [(("ns", "web"), outcome, request_, "")]
 
 
 def test_nothing_is_written_when_not_leading() -> None:
@@ -323,8 +327,12 @@ class Harness:
         self.flush()
 
     def flush(self, outcomes: list | None = None) -> None:
-        for o in outcomes or []:
-            self.keeper.written(*o)
+        """``outcomes``: (key, outcome, the version it was asked at, the version it made or "")."""
+        for key, outcome, version, *landed in outcomes or []:
+            request = next(
+                r for n, r, _ in reversed(self.writer.asked) if n == key[1] and r.resource_version == version
+            )
+            self.keeper.written(key, outcome, request, landed[0] if landed else "")
         with self.keeper._cond:
             inbox, self.keeper._inbox = self.keeper._inbox, []
         self.keeper.step(inbox)
@@ -440,3 +448,21 @@ def test_nothing_is_written_while_the_allocators_write_is_on_its_way_or_after_le
     h.sinks[-1](SLICES_BY_NODE, "SET", slice_of("web", "a"))
     h.flush()
     assert len(h.writer.asked) == 1
+
+
+def test_a_change_right_after_a_write_landed_is_made_at_the_version_that_write_made() -> None:
+    """The watch shows our write a moment after the apiserver answered it: a change meanwhile is asked at
+    the version our write made (not the one it replaced, which would only meet a conflict), and starts
+    from what it wrote (its lastTransitionTime kept)."""
+    h = Harness()
+    web = service(local=True)
+    h.lead(web, slices=(slice_of("web", "a"),))
+    h.flush([(web.key, WRITTEN, "1", "2")])
+    h.now[0] += 10
+    h.watch(SLICES_BY_NODE, "SET", slice_of("web", "a", "b"))
+    _, request, urgent = h.writer.asked[-1]
+    assert request.resource_version == "2" and not urgent, "the same status as our landed write"
+    assert by_type(request)[ANNOUNCED].last_transition_time == "1970-01-01T00:00:00Z"
+    h.flush([(web.key, WRITTEN, "2", "3")])
+    h.hand(h.landed(web, "3"))  # the watch catches up
+    assert len(h.writer.asked) == 2
