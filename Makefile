@@ -30,9 +30,9 @@ unit:
 	$(PY) -m pytest -q -p no:cacheprovider -m "not cluster and not root"
 
 # Benchmarks (root): the agent at scale (a sweep of cluster sizes, quiet and under churn), the allocator,
-# the leader's Service conditions under endpoint churn,
-# convergence through FRR, l3lb next to a direct BGP speaker at the same router (hop by hop), and a
-# 10-minute chaos soak. Results in bench/results/.
+# the leader's Service conditions under endpoint churn, convergence through FRR (a pod's readiness, a change
+# of weights, a drain), l3lb next to a direct BGP speaker at the same router (hop by hop), and a 10-minute
+# chaos soak. Results in bench/results/.
 bench:
 	@$(SETUP) bench
 	$(PY) bench/agent.py --sweep
@@ -40,5 +40,6 @@ bench:
 	$(PY) bench/conditions.py
 	$(PY) bench/convergence.py
 	$(PY) bench/weights.py
+	$(PY) bench/drain.py
 	$(PY) bench/peers.py
 	$(PY) bench/soak.py --minutes 10

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO / "tests")]
 
 LIFETIME = 8
+DRAIN = 5
 
 
 def main() -> int:
@@ -65,23 +66,36 @@ def walk_through() -> list[tuple[str, str, str, str, str]]:
 
     binaries()  # already built by make demo's set-up; this builds them when demo.py is run directly
     rows: list[tuple[str, str, str, str, str]] = []
-    with Lab(3, address_lifetime=LIFETIME, log=lambda m: say("  " + m)) as lab:
+    with Lab(3, address_lifetime=LIFETIME, drain_seconds=DRAIN, log=lambda m: say("  " + m)) as lab:
 
-        def step(title: str, action: Callable[[], object], expect: set[str], timeout: float = 30.0) -> None:
+        def step(
+            title: str,
+            action: Callable[[], object],
+            expect: set[str],
+            timeout: float = 30.0,
+            handled: tuple[str, str] | None = None,
+        ) -> None:
+            """``handled``: (node, message) for a step that must change nothing at the router: once that
+            node's agent has acted on the message, the route must still go to ``expect``."""
             say(title)
+            mark = len(lab.node(handled[0]).agent_log()) if handled else 0
             t0 = time.monotonic()
             action()
-            t = lab.routes.wait_for(VIP, expect, t0, timeout=timeout)
-            ms = (t - t0) * 1000
+            if handled:
+                lab.wait_handled(*handled, since=mark)
+                time.sleep(0.5)  # longer than a withdrawal takes to reach the router
+                assert lab.router_nexthops() == expect, lab.router_nexthops()
+                ms, said = "-", "no change at the router"
+            else:
+                ms = f"{(lab.routes.wait_for(VIP, expect, t0, timeout=timeout) - t0) * 1000:.0f}"
+                said = f"converged in {ms} ms"
             hops = ", ".join(sorted(lab.router_nexthops())) or "none"
             served = lab.curl(flows=20)
             result = " ".join(f"{k}x{v}" for k, v in sorted(served.items())) if served else "-"
             if not expect:
                 result = "no route" if all(k.startswith("error") for k in served) else result
-            rows.append(
-                (title.split(":")[0], ", ".join(lab.announcing()) or "none", hops, result, f"{ms:.0f}")
-            )
-            say(f"  router next hops: {hops}; 20 client requests: {result}; converged in {ms:.0f} ms")
+            rows.append((title.split(":")[0], ", ".join(lab.announcing()) or "none", hops, result, ms))
+            say(f"  router next hops: {hops}; 20 client requests: {result}; {said}")
 
         say(
             f"A dual-stack LoadBalancer Service 'echo' asks for {VIP} and {VIP6} "
@@ -103,25 +117,47 @@ def walk_through() -> list[tuple[str, str, str, str, str]]:
         lab.set_ready("node3", True)
         lab.routes.wait_for(VIP, {"node1", "node2", "node3"}, time.monotonic() - 1)
         say("  (pods on node1 and node3 Ready too: three next hops)")
+        every = {"node1", "node2", "node3"}
         step(
-            "cordon node3: kubectl cordon, before any eviction",
+            "cordon node3: kubectl cordon stops new pods, not traffic (Kubernetes' own load balancers since "
+            "1.19)",
             lambda: lab.cordon("node3"),
-            {"node1", "node2"},
+            every,
+            handled=("node3", "node SET node3"),
         )
         step(
-            "SIGTERM node2's agent: a clean stop withdraws",
+            "drain node3: kubectl annotate node node3 l3lb.io/drain=true: GRACEFUL_SHUTDOWN, the router "
+            "sets LOCAL_PREF 0",
+            lambda: lab.drain("node3"),
+            {"node1", "node2"},
+        )
+        paths = lab.router_paths()
+        assert lab.held("node3") == {"l3lbdrain"}, lab.held("node3")
+        say(
+            f"  node3 still advertises {VIP}, from l3lbdrain with {paths['node3']['community']} (LOCAL_PREF "
+            f"{paths['node3']['localpref']} at the router), for {DRAIN} s; then it withdraws"
+        )
+        time.sleep(DRAIN + 1)
+        say(f"  after {DRAIN + 1} s: node3 holds it on {', '.join(sorted(lab.held('node3'))) or 'nothing'}")
+        step(
+            "undrain node3: kubectl annotate node node3 l3lb.io/drain-",
+            lambda: (lab.drain("node3", False), lab.cordon("node3", False)),
+            every,
+        )
+        step(
+            f"SIGTERM node2's agent: a clean stop drains for {DRAIN} s, then withdraws",
             lambda: lab.signal_agent("node2", signal.SIGTERM),
-            {"node1"},
+            {"node1", "node3"},
         )
         step(
             "restart node2's agent: it comes back",
             lambda: lab.node("node2").start_agent(),
-            {"node1", "node2"},
+            every,
         )
         step(
             f"SIGKILL node1's agent: routes expire with the {LIFETIME}s address lifetime",
             lambda: lab.signal_agent("node1", signal.SIGKILL),
-            {"node2"},
+            {"node2", "node3"},
             timeout=LIFETIME + 10,
         )
         say("apiserver down: agents keep what they hold (and renew it) until it is back")

@@ -12,6 +12,11 @@ from .ipam.pools import Address, AddressPool, Network, shorthand
 DEFAULT_CLASS = "l3lb.io/l3lb"
 CLASS_PREFIX = "l3lbw"
 """Weight-class interfaces are l3lbw1 ... l3lbwN (nixos/frr.nix matches the same names)."""
+DEFAULT_DRAIN_SECONDS = 40
+"""``l3lb run --drain-seconds`` and the module's ``drainSeconds``: one eBGP hop with a 30 s advertisement
+interval (Cisco IOS's default) and 10 s more for the hops and FIBs behind it (the README says more)."""
+DRAIN_INTERFACE = "l3lbdrain"
+"""Where an IP drains before it is withdrawn: nixos/frr.nix tags routes from there GRACEFUL_SHUTDOWN."""
 
 
 def parse_prefixes(values: Iterable[str], *, allow_empty: bool = False) -> tuple[Network, ...]:
@@ -66,6 +71,13 @@ class Config:
     pools: tuple[AddressPool, ...] = ()
     """The named pools (config file); without them, one pool of ``prefixes`` minus ``reserved``. With
     them, ``prefixes`` and ``reserved`` are their union."""
+    withdraw_on_cordon: bool = False
+    """A cordoned node withdraws, as l3lb did before; Kubernetes' service controller has not since 1.19."""
+    drain_seconds: int = 0
+    """Seconds an IP withdrawn for a graceful reason (node/decide.py GRACEFUL) is advertised with
+    GRACEFUL_SHUTDOWN from DRAIN_INTERFACE before it goes; 0: withdrawn at once (``l3lb run``: 40)."""
+    announce_hold_down: float = 0.0
+    """Seconds a Service's reason to announce must last before its IP goes out, unless its annotation says."""
     _in_prefix: dict[str | Address, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
     """Memo of ``in_prefix``, keyed by the IP alone: a full sync asks it of every held address, and a
     cache keyed by the prefixes as well would hash them (in Python) on every call."""
@@ -88,6 +100,15 @@ class Config:
     @property
     def class_interfaces(self) -> tuple[str, ...]:
         return tuple(f"{CLASS_PREFIX}{w}" for w in range(1, self.weight_classes + 1))
+
+    @property
+    def drain_interface(self) -> str | None:
+        return DRAIN_INTERFACE if self.drain_seconds else None
+
+    @property
+    def extra_interfaces(self) -> tuple[str, ...]:
+        """The interfaces the agent makes beside its own: the weight classes, then the drain interface."""
+        return self.class_interfaces + ((DRAIN_INTERFACE,) if self.drain_seconds else ())
 
     def in_prefix(self, ip: str | Address) -> bool:
         """Whether ``ip`` lies inside one of our prefixes: the only addresses l3lb may ever touch."""

@@ -59,12 +59,12 @@ class ApiSide:
         except KubeconfigStale as err:
             log.error("%s", err)
             self.exit_code = EX_TEMPFAIL
-            self.agent.stop()
+            self.agent.stop(drain=False)
             return
         except Exception as err:
             log.error("cannot load the kubeconfig: %s", err)
             self.exit_code = 2
-            self.agent.stop()
+            self.agent.stop(drain=False)
             return
         if api_client is None:
             return  # stopping
@@ -194,11 +194,11 @@ def serve(
     """Runs the agent until SIGTERM or SIGINT. ``received``: signals that arrived before (while loading).
     Exits with EX_TEMPFAIL, keeping the addresses, when the kubeconfig credential cannot be used."""
     try:
-        interfaces = (config.interface, *config.class_interfaces)
+        interfaces = (config.interface, *config.extra_interfaces)
         table = (
             MemoryTable(interfaces=interfaces)
             if config.dry_run
-            else NetlinkTable(config.interface, config.class_interfaces)
+            else NetlinkTable(config.interface, config.extra_interfaces)
         )
     except InterfaceMissing as err:
         raise click.ClickException(f"{err}; pass --interface with an existing one") from None

@@ -68,6 +68,29 @@ class Metrics:
             "Addresses moved to another weight-class interface (weighted anycast).",
             registry=r,
         )
+        self.suppressed = Counter(
+            "l3lb_suppressed_announcements_total",
+            "Announcements the hold-down suppressed: the reason to announce went before the hold-down ended.",
+            registry=r,
+        )
+        self.hold_down_until = Gauge(
+            "l3lb_hold_down_until_seconds",
+            "Unix time at which an address held down is announced if its reason lasts (while it waits).",
+            ["ip"],
+            registry=r,
+        )
+        self.drains = Counter(
+            "l3lb_drains_total",
+            "Addresses moved to the drain interface (GRACEFUL_SHUTDOWN) before their withdrawal, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.drain_until = Gauge(
+            "l3lb_drain_until_seconds",
+            "Unix time at which a draining address is withdrawn (while it drains).",
+            ["ip"],
+            registry=r,
+        )
         self.repairs = Counter(
             "l3lb_netlink_repairs_total",
             "Our addresses restored after someone else removed them.",

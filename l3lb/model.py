@@ -7,6 +7,7 @@ holds no raw API objects.
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,49 @@ CONDITION_PREFIX = "l3lb.io/"
 """Service conditions of this prefix are the leader's (``l3lb/conditions/``); others belong to others."""
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 AUTOSCALER_TAINT = "ToBeDeletedByClusterAutoscaler"
+DRAIN_ANNOTATION = "l3lb.io/drain"
+"""On a Node: "true" moves every IP this node announces off it, gracefully (see node/timers.py)."""
+HOLD_DOWN_ANNOTATION = "l3lb.io/announce-hold-down"
+"""On a Service: how long its reason to announce must hold before an IP goes out (a Go duration)."""
+INVALID_ANNOTATION = "InvalidAnnotation"
+"""The Warning Event's reason for a value l3lb cannot read; the default applies instead."""
+
+_TRUE, _FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "FALSE", "false", "False")
+
+
+def parse_bool(text: str) -> bool | None:
+    """A boolean as Go's strconv.ParseBool reads it (what Kubernetes reads the exclude label's value with,
+    since 1.34: cloud-provider's nodeIncludedPredicate); None when it is none of its spellings."""
+    return True if text in _TRUE else False if text in _FALSE else None
+
+
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,  # micro sign
+    "\u03bcs": 1e-6,  # Greek mu
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds of a duration written as Go's time.ParseDuration reads it ("10s", "1m30s", "500ms"; "0"),
+    the form Kubernetes users write durations in; None for anything else, a negative one included."""
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _DURATION.match(text, pos)
+        if m is None or m.group(1) in ("", "."):
+            return None
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    return total if text else None
 
 
 def field_manager(lease_namespace: str) -> str:
@@ -101,6 +145,9 @@ class Service:
     """The field managers that own status.loadBalancer (managedFields): who wrote it."""
     notes: tuple[tuple[str, str], ...] = ()
     """Warnings (reason, message) about its annotations: aliases that disagree, values l3lb cannot honour."""
+    hold_down: float | None = None
+    """Seconds from the ``l3lb.io/announce-hold-down`` annotation; None without a valid one (the agents'
+    ``--announce-hold-down`` applies)."""
     resource_version: str = field(default="", compare=False)
     """For conditional status writes; not part of the value, so that a bump alone is no change."""
     generation: int = field(default=0, compare=False)
@@ -135,7 +182,9 @@ def parse_service(obj: dict[str, Any]) -> Service:
             continue  # hostname-only ingress entries carry no IP
         if ip not in ips:  # listed twice (or spelled two ways): one IP, held and released once
             ips.append(ip)
-    read = aliases.read(meta.get("annotations") or {}, spec)
+    annotations = meta.get("annotations") or {}
+    read = aliases.read(annotations, spec)
+    hold_down, hold_note = _hold_down(annotations.get(HOLD_DOWN_ANNOTATION))
     return Service(
         key=key_of(obj, shared=True),
         uid=meta.get("uid") or "",
@@ -157,7 +206,8 @@ def parse_service(obj: dict[str, Any]) -> Service:
         pool=read.pool,
         labels=tuple(sorted((meta.get("labels") or {}).items())),
         status_managers=_status_managers(meta.get("managedFields") or []),
-        notes=read.notes,
+        notes=read.notes + hold_note,
+        hold_down=hold_down,
         resource_version=meta.get("resourceVersion") or "",
         generation=int(meta.get("generation") or 0),
         conditions=_conditions((obj.get("status") or {}).get("conditions") or []),
@@ -178,6 +228,22 @@ def _conditions(entries: list[dict[str, Any]]) -> tuple[Condition, ...]:
         )
         for c in entries
         if str(c.get("type") or "").startswith(CONDITION_PREFIX)
+    )
+
+
+def _hold_down(text: str | None) -> tuple[float | None, tuple[tuple[str, str], ...]]:
+    """The Service's hold-down in seconds, or None with a Warning note when the value cannot be read."""
+    if text is None:
+        return None, ()
+    seconds = parse_duration(text)
+    if seconds is not None:
+        return seconds, ()
+    return None, (
+        (
+            INVALID_ANNOTATION,
+            f"{HOLD_DOWN_ANNOTATION}: {text!r} is not a duration of at least 0 (write it as 10s, 1m30s, "
+            "500ms); the agents' --announce-hold-down applies",
+        ),
     )
 
 
@@ -259,27 +325,52 @@ def parse_slice_by_node(obj: dict[str, Any]) -> SliceByNode:
 
 @dataclass(frozen=True, slots=True)
 class Node:
+    """What decides whether this node announces at all (``node.decide.node_reason``). Its Ready condition is
+    not kept: since KEP-3458 (GA in 1.30) Kubernetes' service controller no longer takes a NotReady node
+    out of its load balancers, and neither does l3lb (the README says why)."""
+
     name: str
-    ready: bool
-    excluded: bool
-    cordoned: bool
-    to_be_deleted: bool
+    excluded: bool = False
+    """The exclude label, its value read as Kubernetes 1.34+ reads it: present and not a boolean false."""
+    cordoned: bool = False
+    to_be_deleted: bool = False
+    """The cluster autoscaler's ToBeDeletedByClusterAutoscaler taint."""
+    deleting: bool = False
+    """``metadata.deletionTimestamp`` is set."""
+    drain: bool = False
+    """The ``l3lb.io/drain`` annotation is true."""
     labels: tuple[tuple[str, str], ...] = ()
     """For the pools' node selectors."""
+    notes: tuple[tuple[str, str], ...] = ()
+    """Warnings (reason, message) about its annotations: values l3lb cannot read."""
 
 
 def parse_node(obj: dict[str, Any]) -> Node:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    labels = meta.get("labels") or {}
+    exclude = labels.get(EXCLUDE_LABEL)
+    drain_text = (meta.get("annotations") or {}).get(DRAIN_ANNOTATION)
+    drain = parse_bool(drain_text) if drain_text is not None else False
+    notes: tuple[tuple[str, str], ...] = ()
+    if drain is None:
+        notes = (
+            (
+                INVALID_ANNOTATION,
+                f"{DRAIN_ANNOTATION}: {drain_text!r} is neither true nor false (read as Go's "
+                "strconv.ParseBool reads it: true, t, 1, false, f, 0, ...); the node does not drain",
+            ),
+        )
     return Node(
         name=meta.get("name") or "",
-        ready=ready,
-        excluded=EXCLUDE_LABEL in (meta.get("labels") or {}),
+        # cloud-provider's nodeIncludedPredicate (1.34+): a value that is not a boolean excludes too.
+        excluded=exclude is not None and parse_bool(exclude) is not False,
         cordoned=bool(spec.get("unschedulable")),
         to_be_deleted=any(t.get("key") == AUTOSCALER_TAINT for t in spec.get("taints") or []),
-        labels=tuple(sorted((meta.get("labels") or {}).items())),
+        deleting=bool(meta.get("deletionTimestamp")),
+        drain=bool(drain),
+        labels=tuple(sorted(labels.items())),
+        notes=notes,
     )
 
 

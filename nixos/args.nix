@@ -12,6 +12,9 @@
 , logLevel ? "info"
 , logFormat ? "text"
 , weightClasses ? 0 # 0: weighted anycast off
+, drainSeconds ? 40
+, announceHoldDown ? 0
+, withdrawOnCordon ? false
 , extraArgs ? [ ]
 }:
 [ "run" ]
@@ -26,6 +29,9 @@
   "--metrics-address" (if metrics == null then "off" else "${metrics.address}:${toString metrics.port}")
   "--log-level" logLevel
   "--log-format" logFormat
+  "--drain-seconds" (toString drainSeconds)
+  "--announce-hold-down" (toString announceHoldDown)
 ]
+++ (if withdrawOnCordon then [ "--withdraw-on-cordon" ] else [ ])
 ++ (if weightClasses > 0 then [ "--weighted" "--weight-classes" (toString weightClasses) ] else [ ])
 ++ extraArgs

@@ -56,6 +56,7 @@ let
     prefixes = if usePools then [ ] else prefixes;
     config = if usePools then "${poolsFile}" else null;
     inherit (cfg) nodeName interface loadBalancerClass addressLifetime logLevel extraArgs;
+    inherit (cfg) drainSeconds announceHoldDown withdrawOnCordon;
     weightClasses = if cfg.weighted.enable then cfg.weighted.classes else 0;
     metrics = if cfg.metrics.enable then { inherit (cfg.metrics) address port; } else null;
   };
@@ -238,6 +239,46 @@ in
       description = ''
         Seconds of valid lifetime of each address, renewed every third of it (0: permanent). If the agent
         dies, its addresses and so its routes expire instead of blackholing traffic.
+      '';
+    };
+
+    drainSeconds = mkOption {
+      type = types.ints.unsigned;
+      default = 40;
+      description = ''
+        Seconds an IP is advertised with the GRACEFUL_SHUTDOWN community (RFC 8326) from the interface
+        `l3lbdrain` before it is withdrawn, when it goes for a graceful reason: the agent stops (SIGTERM),
+        the Node has the annotation `l3lb.io/drain: "true"`, the cluster autoscaler's
+        ToBeDeletedByClusterAutoscaler taint, or its deletionTimestamp. Routers then move the traffic to
+        the other paths before this one goes (an FRR router lowers LOCAL_PREF to 0 by itself on an eBGP
+        session; others need an inbound policy). 0 withdraws at once. The default covers one eBGP hop that
+        holds updates for a 30 s advertisement interval (Cisco IOS's default) with 10 s for the hops and
+        FIBs behind it; raise it for more such hops. The unit's TimeoutStopSec is this plus 20, so a stop
+        of l3lb (and of k3s, which stops it) takes this long; with {option}`services.l3lb.frr.enable` the
+        FRR configuration gets the drain entry whenever this is not 0.
+      '';
+    };
+
+    announceHoldDown = mkOption {
+      type = types.ints.unsigned;
+      default = 0;
+      example = 10;
+      description = ''
+        Seconds a Service's reason to announce (ready endpoints) must last before its IP is announced, so
+        that a crash-looping pod does not make every router recompute at each readiness flip; a Service's
+        annotation `l3lb.io/announce-hold-down` (a duration, `10s`) says otherwise for it. Withdrawals never
+        wait; an IP the node already holds is not held down.
+      '';
+    };
+
+    withdrawOnCordon = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Withdraw from cordoned nodes (l3lb's earlier behaviour). Off by default: a cordon stops new pods,
+        not traffic, as for Kubernetes' own load balancers since 1.19 (kubernetes/kubernetes#90823); MetalLB
+        reverted the same withdrawal (metallb/metallb#2715) after it cut DaemonSet ingress off. To move
+        traffic off a node, annotate it `l3lb.io/drain=true`.
       '';
     };
 
@@ -448,7 +489,10 @@ in
         L3LB_NODE_NAME = cfg.nodeName;
         L3LB_INTERFACE = cfg.interface;
         L3LB_LOAD_BALANCER_CLASS = cfg.loadBalancerClass;
-      } // lib.optionalAttrs (cfg.kubeconfig != null) { L3LB_KUBECONFIG = cfg.kubeconfig; });
+        L3LB_DRAIN_SECONDS = toString cfg.drainSeconds;
+      } // lib.optionalAttrs (cfg.kubeconfig != null) { L3LB_KUBECONFIG = cfg.kubeconfig; }
+      // lib.optionalAttrs cfg.withdrawOnCordon { L3LB_WITHDRAW_ON_CORDON = "1"; }
+      // lib.optionalAttrs cfg.metrics.enable { L3LB_METRICS_ADDRESS = "${cfg.metrics.address}:${toString cfg.metrics.port}"; });
 
       systemd.services.l3lb = {
         description = "l3lb: LoadBalancer Service IPs on ${cfg.interface}";
@@ -465,7 +509,7 @@ in
           inherit execStart;
           credentials = [ "kubeconfig:${cfg.kubeconfig}" ]
             ++ map (f: "${baseNameOf f}:${f}") credentialFiles;
-          inherit (cfg) allowedIPs;
+          inherit (cfg) allowedIPs drainSeconds;
         };
       };
 
@@ -483,8 +527,9 @@ in
       networking.firewall.allowedTCPPorts = lib.optional (cfg.metrics.enable && cfg.metrics.openFirewall) cfg.metrics.port;
     }
 
-    # The class interfaces are dummies, made by the agent; load the driver at boot (the unit may not).
-    (mkIf cfg.weighted.enable { boot.kernelModules = [ "dummy" ]; })
+    # The class interfaces and l3lbdrain are dummies, made by the agent; load the driver at boot (the unit
+    # may not).
+    (mkIf (cfg.weighted.enable || cfg.drainSeconds > 0) { boot.kernelModules = [ "dummy" ]; })
 
     # mkDefault: sysctl values merge with mergeOneOption (nixos/modules/config/sysctl.nix), so a second
     # plain definition of the same key, even an equal one, would stop the evaluation.
@@ -529,6 +574,7 @@ in
         inherit uplinks;
         inherit (cfg.frr) asn workQueue;
         classes = if cfg.weighted.enable then cfg.weighted.classes else 0;
+        drain = cfg.drainSeconds > 0;
       });
       # Stopped before FRR (units stop in the reverse order of After=): the withdrawals go out while bgpd
       # still runs. Otherwise graceful restart would keep a stopping node's routes for the restart time.

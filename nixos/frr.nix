@@ -8,11 +8,21 @@
 # sets the link-bandwidth extended community to the class's weight; addresses on `interface` (lo) go out
 # without it. A router that receives the community on every multipath installs weighted next hops.
 #
+# Drain (`drain` = true): the agent moves an IP it withdraws gracefully (a stop, the l3lb.io/drain
+# annotation, the autoscaler's taint, the Node's deletion) to the interface `l3lbdrain` for
+# --drain-seconds first, and the route-map entry that matches that interface adds the GRACEFUL_SHUTDOWN
+# community, 65535:0 (RFC 8326), with `additive`, so a pool's own communities stay. An FRR router that
+# receives it over eBGP sets the path's LOCAL_PREF to 0 by itself (bgpd/bgp_route.c, bgp_update()), so it
+# leaves the router's multipath wherever another path exists, and stays installed where it is the only one;
+# other routers need an inbound policy. The weight class's link bandwidth is not kept: a draining path at
+# LOCAL_PREF 0 is out of the multipath wherever a path that does not drain exists, so its weight counts for
+# nothing, and where every path drains at once they share equally for the drain.
+#
 # Named pools with BGP attributes (`pools`: [ { name; prefixes; bgp = { communities; largeCommunities;
 # asPathPrepend; }; } ], in the pools' order): each such pool gets a prefix-list per family and a
 # route-map entry before the others that sets its attributes. With weight classes that entry goes on
-# (`on-match goto`) to the interface entries, which then sit at 1010 and up. A pool without attributes
-# has no entry of its own, so its routes go out as without pools.
+# (`on-match goto`) to the interface entries (weight classes, drain), which then sit at 1010 and up. A pool
+# without attributes has no entry of its own, so its routes go out as without pools.
 #
 # Uplinks (`uplinks`; null, the default, renders exactly the above): the node's own BGP sessions, BGP
 # unnumbered on each of `interfaces`, under the same `router bgp ASN`. Every key but `interfaces` may be
@@ -74,7 +84,7 @@
 # routes change at once (a node that learns large tables from its uplinks may want the default back).
 #
 # Pure: only builtins, so it evaluates without nixpkgs (tests feed its output to a real FRR).
-{ prefixes, asn, name ? "L3LB", classes ? 0, interface ? "lo", classPrefix ? "l3lbw", pools ? [ ], uplinks ? null, workQueue ? null }:
+{ prefixes, asn, name ? "L3LB", classes ? 0, interface ? "lo", classPrefix ? "l3lbw", drain ? false, drainInterface ? "l3lbdrain", pools ? [ ], uplinks ? null, workQueue ? null }:
 let
   isV6 = p: builtins.match ".*:.*" p != null;
   len = p: builtins.fromJSON (builtins.elemAt (builtins.match ".*/([0-9]+)" p) 0);
@@ -96,6 +106,8 @@ let
     (let c = (attrs p).communities or [ ]; in if c != [ ] then [ " set community ${builtins.concatStringsSep " " c}" ] else [ ])
     ++ (let c = (attrs p).largeCommunities or [ ]; in if c != [ ] then [ " set large-community ${builtins.concatStringsSep " " c}" ] else [ ])
     ++ (let a = (attrs p).asPathPrepend or [ ]; in if a != [ ] then [ " set as-path prepend ${builtins.concatStringsSep " " (map toString a)}" ] else [ ]);
+  # With weight classes or the drain, entries match the interface the address is on.
+  byInterface = classes > 0 || drain;
   tagged = f: builtins.filter (p: sets p != [ ] && builtins.any (x: isV6 x == (f.host == 128)) p.prefixes) pools;
   # Entries 10, 20, ... for the pools with attributes; then the plain entries, moved to 1000 and up if any.
   base = f: if tagged f == [ ] then 0 else 1000;
@@ -106,12 +118,19 @@ let
   poolEntries = f: builtins.concatLists (imap
     (j: p: [ "route-map ${f.rm} permit ${toString ((j + 1) * 10)}" " match ${f.match} prefix-list ${poolList f p}" ]
       ++ sets p
-      ++ (if classes > 0 then [ " on-match goto ${toString (base f + 10)}" ] else [ ])
+      ++ (if byInterface then [ " on-match goto ${toString (base f + 10)}" ] else [ ])
       ++ [ "exit" ])
     (tagged f));
-  # Entry 10 without weight (on `interface` only when weighted); entry 20+w for weight class w.
+  # Entry 10 without weight (on `interface` only when weighted or draining); 20 the drain; 20+w weight class w.
   unweighted = f: [ "route-map ${f.rm} permit ${toString (base f + 10)}" " match ${f.match} prefix-list ${f.rm}" ]
-    ++ (if classes > 0 then [ " match interface ${interface}" ] else [ ]) ++ [ "exit" ];
+    ++ (if byInterface then [ " match interface ${interface}" ] else [ ]) ++ [ "exit" ];
+  draining = f: if !drain then [ ] else [
+    "route-map ${f.rm} permit ${toString (base f + 20)}"
+    " match ${f.match} prefix-list ${f.rm}"
+    " match interface ${drainInterface}"
+    " set community graceful-shutdown additive"
+    "exit"
+  ];
   weighted = f: builtins.concatLists (builtins.genList
     (i:
       let w = toString (i + 1); in [
@@ -122,7 +141,7 @@ let
         "exit"
       ])
     classes);
-  policy = f: imap (entry f f.rm) f.members ++ poolLists f ++ poolEntries f ++ unweighted f ++ weighted f ++ [ "!" ];
+  policy = f: imap (entry f f.rm) f.members ++ poolLists f ++ poolEntries f ++ unweighted f ++ draining f ++ weighted f ++ [ "!" ];
   redistribute = f: [ " address-family ${f.af}" ]
     ++ (if f.members != [ ] then [ "  redistribute connected route-map ${f.rm}" ] else [ ])
     ++ (if up == null then [ ] else up.family f)

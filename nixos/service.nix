@@ -7,7 +7,12 @@
 # TimeoutStartSec covers loading Python and that read on a slow machine. A kubeconfig credential copied
 # while k3s was still writing it cannot change: the agent exits 75 (EX_TEMPFAIL), which restarts it with a
 # fresh copy and is not a failure.
-{ execStart, credentials, allowedIPs ? null, watchdogSec ? 30, timeoutStartSec ? 30 }:
+#
+# Stopping: with `drainSeconds` the agent first advertises what it holds with GRACEFUL_SHUTDOWN for that
+# long, then withdraws it and releases its Lease; TimeoutStopSec leaves it those seconds and 20 more (the
+# withdrawal and the Lease's release take well under one; the rest is for a loaded machine), after which
+# systemd would SIGKILL it and the addresses would stay until their lifetime ends.
+{ execStart, credentials, allowedIPs ? null, watchdogSec ? 30, timeoutStartSec ? 30, drainSeconds ? 0 }:
 (if allowedIPs == null then { } else { IPAddressDeny = "any"; IPAddressAllow = allowedIPs; })
 // {
   Type = "notify";
@@ -19,7 +24,7 @@
   RestartForceExitStatus = 75;
   SuccessExitStatus = 75;
   TimeoutStartSec = timeoutStartSec;
-  TimeoutStopSec = 20;
+  TimeoutStopSec = 20 + drainSeconds;
 
   DynamicUser = true;
   LoadCredential = credentials;

@@ -146,10 +146,12 @@ def lab(
 
 @pytest.fixture(scope="session")
 def frr_lab(control_plane: ControlPlane, workdir: Path) -> Iterator[FrrLab]:
-    """The FRR lab (3 nodes, a router, a client) on the session's control plane, with Service lab/echo."""
+    """The FRR lab (3 nodes, a router, a client) on the session's control plane, with Service lab/echo; its
+    agents drain for 3 s on SIGTERM."""
     with FrrLab(
         3,
         address_lifetime=6,
+        drain_seconds=3,
         workdir=workdir / "lab",
         control_plane=control_plane,
         log=lambda _: None,

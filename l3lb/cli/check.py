@@ -258,7 +258,9 @@ class Checks:
             "" if peers else "check the BGP sessions to the upstream routers",
         )
         running = self.vtysh.run("show running-config") or ""
-        missing = check_config(running, self.config.prefixes, self.config.class_interfaces)
+        missing = check_config(
+            running, self.config.prefixes, self.config.class_interfaces, self.config.drain_interface
+        )
         for item in missing:
             yield Result(
                 "frr",
@@ -270,10 +272,10 @@ class Checks:
             yield Result("frr", FAIL if certain else WARN, leak, traps.LEAK_FIX)
         if not missing:
             weights = (
-                f", and every one of {self.config.weight_classes} weight classes"
+                f", every one of {self.config.weight_classes} weight classes"
                 if self.config.weight_classes
                 else ""
-            )
+            ) + (", the drain" if self.config.drain_seconds else "")
             yield Result(
                 "frr", OK, f"prefix-list, route-map and redistribute connected cover every prefix{weights}"
             )

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..config import DEFAULT_CLASS, Config, parse_prefixes
+from ..config import DEFAULT_CLASS, DEFAULT_DRAIN_SECONDS, DRAIN_INTERFACE, Config, parse_prefixes
 from .logs import setup_logging
 
 log = logging.getLogger("l3lb")
@@ -95,6 +95,13 @@ SHARED = [
         help="Also take Services that set no loadBalancerClass.",
     ),
     click.option(
+        "--withdraw-on-cordon",
+        envvar="L3LB_WITHDRAW_ON_CORDON",
+        is_flag=True,
+        help="Withdraw from a cordoned node, as l3lb did before. Off: a cordon stops new pods, not traffic "
+        "(as Kubernetes' own load balancers since 1.19); drain a node with the l3lb.io/drain annotation.",
+    ),
+    click.option(
         "--weighted",
         envvar="L3LB_WEIGHTED",
         is_flag=True,
@@ -136,6 +143,7 @@ def make_config(
     default_class: bool,
     weighted: bool = False,
     weight_classes: int = 4,
+    withdraw_on_cordon: bool = False,
     **extra: Any,
 ) -> Config:
     if pools and (prefixes or extra.get("reserved")):
@@ -151,6 +159,7 @@ def make_config(
             load_balancer_class=load_balancer_class,
             default_class=default_class,
             weight_classes=weight_classes if weighted else 0,
+            withdraw_on_cordon=withdraw_on_cordon,
             **extra,
         )
     except ValueError as err:  # --reserve outside every --prefix
@@ -171,6 +180,16 @@ def _lifetime(value: int) -> int:
     return value
 
 
+DRAIN = click.option(
+    "--drain-seconds",
+    envvar="L3LB_DRAIN_SECONDS",
+    type=click.IntRange(min=0),
+    default=DEFAULT_DRAIN_SECONDS,
+    show_default=True,
+    help="Before an IP is withdrawn for a stop (SIGTERM), the l3lb.io/drain annotation, the autoscaler's "
+    "taint or the Node's deletion, it is advertised with GRACEFUL_SHUTDOWN (RFC 8326) from the l3lbdrain "
+    "interface this long, so that routers move traffic off first. 0: withdrawn at once.",
+)
 LEASE_NAMESPACE = click.option(
     "--lease-namespace",
     envvar="L3LB_LEASE_NAMESPACE",
@@ -213,6 +232,16 @@ def cli(ctx: click.Context) -> None:
     is_flag=True,
     help="Leave the addresses in place on SIGTERM/SIGINT.",
 )
+@DRAIN
+@click.option(
+    "--announce-hold-down",
+    envvar="L3LB_ANNOUNCE_HOLD_DOWN",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds a Service's reason to announce (ready endpoints) must last before its IP is announced "
+    "again; a Service's l3lb.io/announce-hold-down annotation says otherwise for it. Withdrawals never wait.",
+)
 @click.option(
     "--reserve",
     "reserved",
@@ -248,6 +277,8 @@ def run(
     address_lifetime: int,
     dry_run: bool,
     keep_on_exit: bool,
+    drain_seconds: int,
+    announce_hold_down: float,
     reserved: tuple,
     lease_namespace: str,
     metrics_address: str,
@@ -269,10 +300,13 @@ def run(
         address_lifetime=address_lifetime,
         dry_run=dry_run,
         keep_on_exit=keep_on_exit,
+        drain_seconds=drain_seconds,
+        announce_hold_down=announce_hold_down,
         reserved=reserved,
     )
     log.info(
-        "l3lb %s starting: node=%s interface=%s pools=%s class=%s%s lifetime=%ss metrics=%s%s%s%s",
+        "l3lb %s starting: node=%s interface=%s pools=%s class=%s%s lifetime=%ss drain=%ss hold-down=%gs "
+        "metrics=%s%s%s%s%s",
         __version__,
         config.node_name,
         config.interface,
@@ -280,10 +314,13 @@ def run(
         config.load_balancer_class,
         " (and class-less)" if config.default_class else "",
         address_lifetime,
+        drain_seconds,
+        announce_hold_down,
         metrics_address,
         " dry-run" if dry_run else "",
         " keep-on-exit" if keep_on_exit else "",
         f" weighted ({config.weight_classes} classes)" if config.weight_classes else "",
+        " withdraw-on-cordon" if config.withdraw_on_cordon else "",
     )
     serve(config, kubeconfig, listen, lease_namespace, received=early)
 
@@ -299,18 +336,27 @@ def run(
     "(from the API alone).",
 )
 @VTY
+@click.option(
+    "--metrics-address",
+    envvar="L3LB_METRICS_ADDRESS",
+    default="127.0.0.1:9655",
+    show_default=True,
+    help="Where this node's agent serves its metrics: its hold-downs and drains under way are read there.",
+)
 @OUTPUT
 def status(
     kubeconfig: str | None,
     node: str | None,
     every_node: bool,
     vty_socket: str | None,
+    metrics_address: str,
     output: str,
     **shared_opts: Any,
 ) -> None:
-    """Our Services on this node: IPs, local ready endpoints, announced or why not, and FRR's view."""
+    """Our Services on this node: IPs, local ready endpoints, announced or why not (and when a hold-down or
+    a drain ends), and FRR's view."""
     from .frr import Vtysh
-    from .status import as_json, cluster, cluster_table, collect, table
+    from .status import agent_timers, as_json, cluster, cluster_table, collect, table
 
     setup_logging("warning")
     if every_node:
@@ -326,25 +372,33 @@ def status(
     config = make_config(**shared_opts)
     present = None
     vtysh = None
+    timers = None
     if local:
         from ..netlink.tables import InterfaceMissing, NetlinkTable
 
         try:
-            t = NetlinkTable(config.interface, config.class_interfaces, create=False)
+            # The drain interface too: the agent's --drain-seconds is not among these options.
+            t = NetlinkTable(config.interface, (*config.class_interfaces, DRAIN_INTERFACE), create=False)
             present = {ip: have.interface for ip, have in t.dump().items()}
             t.close()
         except (InterfaceMissing, OSError) as err:
             click.echo(f"cannot read {config.interface}: {err}", err=True)
         v = Vtysh(vty_socket)
         vtysh = v if v.run("show version") is not None else None
-    rows = collect(_api(kubeconfig), config, present=present, vtysh=vtysh)
+        if metrics_address != "off":
+            timers = agent_timers(_host_port(metrics_address))
+    rows = collect(_api(kubeconfig), config, present=present, vtysh=vtysh, timers=timers)
     if output == "json":
         click.echo(json.dumps(as_json(rows, config.node_name), indent=2))
     else:
         click.echo(f"node {config.node_name}" + ("" if local else " (from the API alone)"))
         click.echo(
             table(
-                rows, local=present is not None, frr=vtysh is not None, weighted=bool(config.weight_classes)
+                rows,
+                local=present is not None,
+                frr=vtysh is not None,
+                weighted=bool(config.weight_classes),
+                timers=timers is not None,
             )
         )
 
@@ -352,17 +406,23 @@ def status(
 @cli.command()
 @shared
 @LEASE_NAMESPACE
+@DRAIN
 @VTY
 @OUTPUT
 def check(
-    kubeconfig: str | None, lease_namespace: str, vty_socket: str | None, output: str, **shared_opts: Any
+    kubeconfig: str | None,
+    lease_namespace: str,
+    drain_seconds: int,
+    vty_socket: str | None,
+    output: str,
+    **shared_opts: Any,
 ) -> None:
     """Check everything the agent depends on; print a fix for each failure. Exits 1 if any check fails."""
     from .check import Checks, as_json, failed, render
     from .frr import Vtysh
 
     setup_logging("error")
-    config = make_config(**shared_opts)
+    config = make_config(**shared_opts, drain_seconds=drain_seconds)
     api = _api(kubeconfig)
     results = Checks(api, config, Vtysh(vty_socket), lease_namespace=lease_namespace).run()
     click.echo(json.dumps(as_json(results), indent=2) if output == "json" else render(results))

@@ -60,17 +60,19 @@ class Vtysh:
         )
 
 
-def check_config(running: str, prefixes: tuple[Network, ...], classes: tuple[str, ...] = ()) -> list[str]:
+def check_config(
+    running: str, prefixes: tuple[Network, ...], classes: tuple[str, ...] = (), drain: str | None = None
+) -> list[str]:
     """Checks that every prefix is matched (host routes only) by a prefix-list, used by a permit route-map,
-    that is applied by ``redistribute connected`` in the right address family under ``router bgp``; and
-    with weighted anycast (``classes``: the weight-class interfaces, weight 1, 2, ...) that this route-map
-    has, for each class, an entry that matches its interface and sets the link bandwidth to its weight.
+    that is applied by ``redistribute connected`` in the right address family under ``router bgp``; with
+    weighted anycast (``classes``: the weight-class interfaces, weight 1, 2, ...) that this route-map has,
+    for each class, an entry that matches its interface and sets the link bandwidth to its weight; and with
+    ``drain`` (the drain interface) an entry that matches it and adds the graceful-shutdown community.
 
     Returns what is missing, one phrase per item: empty when the configuration is complete."""
     lists: dict[str, list[tuple[str, int | None]]] = {}
     route_maps: dict[str, set[str]] = {}
-    weighted: dict[str, set[tuple[str, str]]] = {}  # route-map -> {(interface, bandwidth)} of its entries
-    entry: dict[str, str] = {}
+    entries: dict[str, list[dict[str, str]]] = {}  # route-map -> its permit entries' interface and sets
     redistributed: dict[str, set[str]] = {"ipv4": set(), "ipv6": set()}
     current_map: str | None = None
     family: str | None = None
@@ -83,14 +85,12 @@ def check_config(running: str, prefixes: tuple[Network, ...], classes: tuple[str
         m = re.match(r"route-map (\S+) (permit|deny) \d+", line)
         if m:
             current_map = m.group(1) if m.group(2) == "permit" else None
-            entry = {}
+            if current_map:
+                entries.setdefault(current_map, []).append({})
             continue
-        m = re.match(r"(match interface|set extcommunity bandwidth) (\S+)", line)
+        m = re.match(r"(match interface|set extcommunity bandwidth|set community) (.+)", line)
         if m and current_map:
-            entry[m.group(1)] = m.group(2)
-            if len(entry) == 2:
-                pair = (entry["match interface"], entry["set extcommunity bandwidth"])
-                weighted.setdefault(current_map, set()).add(pair)
+            entries[current_map][-1][m.group(1)] = m.group(2)
             continue
         m = re.match(r"match (?:ip|ipv6) address prefix-list (\S+)", line)
         if m and current_map:
@@ -111,7 +111,7 @@ def check_config(running: str, prefixes: tuple[Network, ...], classes: tuple[str
         host = 32 if net.version == 4 else 128
         fam = "ipv4" if net.version == 4 else "ipv6"
         want_ge = host if net.prefixlen < host else None
-        names = {n for n, entries in lists.items() if (str(net), want_ge) in entries}
+        names = {n for n, e in lists.items() if (str(net), want_ge) in e}
         if not names:
             ge = f" ge {host}" if want_ge else ""
             missing.append(f"a prefix-list entry 'permit {net}{ge}'")
@@ -126,11 +126,23 @@ def check_config(running: str, prefixes: tuple[Network, ...], classes: tuple[str
                 f"address-family {fam} unicast ({net})"
             )
             continue
-        have = set().union(*(weighted.get(rm, set()) for rm in maps & redistributed[fam]))
+        used = [e for rm in maps & redistributed[fam] for e in entries.get(rm, [])]
+        have = {(e.get("match interface"), e.get("set extcommunity bandwidth")) for e in used}
         for weight, interface in enumerate(classes, 1):
             if (interface, str(weight)) not in have:
                 missing.append(
                     f"a route-map {sorted(maps)[0]} entry with 'match interface {interface}' and "
                     f"'set extcommunity bandwidth {weight}' ({net})"
                 )
+        tagged = any(
+            e.get("match interface") == drain
+            and "graceful-shutdown" in e.get("set community", "").split()
+            and "additive" in e.get("set community", "").split()
+            for e in used
+        )
+        if drain and not tagged:
+            missing.append(
+                f"a route-map {sorted(maps)[0]} entry with 'match interface {drain}' and "
+                f"'set community graceful-shutdown additive' ({net})"
+            )
     return missing

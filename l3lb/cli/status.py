@@ -1,9 +1,12 @@
 """``l3lb status``: for one node, our Services, their IPs, local ready endpoints, whether the node announces
-them and why not (the reason tokens of the logs), and what FRR does with each address."""
+them and why not (the reason tokens of the logs), the hold-downs and drains under way (from the running
+agent's metrics), and what FRR does with each address."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,6 +48,31 @@ class Row:
     """IPs found on our interfaces, as "ip" or "ip@interface" off the main one (only on this node)."""
     frr: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per IP: {"rib": connected route in zebra, "peers": BGP peers it is advertised to}."""
+    timers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per IP under a timer of the running agent: {"timer": "hold-down" (announced when it ends, if its
+    reason lasts) or "drain" (withdrawn when it ends), "seconds": how long it still runs}."""
+
+
+TIMER_GAUGES = {"l3lb_hold_down_until_seconds": "hold-down", "l3lb_drain_until_seconds": "drain"}
+
+
+def agent_timers(address: tuple[str, int], timeout: float = 2.0) -> dict[str, tuple[str, float]] | None:
+    """The running agent's hold-downs and drains, from its metrics: IP -> (timer, seconds left); None when
+    it does not answer there."""
+    host, port = address
+    host = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    now, out = time.time(), {}
+    for line in text.splitlines():
+        name, _, rest = line.partition('{ip="')
+        if name in TIMER_GAUGES and '"} ' in rest:
+            ip, _, value = rest.partition('"} ')
+            out[ip] = (TIMER_GAUGES[name], max(0.0, float(value) - now))
+    return out
 
 
 def snapshot(api: Api, config: Config) -> Tracker:
@@ -61,8 +89,16 @@ def snapshot(api: Api, config: Config) -> Tracker:
     return tracker
 
 
-def collect(api: Api, config: Config, *, present: dict[str, str] | None, vtysh: Vtysh | None) -> list[Row]:
-    """``present``: the IPs on our interfaces (IP -> interface), when looking at this node."""
+def collect(
+    api: Api,
+    config: Config,
+    *,
+    present: dict[str, str] | None,
+    vtysh: Vtysh | None,
+    timers: dict[str, tuple[str, float]] | None = None,
+) -> list[Row]:
+    """``present``: the IPs on our interfaces (IP -> interface), when looking at this node; ``timers``: the
+    running agent's (``agent_timers``)."""
     tracker = snapshot(api, config)
     rows = []
     for key in sorted(tracker.services):
@@ -91,6 +127,9 @@ def collect(api: Api, config: Config, *, present: dict[str, str] | None, vtysh: 
             for ip in d.ips:
                 rib, peers = vtysh.route(ip)
                 row.frr[ip] = {"rib": rib, "peers": peers}
+        for ip in d.ips:
+            if timers and ip in timers:
+                row.timers[ip] = {"timer": timers[ip][0], "seconds": round(timers[ip][1], 1)}
         rows.append(row)
     return rows
 
@@ -181,8 +220,10 @@ def as_json(rows: list[Row], node: str) -> dict[str, Any]:
     return {"node": node, "services": [asdict(r) for r in rows]}
 
 
-def table(rows: list[Row], *, local: bool, frr: bool, weighted: bool = False) -> str:
+def table(rows: list[Row], *, local: bool, frr: bool, weighted: bool = False, timers: bool = False) -> str:
     header = ["SERVICE", "IPS", "POLICY", "LOCAL READY", "ANNOUNCED", "REASON"]
+    if timers:
+        header.append("PENDING")
     if weighted:
         header.append("WEIGHT CLASS")
     if local:
@@ -199,6 +240,8 @@ def table(rows: list[Row], *, local: bool, frr: bool, weighted: bool = False) ->
             "yes" if r.announced else "no",
             r.reason,
         ]
+        if timers:
+            cells.append(" ".join(_pending(ip, t) for ip, t in r.timers.items()) or "-")
         if weighted:
             cells.append(r.weight_class or "-")
         if local:
@@ -214,6 +257,11 @@ def table(rows: list[Row], *, local: bool, frr: bool, weighted: bool = False) ->
             )
         lines.append(cells)
     return _columns(lines)
+
+
+def _pending(ip: str, t: dict[str, Any]) -> str:
+    what = "announced" if t["timer"] == "hold-down" else "withdrawn"
+    return f"{ip}: {what} in {t['seconds']:.0f}s ({t['timer']})"
 
 
 def _columns(lines: list[list[str]]) -> str:

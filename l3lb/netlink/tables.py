@@ -51,7 +51,7 @@ GONE = (*rtnl.GONE, errno.ENODEV)
 
 class AddressTable(Protocol):
     """The host-length addresses of the agent's interfaces: its interface (lo), and with weighted anycast
-    the weight-class interfaces too."""
+    the weight-class interfaces and the drain interface too."""
 
     interfaces: tuple[str, ...]
     duplicates: list[tuple[str, str]]
@@ -64,7 +64,7 @@ class AddressTable(Protocol):
         ...
 
     def ensure(self, interface: str) -> bool:
-        """Makes the weight-class ``interface`` again if it is missing; True if it had to."""
+        """Makes the extra ``interface`` (a weight class, the drain) again if missing; True if it had to."""
         ...
 
     def close(self) -> None: ...
@@ -139,18 +139,19 @@ whether our own request socket caused it, as the kernel says for IPv4)."""
 
 class NetlinkTable:
     """The real interfaces, through ``rtnl``: batched requests, the dump, the monitor; pyroute2 only makes
-    the weight-class interfaces."""
+    the extra interfaces (weight classes, drain)."""
 
-    def __init__(self, ifname: str, classes: tuple[str, ...] = (), *, create: bool = True) -> None:
-        """``classes``: weight-class interfaces, made if missing (``create``; else those missing are left
-        out: a read-only look, as ``l3lb status`` takes)."""
+    def __init__(self, ifname: str, extra: tuple[str, ...] = (), *, create: bool = True) -> None:
+        """``extra``: the interfaces the agent makes beside its own (the weight classes, the drain
+        interface), made if missing (``create``; else those missing are left out: a read-only look, as
+        ``l3lb status`` takes)."""
         index = _index(ifname)
         if index is None:
             raise InterfaceMissing(f"interface {ifname!r} does not exist")
         self.indices = {ifname: index}
-        for name in classes:
+        for name in extra:
             if create:
-                self.indices[name] = self._class_interface(name)
+                self.indices[name] = self._extra_interface(name)
             elif (found := _index(name)) is not None:
                 self.indices[name] = found
         self.interfaces = tuple(self.indices)
@@ -165,8 +166,8 @@ class NetlinkTable:
         """Set once the monitor listens (and again after each restart): changes from then on are seen."""
 
     @staticmethod
-    def _class_interface(name: str) -> int:
-        """The index of weight-class interface ``name``, made if missing: a ``dummy``, or where the kernel
+    def _extra_interface(name: str) -> int:
+        """The index of the extra interface ``name``, made if missing: a ``dummy``, or where the kernel
         has no dummy driver a veth pair with both ends here (the peer named ``<name>p``). Either way up."""
         from pyroute2 import IPRoute, NetlinkError  # loaded only here: it costs the agent ~11 MiB
 
@@ -178,9 +179,9 @@ class NetlinkTable:
                 except NetlinkError:
                     ipr.link("add", ifname=name, kind="veth", peer={"ifname": f"{name}p"})
                     ipr.link("set", index=ipr.link_lookup(ifname=f"{name}p")[0], state="up")
-                    log.info("made weight-class interface %s (a veth pair: no dummy driver here)", name)
+                    log.info("made interface %s (a veth pair: no dummy driver here)", name)
                 else:
-                    log.info("made weight-class interface %s (dummy)", name)
+                    log.info("made interface %s (dummy)", name)
                 found = ipr.link_lookup(ifname=name)
             ipr.link("set", index=found[0], state="up")
             return int(found[0])
@@ -190,8 +191,8 @@ class NetlinkTable:
         if index is not None and index == self.indices.get(interface):
             return False
         if index is None:
-            log.warning("weight-class interface %s is gone; making it again", interface)
-        index = self._class_interface(interface)
+            log.warning("interface %s is gone; making it again", interface)
+        index = self._extra_interface(interface)
         self.indices = {**self.indices, interface: index}
         self._names = {i: n for n, i in self.indices.items()}
         return True

@@ -9,7 +9,11 @@ its tracker (O(what changed)), then:
   strays; the renewals of lifetimes it finds due are applied in small batches, one batch each turn of the
   loop whatever else is due, so a large table never delays an event and churn never starves a renewal.
 Nothing is removed until the Services, EndpointSlices and this Node have each been listed once: never act
-on half a picture.
+on half a picture. Hold-downs and drains end on their own time (``Timers``): the runner wakes the loop then.
+
+A stop (SIGTERM) with ``--drain-seconds`` drains first: the loop goes on while every IP it holds is
+advertised from the drain interface, then ends; the daemon withdraws what is left. A second stop ends the
+drain at once.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Protocol
 
 from ..config import Config
 from ..metrics import Metrics
-from ..model import WatchEvent
+from ..model import NODE, WatchEvent
 from ..netlink.tables import AddressTable
 from ..systemd import Notifier
 from .placement import Placement
@@ -30,6 +34,7 @@ from .plan import Plan, plan
 from .presence import UNAPPLIED_AFTER, Presence
 from .report import Reporter
 from .runner import AddressEvent, Inbox, Message, MonitorLost, Sync, SyncRunner
+from .timers import Timers
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,11 @@ RENEW_BATCH = 50
 """Renewals applied between two looks at the inbox: at 9,000 addresses on one interface the kernel takes
 up to about 50 us for each (far more with cold caches), so an event waits at most a few ms behind a
 batch."""
+
+
+DRAIN_GRACE = 1.0
+"""Seconds past the end of a stop's drain after which the loop ends even if its syncs fail (the daemon then
+withdraws what is left)."""
 
 
 class Watched(Protocol):
@@ -65,7 +75,8 @@ class Agent:
         self.inbox = inbox or Inbox()
         self.tracker = Tracker(config)
         self.presence = Presence(config, table, clock, self.inbox.put)
-        self.placement = Placement(config, self.tracker, self.presence, clock)
+        self.timers = Timers(config, self.tracker, clock)
+        self.placement = Placement(config, self.tracker, self.presence, self.timers, clock)
         self.report = Reporter(config, self.tracker, self.metrics)
         self.runner = SyncRunner(clock, self.resync_interval)
         self.listed: set[str] = set()
@@ -75,6 +86,10 @@ class Agent:
         self._renewals: dict[str, str] = {}
         """IP -> interface, due for renewal: queued by full syncs, applied RENEW_BATCH at a time."""
         self._batch_start: float | None = None
+        self._drain_ends: float | None = None
+        """While stopping with a drain: when it ends at the latest."""
+        self._syncs_at_stop = 0
+        self._drain_on_stop = True
 
     @property
     def resync_interval(self) -> float:
@@ -102,14 +117,17 @@ class Agent:
     def sink(self, resource: str, kind: str, value: object) -> None:
         self.inbox.put(WatchEvent(resource, kind, value, self.clock()))
 
-    def stop(self) -> None:
-        """Ends ``run()``. Takes no lock, so a signal handler may call it whatever the loop is doing."""
+    def stop(self, drain: bool = True) -> None:
+        """Ends ``run()``, after a drain unless ``drain`` is False (the daemon then keeps the addresses).
+        Takes no lock, so a signal handler may call it whatever the loop is doing."""
+        if not drain:
+            self._drain_on_stop = False
         self.inbox.stop()
 
     # ---- the loop
     def run(self) -> None:
         self.presence.start_monitor()
-        while not self.inbox.stopping:
+        while not self._over():
             self.last_loop = now = self.clock()
             self.notifier.ping(now)
             retry = self.presence.next_retry()
@@ -119,7 +137,7 @@ class Agent:
             messages = self.inbox.wait(0.0 if self._renewals else wait)
             for message in messages:
                 self._record(message)
-            if self.inbox.stopping:
+            if self._over():
                 break
             due = self.runner.due()
             if due is not None:
@@ -131,7 +149,45 @@ class Agent:
                 shown = "; ".join(map(str, messages[:20]))
                 more = f"; and {len(messages) - 20} more" if len(messages) > 20 else ""
                 log.debug("handled %s%s", shown, more)
-        self.notifier.send("STOPPING=1")
+        if self._drain_ends is None:
+            self.notifier.send("STOPPING=1")
+
+    def _over(self) -> bool:
+        """Whether the loop ends now: at a stop, unless it drains first (then once the drain is over and a
+        sync has withdrawn what drained); at once at a stop during the drain."""
+        if self.inbox.stopping:
+            if self._drain_ends is not None or not self._drains_first():
+                return True
+            self.inbox.take_stop()
+            self._drain_ends = self.clock() + self.config.drain_seconds
+            self._syncs_at_stop = self.sync_count
+            self.tracker.set_stopping()
+            self.runner.changed()
+            held = len(self.presence.held)
+            what = f"{held} address{'' if held == 1 else 'es'}"
+            log.info(
+                "stopping: draining %s for %ds, then withdrawing (a second SIGTERM ends the drain)",
+                what,
+                self.config.drain_seconds,
+            )
+            self.notifier.send("STOPPING=1", f"STATUS=stopping: draining {what}")
+            return False
+        if self._drain_ends is None:
+            return False
+        drained = self.sync_count > self._syncs_at_stop and not self.timers.draining
+        return drained or self.clock() >= self._drain_ends + DRAIN_GRACE
+
+    def _drains_first(self) -> bool:
+        """A stop drains what this agent holds when draining is on and it has the full picture (without,
+        the decision that drains is not there: the addresses are withdrawn at once, as with 0)."""
+        c = self.config
+        return (
+            c.drain_seconds > 0
+            and self._drain_on_stop
+            and not (c.keep_on_exit or c.dry_run)
+            and self.ready
+            and bool(self.presence.held)
+        )
 
     # ---- recording: O(the message)
     def _record(self, m: Message) -> None:
@@ -143,6 +199,8 @@ class Agent:
                 self._changed(m.at)
         else:
             self.tracker.record(m)
+            if m.resource == NODE:
+                self.report.node(self.tracker.node)
             if m.kind == "REPLACE" and m.resource not in self.listed:
                 log.info("initial list of %s done (%d objects)", m.resource, len(m.value))
                 self.listed.add(m.resource)
@@ -179,6 +237,8 @@ class Agent:
         full = kind is Sync.FULL
         touched = self.tracker.update() | self.presence.update(full)
         present, wanted = self.presence.present, self.tracker.announced
+        touched = self.timers.update(touched, present, self.presence.held)
+        self.report.timed(self.timers)
         if full:
             self.placement.prune()
             p = plan(self.placement.desired(), present, self.config, now)
@@ -193,6 +253,7 @@ class Agent:
         self.report.applied(done, self.presence)
         self.placement.record(done)
         self.presence.settle(None if full else touched, wanted)
+        self.runner.wake(self.timers.next_due())
 
     def _keep_what_is_there(self, now: float) -> None:
         """No full picture yet (Services, EndpointSlices and the Node not each listed once): remove nothing,
@@ -214,7 +275,7 @@ class Agent:
             for ip, interface in batch
             if (have := present.get(ip)) is not None
             and have.interface == interface
-            and (len(self.listed) < 3 or ip in self.tracker.announced)
+            and (len(self.listed) < 3 or ip in self.placement)
             and ip not in refused
         ]
         try:

@@ -87,7 +87,7 @@ class ClusterView:
             self._dirty.discard(key)
 
     def set_node(self, node: Node) -> None:
-        seen = (node_reason(node), unselected_pools(node, self.config))
+        seen = (node_reason(node, self.config), unselected_pools(node, self.config))
         if self.nodes.get(node.name) != seen:
             self.nodes[node.name] = seen
             self._all_dirty = True

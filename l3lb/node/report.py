@@ -1,20 +1,24 @@
 """What each change to the interfaces was, and why: one log line and a metric per change, an Event on the
-Service for an announcement or a withdrawal, and a Warning Event when the kernel refuses an address."""
+Service for an announcement, a drain or a withdrawal, and a Warning Event when the kernel refuses an
+address; the hold-downs and drains as they start and end (lines, counters, and gauges of when each ends,
+which ``l3lb status`` reads); and the Node's annotations that cannot be read (a Warning Event on the Node)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..config import CLASS_PREFIX, Config
+from ..config import CLASS_PREFIX, DRAIN_INTERFACE, Config
 from ..metrics import Metrics
-from ..model import Key, fmt_key
+from ..model import Key, Node, fmt_key
 from .decide import NOT_WANTED
 from .presence import Done, Presence
+from .timers import Timers
 from .tracker import Tracker
 
 log = logging.getLogger("l3lb.node.agent")  # its lines are the agent's
@@ -26,7 +30,9 @@ ADDRESS_REFUSED = "AddressRefused"
 
 
 class Recorder(Protocol):
-    def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> None: ...
+    def event(
+        self, key: Key, uid: str, kind: str, reason: str, message: str, involved: str = "Service"
+    ) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,10 @@ class Reporter:
         self.metrics = metrics
         self.events: Recorder | None = None
         """Set once the API side runs (never in dry-run)."""
+        self._noted: tuple[tuple[str, str], ...] = ()
+        """The Node's notes said last: each is said once, until it changes."""
+        self._shown: dict[str, set[str]] = {"pending": set(), "draining": set()}
+        """The IPs with a gauge of when their hold-down or drain ends."""
 
     def applied(self, done: Iterable[Done], presence: Presence) -> None:
         """One line per change of a sync; ``presence.held`` is still what was held before it."""
@@ -65,9 +75,22 @@ class Reporter:
                 log.info("collecting stray %s on %s: it is held on %s", d.ip, d.interface, where)
                 continue
             why = self.why(d.ip)
-            if d.kind == "move":
+            if d.kind in ("add", "move") and d.interface == DRAIN_INTERFACE:
+                m.drains.labels(why.reason).inc()
+                seconds = self.config.drain_seconds
+                log.info("draining %s%s; withdrawn in %ds unless that ends", d.ip, why, seconds)
+                self._event(why, "Normal", "Draining", f"{node} drains {d.ip}: {why.detail}")
+            elif d.kind == "move" and d.source == DRAIN_INTERFACE:
+                m.announcements.labels(why.reason).inc()
+                log.info("assuming %s%s; it was draining", d.ip, why)
+                self._event(why, "Normal", "Announced", f"{node} announces {d.ip}: {why.detail}")
+            elif d.kind == "move":
                 m.moves.inc()
                 log.info("moving %s to %s%s", d.ip, d.interface, why)
+            elif d.kind == "remove" and d.interface == DRAIN_INTERFACE and why.key is not None:
+                m.withdrawals.labels(why.reason).inc()
+                log.info("forfeiting %s%s; it has drained", d.ip, why)
+                self._event(why, "Normal", "Withdrawn", f"{node} withdrew {d.ip}: {why.detail}")
             elif d.kind == "remove" and d.ip in presence.held:
                 m.withdrawals.labels(why.reason).inc()
                 log.info("forfeiting %s%s", d.ip, why)
@@ -98,6 +121,44 @@ class Reporter:
         if r.attempts == 1:
             self._event(why, "Warning", ADDRESS_REFUSED, message.rsplit(";", 1)[0])
 
+    def timed(self, timers: Timers) -> None:
+        """The hold-downs and drains that the last sync started or ended early; the gauges of when each
+        running one ends (Unix time, for ``l3lb status``), kept to the IPs that have one."""
+        m = self.metrics
+        for t in timers.timed:
+            why = self.why(t.ip)
+            if t.kind == "pending":
+                wait = t.at - timers.clock()
+                log.info("holding %s back%s; announced in %.1fs if that lasts (hold-down)", t.ip, why, wait)
+            elif t.kind == "suppressed":
+                m.suppressed.inc()
+                log.info("not announcing %s%s: it lasted %.1fs, less than its hold-down", t.ip, why, t.waited)
+        offset = time.time() - timers.clock()
+        for kind, gauge, running in (
+            ("pending", m.hold_down_until, timers.pending),
+            ("draining", m.drain_until, timers.draining),
+        ):
+            shown = self._shown[kind]
+            for ip in shown - running.keys():
+                gauge.remove(ip)
+            for ip in running.keys() - shown:
+                gauge.labels(ip).set(running[ip] + offset)
+            self._shown[kind] = set(running)
+
+    def node(self, node: Node | None) -> None:
+        """What cannot be read on this node's Node (an l3lb.io/drain value, say): a warning line, a Warning
+        Event on the Node and a conflicts count, once for each value."""
+        notes = node.notes if node is not None else ()
+        if notes == self._noted:
+            return
+        self._noted = notes
+        for reason, message in notes:
+            log.warning("node %s: %s", self.config.node_name, message)
+            self.metrics.conflicts.labels(reason).inc()
+            if self.events is not None:
+                name = self.config.node_name
+                self.events.event(("", name), name, "Warning", reason, message, "Node")
+
     def adopted(self, ips: Iterable[str], presence: Presence) -> None:
         for ip in sorted(ips):
             log.info("adopting %s%s; already on %s", ip, self.why(ip), presence.present[ip].interface)
@@ -125,7 +186,7 @@ class Reporter:
         """The weight gauge of an IP: its class on a class interface, no sample elsewhere."""
         if not self.config.weight_classes:
             return
-        if d.kind in ("add", "move") and d.interface != self.config.interface:
+        if d.kind in ("add", "move") and d.interface.startswith(CLASS_PREFIX):
             self.metrics.weight.labels(d.ip).set(int(d.interface.removeprefix(CLASS_PREFIX)))
         elif d.kind != "duplicate":
             with contextlib.suppress(KeyError):

@@ -2,8 +2,9 @@
 
 Handlers only record: a no-op update (one that leaves the parsed value equal) costs a comparison and marks
 nothing. ``update()`` then re-decides just the Services marked dirty (all of them only when this node's
-eligibility flips) and keeps, per IP, which Services have it, so a shared IP stays announced while any
-of them wants it.
+eligibility flips, or the agent begins to stop) and keeps, per IP, which Services have it, so a shared IP
+stays announced while any of them wants it, and drains while any would announce it but for a graceful
+reason.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Iterable
 from ..config import Config
 from ..model import NODE, SERVICES, SLICES, Key, Node, Service, SliceSummary, WatchEvent, is_ours
 from .decide import (
+    AGENT_STOPPING,
+    GRACEFUL,
     Counts,
     IPDecision,
     ServiceDecision,
@@ -34,13 +37,19 @@ class Tracker:
         same pods, so a dual-stack Service's pods are not counted twice)."""
         self._family_counts: dict[Key, dict[str, Counts]] = {}
         self.node: Node | None = None
-        self.node_why: str | None = node_reason(None)
+        self.stopping = False
+        """The agent is stopping: every IP it holds drains (``set_stopping``)."""
+        self.node_why: str | None = node_reason(None, config)
         self.unselected: frozenset[str] = unselected_pools(None, config)
         self.decisions: dict[Key, ServiceDecision] = {}
         self.by_ip: dict[str, dict[Key, ServiceDecision]] = {}
         self.announced: set[str] = set()
         self.weights: dict[str, int] = {}
         """Announced IPs of Local Services: their weight (most local ready endpoints among the sharers)."""
+        self.holds: dict[str, float] = {}
+        """Announced IPs with a hold-down: seconds their reason to announce must last first."""
+        self.draining: set[str] = set()
+        """IPs not announced for a graceful reason that would be otherwise: they drain before they go."""
         self.released: dict[str, Key] = {}
         """IPs that lost their last Service in the latest update(), with that Service: for log lines."""
         self._dirty: set[Key] = set()
@@ -133,13 +142,23 @@ class Tracker:
         if node == self.node:
             return False
         self.node = node
-        why = node_reason(node)
-        unselected = unselected_pools(node, self.config)
+        self._eligibility()
+        return True
+
+    def set_stopping(self) -> None:
+        """The agent begins to stop: nothing is announced any more, and what would be drains."""
+        self.stopping = True
+        self._eligibility()
+
+    def _eligibility(self) -> None:
+        why = node_reason(self.node, self.config)
+        if self.stopping and (why is None or why in GRACEFUL):
+            why = AGENT_STOPPING
+        unselected = unselected_pools(self.node, self.config)
         if why != self.node_why or unselected != self.unselected:
             self.node_why = why
             self.unselected = unselected
             self._all_dirty = True
-        return True
 
     # ---- deciding
     @property
@@ -182,17 +201,29 @@ class Tracker:
                     self.released.pop(ip, None)
                     touched.add(ip)
         for ip in touched:
-            holders = self.by_ip.get(ip)
-            if holders and any(d.announces(ip) for d in holders.values()):
+            holders = self.by_ip.get(ip) or {}
+            announcing = [d for d in holders.values() if d.announces(ip)]
+            if announcing:
                 self.announced.add(ip)
+                self.draining.discard(ip)
                 weight = ip_weight(holders)
                 if weight:
                     self.weights[ip] = weight
                 else:
                     self.weights.pop(ip, None)
+                hold = min(d.hold_down for d in announcing)
+                if hold:
+                    self.holds[ip] = hold
+                else:
+                    self.holds.pop(ip, None)
             else:
                 self.announced.discard(ip)
                 self.weights.pop(ip, None)
+                self.holds.pop(ip, None)
+                if any(d.drains(ip) for d in holders.values()):
+                    self.draining.add(ip)
+                else:
+                    self.draining.discard(ip)
         return touched
 
     def explain(self, ip: str) -> IPDecision | None:

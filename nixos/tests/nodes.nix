@@ -40,6 +40,8 @@ let
       enable = true;
       inherit prefix;
       addressLifetime = 20;
+      drainSeconds = 10; # the script watches a drain end, and stops l3lb
+      logLevel = "debug"; # "handled ..." lines: what the script waits for before it asserts an absence
       frr = {
         enable = true;
         inherit asn;

@@ -98,16 +98,30 @@ with subtest("two replicas: ECMP at the router"):
     served = {client.succeed(f"curl -sf --max-time 3 http://{VIP}/").strip() for _ in range(30)}
     assert served == {"server", "agent"}, served
 
-with subtest("draining a node withdraws its route"):
+with subtest("a cordon keeps the node serving"):
     server.succeed("k3s kubectl cordon agent")
-    wait_hops({"eth1"})
-    client.succeed(f"curl -sf --max-time 3 http://{VIP}/ | grep -x server")
+    agent.wait_until_succeeds("journalctl -u l3lb.service | grep -q 'handled node SET agent'", timeout=60)
+    time.sleep(3)  # longer than a withdrawal takes to reach the router
+    assert next_hops() == {"eth1", "eth2"}, next_hops()
     server.succeed("k3s kubectl uncordon agent")
+
+with subtest(
+    "the drain annotation moves traffic off gracefully, withdraws after the drain, and comes undone"
+):
+    server.succeed("k3s kubectl annotate node agent l3lb.io/drain=true")
+    wait_hops({"eth1"}, timeout=30)  # GRACEFUL_SHUTDOWN: the router sets LOCAL_PREF 0 (eBGP, FRR)
+    agent.succeed(f"ip -o addr show dev l3lbdrain | grep -w {VIP}")
+    router.succeed(f"vtysh -c 'show bgp ipv4 unicast {VIP}/32' | grep graceful-shutdown")
+    client.succeed(f"curl -sf --max-time 3 http://{VIP}/ | grep -x server")
+    agent.wait_until_fails(f"ip -o addr show dev l3lbdrain | grep -w {VIP}", timeout=30)
+    router.wait_until_fails(f"vtysh -c 'show bgp ipv4 unicast {VIP}/32' | grep graceful-shutdown", timeout=30)
+    server.succeed("k3s kubectl annotate node agent l3lb.io/drain-")
     wait_hops({"eth1", "eth2"})
 
-with subtest("stopping l3lb withdraws its routes, and it stays stopped"):
-    agent.succeed("systemctl stop l3lb")
+with subtest("stopping l3lb drains, then withdraws its routes, and it stays stopped"):
+    agent.succeed("systemctl stop l3lb")  # returns once the drain is over (TimeoutStopSec leaves room)
     wait_hops({"eth1"})
-    agent.succeed(f"! ip -o addr show dev lo | grep -w {VIP}")
+    agent.succeed(f"! ip -o addr show | grep -w {VIP}")
+    agent.succeed("journalctl -u l3lb.service | grep 'stopping: draining 1 address for 10s'")
     time.sleep(5)
     agent.fail("systemctl is-active l3lb")

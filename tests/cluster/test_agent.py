@@ -12,8 +12,10 @@ from agents import Lab, SimNode, wait_addresses
 from kubelet import (
     cordon,
     create_lb_service,
+    create_node,
     create_pod,
     delete_pod_now,
+    set_node_annotation,
     set_node_label,
     set_node_ready,
     set_node_taints,
@@ -66,48 +68,148 @@ def test_local_policy_follows_local_readiness(lab: Lab) -> None:
 
 
 def test_cluster_policy_every_eligible_node_while_any_endpoint_is_ready(lab: Lab) -> None:
+    """A NotReady node announces too: since KEP-3458 Kubernetes keeps NotReady nodes in its load balancers
+    (a kubelet that stops reporting says nothing of the node's data plane)."""
     a, b = lab.node("a"), lab.node("b")
-    lab.node("notready", ready=False)
-    a.wait_synced()
-    b.wait_synced()  # so that each sees the Service come and get its IP as watch events
+    notready = lab.node("notready", ready=False)
+    for node in lab.nodes:
+        node.wait_synced()  # so that each sees the Service come and get its IP as watch events
     ip = _service(lab, policy="Cluster")
-    for node in (a, b):  # once each has acted on the Service with its IP: no ready endpoint anywhere yet
+    for node in lab.nodes:  # once each has acted on the Service with its IP: no ready endpoint anywhere yet
         node.wait_handled(f"services SET {lab.namespace}/web [{ip}]")
-    assert a.addresses() == b.addresses() == set()
+    assert a.addresses() == b.addresses() == notready.addresses() == set()
     pod = _pod(lab, a, 1)
-    wait_addresses(a, {ip})
-    wait_addresses(b, {ip})
-    wait_addresses(lab.nodes[2], set())
-    set_node_ready(lab.core, lab.nodes[2].name, True)
-    wait_addresses(lab.nodes[2], {ip})
+    for node in lab.nodes:
+        wait_addresses(node, {ip})
     set_pod_ready(lab.core, lab.namespace, pod, False)
     for node in lab.nodes:
         wait_addresses(node, set())
 
 
-@pytest.mark.parametrize("how", ["exclude-label", "cordon", "autoscaler-taint", "not-ready"])
+EXCLUDE = "node.kubernetes.io/exclude-from-external-load-balancers"
+TAINT = [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]
+HOLD = "example.com/hold"
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["exclude-label", "exclude-label-karpenter", "autoscaler-taint", "deleting", "drain", "cordon-flag"],
+)
 def test_an_ineligible_node_withdraws_everything(lab: Lab, how: str) -> None:
-    a = lab.node("a")
+    """Each rule that takes a node out, as Kubernetes' service controller and kube-proxy read the Node
+    (without --drain-seconds: withdrawn at once); cordon only with --withdraw-on-cordon."""
+    a = lab.node("a", args=("--address-lifetime", "30", "--withdraw-on-cordon"))
     ip1 = _service(lab, "local")
     ip2 = _service(lab, "cluster", ip=lab.ip(11), policy="Cluster")
     _pod(lab, a, 1)
     wait_addresses(a, {ip1, ip2})
     if how == "exclude-label":
-        set_node_label(lab.core, a.name, "node.kubernetes.io/exclude-from-external-load-balancers", "true")
-    elif how == "cordon":
-        cordon(lab.core, a.name)
+        set_node_label(lab.core, a.name, EXCLUDE, "true")
+    elif how == "exclude-label-karpenter":  # Karpenter's value: not a boolean, so excluded (1.34+)
+        set_node_label(lab.core, a.name, EXCLUDE, "karpenter")
     elif how == "autoscaler-taint":
-        set_node_taints(
-            lab.core,
-            a.name,
-            [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}],
-        )
+        set_node_taints(lab.core, a.name, TAINT)
+    elif how == "deleting":  # a finalizer keeps it, with its deletionTimestamp, until the test lets it go
+        lab.core.patch_node(a.name, {"metadata": {"finalizers": [HOLD]}})
+        lab.core.delete_node(a.name)
+    elif how == "drain":
+        set_node_annotation(lab.core, a.name, "l3lb.io/drain", "true")
     else:
-        set_node_ready(lab.core, a.name, False)
-    wait_addresses(a, set())
-    if how == "cordon":
-        cordon(lab.core, a.name, False)
+        cordon(lab.core, a.name)
+    try:
+        wait_addresses(a, set())
+        reason = {
+            "exclude-label": "nodeExcluded",
+            "exclude-label-karpenter": "nodeExcluded",
+            "autoscaler-taint": "nodeToBeDeleted",
+            "deleting": "nodeDeleting",
+            "drain": "nodeDraining",
+            "cordon-flag": "nodeCordoned",
+        }[how]
+        assert f'l3lb_withdrawals_total{{reason="{reason}"}}' in a.metrics()
+    finally:
+        if how == "deleting":
+            lab.core.patch_node(a.name, {"metadata": {"finalizers": None}})
+            wait_for(lambda: a.name not in {n.metadata.name for n in lab.core.list_node().items})
+            create_node(lab.core, a.name)  # for the lab's own clean-up
+    if how == "drain":
+        set_node_annotation(lab.core, a.name, "l3lb.io/drain", None)
         wait_addresses(a, {ip1, ip2})
+
+
+def test_what_keeps_a_node_announcing(lab: Lab) -> None:
+    """A cordon (Kubernetes since 1.19, kubernetes#90823; MetalLB reverted the same withdrawal, #2715), a
+    NotReady node (KEP-3458), the exclude label set to "false" (1.34+), and a drain annotation that is no
+    boolean (a Warning Event on the Node, once): the node keeps announcing, without a flap."""
+    a = lab.node("a")
+    ip1 = _service(lab, "local")
+    ip2 = _service(lab, "cluster", ip=lab.ip(11), policy="Cluster")
+    _pod(lab, a, 1)
+    wait_addresses(a, {ip1, ip2})
+    monitor = subprocess.Popen(a.ns.argv(["ip", "monitor", "address"]), stdout=subprocess.PIPE, text=True)
+    try:
+        mark = a.mark()
+        cordon(lab.core, a.name)
+        set_node_ready(lab.core, a.name, False)
+        set_node_label(lab.core, a.name, EXCLUDE, "false")
+        set_node_annotation(lab.core, a.name, "l3lb.io/drain", "yes")
+        a.wait_handled(f"node SET {a.name}", since=mark)
+        (warning,) = wait_for(
+            lambda: [
+                e
+                for e in lab.core.list_namespaced_event("default").items
+                if e.reason == "InvalidAnnotation" and e.involved_object.name == a.name
+            ],
+            what="a Warning Event on the Node",
+        )
+        assert (
+            warning.type == "Warning" and "l3lb.io/drain: 'yes' is neither true nor false" in warning.message
+        )
+        assert "the node does not drain" in a.log()
+    finally:
+        monitor.terminate()
+    assert "Deleted" not in monitor.communicate(timeout=5)[0]
+    assert a.addresses() == {ip1, ip2}
+
+
+def test_a_drain_moves_the_addresses_to_l3lbdrain_then_withdraws_and_undrain_brings_them_back(
+    lab: Lab,
+) -> None:
+    """--drain-seconds 3 and l3lb.io/drain=true: the addresses leave lo for l3lbdrain at once and go from
+    there 3 s later; without the annotation they come back on lo. SIGTERM drains the same way, and the
+    agent exits 0 once the drain is over."""
+    a = lab.node("a", args=("--address-lifetime", "30", "--drain-seconds", "3"))
+    ip1 = _service(lab, "local")
+    ip2 = _service(lab, "cluster", ip=lab.ip(11), policy="Cluster")
+    _pod(lab, a, 1)
+    wait_addresses(a, {ip1, ip2})
+    set_node_annotation(lab.core, a.name, "l3lb.io/drain", "true")
+    start = time.monotonic()
+    wait_for(lambda: a.ns.host_addresses("l3lbdrain") == {ip1, ip2}, what="the addresses on l3lbdrain")
+    assert a.addresses() == set(), "moved, not copied"
+    wait_for(lambda: not a.ns.host_addresses("l3lbdrain"), timeout=10, what="the drain to end")
+    assert 2.5 < time.monotonic() - start < 5
+    assert a.addresses() == set() and "forfeiting" in a.log() and "it has drained" in a.log()
+    set_node_annotation(lab.core, a.name, "l3lb.io/drain", None)
+    wait_addresses(a, {ip1, ip2})
+
+    stopped = time.monotonic()
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: a.ns.host_addresses("l3lbdrain") == {ip1, ip2}, what="the stop's drain")
+    assert a.addresses() == set()
+    assert a.proc.wait(15) == 0
+    a.ns.procs.remove(a.proc)
+    assert 2.5 < time.monotonic() - stopped < 6, "it exits when the drain is over"
+    assert a.addresses() == set() and not a.ns.host_addresses("l3lbdrain")
+
+    a.start("--drain-seconds", "30")
+    wait_addresses(a, {ip1, ip2})
+    a.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: a.ns.host_addresses("l3lbdrain") == {ip1, ip2}, what="the stop's drain")
+    stopped = time.monotonic()
+    assert a.signal(signal.SIGTERM) == 0, "a second SIGTERM ends the drain"
+    assert time.monotonic() - stopped < 3 and not a.ns.host_addresses("l3lbdrain")
 
 
 def test_class_filtering(lab: Lab) -> None:

@@ -27,6 +27,7 @@ def lab(frr_lab: Lab) -> Iterator[Lab]:
         if node.agent is None or node.agent.poll() is not None:
             node.start_agent()
         frr_lab.cordon(node.name, False)
+        frr_lab.drain(node.name, False)
         frr_lab.set_ready(node.name, node.name == "node1")
     frr_lab.node("node1").ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")
     frr_lab.node("node1").ns.sysctl("net.ipv4.conf.all.arp_announce", "2")
@@ -65,10 +66,18 @@ def test_status_of_another_node_from_the_api_alone(lab: Lab) -> None:
     assert row["on_interface"] is None and row["frr"] == {}
     table = lab.l3lb("node1", "status", "--node", "node2", check=True).stdout
     assert "node node2 (from the API alone)" in table and "noLocalReadyEndpoint" in table
+
+    def reason(*args: str) -> str:
+        out = lab.l3lb("node1", "status", "--node", "node2", "-o", "json", *args, check=True)
+        (row,) = [r for r in json.loads(out.stdout)["services"] if r["service"] == f"{NAMESPACE}/echo"]
+        return str(row["reason"])
+
     lab.cordon("node2")
-    out = lab.l3lb("node1", "status", "--node", "node2", "-o", "json", check=True)
-    (row,) = [r for r in json.loads(out.stdout)["services"] if r["service"] == f"{NAMESPACE}/echo"]
-    assert row["reason"] == "nodeCordoned"
+    assert reason() == "noLocalReadyEndpoint", "a cordon is no reason"
+    assert reason("--withdraw-on-cordon") == "nodeCordoned", "unless the agents are told so"
+    lab.drain("node2")
+    assert reason() == "nodeDraining"
+    lab.drain("node2", False)
 
 
 def test_check_passes_on_a_healthy_node(lab: Lab) -> None:

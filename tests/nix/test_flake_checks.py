@@ -134,9 +134,10 @@ def test_the_nodes_frr_config_is_the_modules_alone_with_policy_kept(name: str) -
     prefixes, asn = nix_list([node["l3lb"]["prefix"]]), node["l3lb"]["asn"]
     (iface,) = bgp_interfaces(node["frrConfig"])
     uplinks = f'{{ interfaces = [ "{iface}" ]; routerId = "10.255.0.{asn - 65000}"; }}'
-    args = f"prefixes = {prefixes}; asn = {asn}; uplinks = {uplinks}; workQueue = 0;"
+    args = f"prefixes = {prefixes}; asn = {asn}; uplinks = {uplinks}; workQueue = 0; drain = true;"
     snippet = nix_eval(f"import ./nixos/frr.nix {{ {args} }}")
     assert node["frrConfig"] == snippet
+    assert " set community graceful-shutdown additive" in snippet, "drainSeconds 10: the drain entry"
     assert " neighbor L3LB-UPLINKS bfd profile L3LB-UPLINKS" in snippet
     for n in vm_nodes().values():
         assert "no bgp ebgp-requires-policy" not in n["frrConfig"]

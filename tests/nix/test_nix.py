@@ -100,16 +100,23 @@ FRR_PREFIXES = ["10.0.100.0/24", "fd00:100::/64", "10.0.200.7/32"]
 
 @pytest.mark.root
 @pytest.mark.frr
-@pytest.mark.parametrize("classes", [0, 4], ids=["plain", "weighted"])
-def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path, classes: int) -> None:
-    """Both families and a host-length prefix, without and with weight classes: FRR keeps every line (it
-    drops what it rejects), and l3lb check finds everything it looks for in the running config."""
+@pytest.mark.parametrize(
+    ("classes", "drain"),
+    [(0, False), (4, False), (0, True), (4, True)],
+    ids=["plain", "weighted", "drain", "both"],
+)
+def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path, classes: int, drain: bool) -> None:
+    """Both families and a host-length prefix, without and with weight classes and the drain entry: FRR
+    keeps every line (it drops what it rejects), and l3lb check finds everything it looks for in the
+    running config."""
     snippet = nix_eval(
-        f"import ./nixos/frr.nix {{ prefixes = {nix_list(FRR_PREFIXES)}; asn = 65101; classes = {classes}; }}"
+        f"import ./nixos/frr.nix {{ prefixes = {nix_list(FRR_PREFIXES)}; asn = 65101; classes = {classes}; "
+        f"drain = {'true' if drain else 'false'}; }}"
     )
+    assert ("graceful-shutdown" in snippet) is drain
     with NetNS(workdir) as ns:
         frr = Frr(
-            ns, workdir / f"frr-snippet-{classes}"
+            ns, workdir / f"frr-snippet-{classes}-{drain}"
         )  # under workdir: FRR runs as user frr, must reach it
         frr.start("frr defaults datacenter\nhostname t\n", "frr defaults datacenter\nhostname t\n" + snippet)
         prefixes = parse_prefixes(FRR_PREFIXES)
@@ -117,7 +124,11 @@ def test_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path, classes: int
 
         def complete() -> str | None:
             running = frr.vtysh("show running-config")
-            return running if not check_config(running, prefixes, names) else None
+            return (
+                running
+                if not check_config(running, prefixes, names, "l3lbdrain" if drain else None)
+                else None
+            )
 
         running = wait_for(complete, what="bgpd to load the whole snippet")
     for line in snippet.splitlines():
@@ -293,7 +304,8 @@ def test_module_on_a_k3s_agent_and_server() -> None:
     assert server["unit"]["unitConfig"] == {"ConditionPathExists": "/var/lib/l3lb/kubeconfig"}
     assert server["path"]["pathConfig"] == {"PathChanged": "/var/lib/l3lb/kubeconfig", "Unit": "l3lb.service"}
     assert server["k3sDisable"] == ["servicelb"] and server["firewall"] == [9655]
-    assert server["kernelModules"] == [] and "--weighted" not in exec_argv(server["unit"])
+    assert server["kernelModules"] == ["dummy"], "for l3lbdrain (drainSeconds 40 by default)"
+    assert "--weighted" not in exec_argv(server["unit"])
 
     admin = eval_module(
         '{ services.k3s.enable = true; services.l3lb = { enable = true; prefix = "10.0.100.0/24"; '
@@ -330,6 +342,41 @@ def test_module_assertions_say_what_to_fix() -> None:
         "k3sIdentity.enable = true; }; }"
     )
     assert "services.l3lb.k3sIdentity needs a k3s server" in " ".join(identity["failedAssertions"])
+
+
+@pytest.mark.nixpkgs_lib
+def test_the_lifecycle_options_reach_the_agent_the_unit_frr_and_the_cli() -> None:
+    """drainSeconds (40 by default): the agent's --drain-seconds, TimeoutStopSec leaves it room, FRR gets
+    the drain entry, the dummy driver is loaded; 0 turns all of it off. announceHoldDown and
+    withdrawOnCordon reach the agent, and l3lb status/check see them through L3LB_* variables."""
+    node = 'services.l3lb = { enable = true; prefix = "10.0.100.0/24"; kubeconfig = "/k";'
+    default = eval_module(f"{{ {node} frr = {{ enable = true; asn = 65101; }}; }}; }}")
+    argv = exec_argv(default["unit"])
+    assert option(argv, "--drain-seconds") == "40" and option(argv, "--announce-hold-down") == "0"
+    assert "--withdraw-on-cordon" not in argv
+    assert default["unit"]["serviceConfig"]["TimeoutStopSec"] == 60
+    assert " match interface l3lbdrain\n set community graceful-shutdown additive" in default["frrConfig"]
+    assert default["kernelModules"] == ["dummy"]
+    assert default["variables"]["L3LB_DRAIN_SECONDS"] == "40"
+    assert default["variables"]["L3LB_METRICS_ADDRESS"] == "127.0.0.1:9655"
+    assert "L3LB_WITHDRAW_ON_CORDON" not in default["variables"]
+
+    set_ = eval_module(
+        f"{{ {node} drainSeconds = 0; announceHoldDown = 10; withdrawOnCordon = true; "
+        "metrics.enable = false; frr = { enable = true; asn = 65101; }; }; }"
+    )
+    argv = exec_argv(set_["unit"])
+    assert option(argv, "--drain-seconds") == "0" and option(argv, "--announce-hold-down") == "10"
+    assert "--withdraw-on-cordon" in argv
+    assert set_["unit"]["serviceConfig"]["TimeoutStopSec"] == 20
+    assert "l3lbdrain" not in set_["frrConfig"] and "match interface" not in set_["frrConfig"]
+    assert set_["kernelModules"] == []
+    assert set_["variables"]["L3LB_WITHDRAW_ON_CORDON"] == "1"
+    assert "L3LB_METRICS_ADDRESS" not in set_["variables"]
+
+    with pytest.raises(subprocess.CalledProcessError) as bad:
+        eval_module(f"{{ {node} announceHoldDown = -1; }}; }}")
+    assert "services.l3lb.announceHoldDown" in bad.value.stderr, "a negative hold-down does not evaluate"
 
 
 # ---- what other modules, the user and k3s do beside the module (each of these failed before)
@@ -439,8 +486,8 @@ def test_module_with_two_pools() -> None:
     assert (
         "route-map L3LB-V4 permit 10\n match ip address prefix-list L3LB-V4-internet\n"
         " set community 65000:100 65000:666\n set large-community 65000:1:100\n"
-        " set as-path prepend 65101\nexit"
-    ) in frr
+        " set as-path prepend 65101\n on-match goto 1010\nexit"
+    ) in frr, "on to the interface entries: the drain's, by default"
     assert "L3LB-V4-internal" not in frr, "a pool without attributes has no entry of its own"
     both = eval_module(
         '{ services.l3lb = { enable = true; kubeconfig = "/k"; prefix = "10.0.0.0/24"; '
@@ -482,7 +529,7 @@ def test_two_pool_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> 
     snippet = nix_eval(
         f"let p = import ./nixos/pools.nix {{ pools = {TWO_POOLS_NIX}; }}; in import ./nixos/frr.nix "
         "{ prefixes = builtins.concatMap (x: x.prefixes) p.ordered; pools = p.ordered; asn = 65101; "
-        "classes = 2; }"
+        "classes = 2; drain = true; }"
     )
     assert "on-match goto 1010" in snippet
     with NetNS(workdir) as ns:
@@ -492,7 +539,8 @@ def test_two_pool_frr_snippet_is_accepted_whole_by_a_real_frr(workdir: Path) -> 
 
         def complete() -> str | None:
             running = frr.vtysh("show running-config")
-            return running if not check_config(running, prefixes, ("l3lbw1", "l3lbw2")) else None
+            missing = check_config(running, prefixes, ("l3lbw1", "l3lbw2"), "l3lbdrain")
+            return running if not missing else None
 
         running = wait_for(complete, what="bgpd to load the whole snippet")
     for line in snippet.splitlines():

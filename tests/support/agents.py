@@ -26,7 +26,8 @@ _prefixes = itertools.count(1)
 def agent_argv(
     prefixes: list[str], node: str, kubeconfig: Path, lease_namespace: str, *extra: str
 ) -> list[str]:
-    """``l3lb run`` as a simulated node runs it, under the given identity and Lease namespace."""
+    """``l3lb run`` as a simulated node runs it, under the given identity and Lease namespace. Without a
+    drain (``--drain-seconds 0``) unless ``extra`` asks for one: the tests of stops that drain say so."""
     argv = [sys.executable, "-m", "l3lb", "run"]
     for prefix in prefixes:
         argv += ["--prefix", prefix]
@@ -38,6 +39,8 @@ def agent_argv(
         str(kubeconfig),
         "--lease-namespace",
         lease_namespace,
+        "--drain-seconds",
+        "0",
         *extra,
     ]
 

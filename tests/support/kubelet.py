@@ -53,6 +53,11 @@ def set_node_label(core: client.CoreV1Api, name: str, key: str, value: str | Non
     core.patch_node(name, {"metadata": {"labels": {key: value}}})
 
 
+def set_node_annotation(core: client.CoreV1Api, name: str, key: str, value: str | None) -> None:
+    """``kubectl annotate node NAME KEY=VALUE`` (None: ``KEY-``)."""
+    core.patch_node(name, {"metadata": {"annotations": {key: value}}})
+
+
 def create_pod(
     core: client.CoreV1Api,
     namespace: str,

@@ -46,7 +46,16 @@ from pathlib import Path
 from typing import Any
 
 from agents import agent_argv
-from kubelet import cordon, create_lb_service, create_node, create_pod, grant_leases, set_pod_ready
+from kubelet import (
+    cordon,
+    create_lb_service,
+    create_node,
+    create_pod,
+    grant_leases,
+    set_node_annotation,
+    set_pod_ready,
+    wait_for,
+)
 from kubernetes import client, config, utils
 from netns import ApiRelay, NetlinkWatch, NetNS, ip
 from testenv import NIXPKGS_LIB, ControlPlane
@@ -88,9 +97,32 @@ for _ in range(n):
     try:
         c = http.client.HTTPConnection(ip, port, timeout=2); c.request("GET", "/")
         seen[c.getresponse().read().decode()] += 1; c.close()
+        if (took := time.monotonic() - start - t) > 0.5:
+            slow.append((round(t, 3), round(took, 3)))
     except OSError as e:
         seen["error: " + type(e).__name__] += 1
 print(json.dumps(seen))
+"""
+
+
+REQUESTS = """
+import collections, http.client, json, sys, time
+ip, port, seconds, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+seen, errors, slow = collections.Counter(), [], []
+start = time.monotonic()
+n = 0
+while (now := time.monotonic()) < start + seconds:
+    time.sleep(max(0.0, start + n / rate - now))
+    n += 1
+    t = time.monotonic() - start
+    try:
+        c = http.client.HTTPConnection(ip, port, timeout=2); c.request("GET", "/")
+        seen[c.getresponse().read().decode()] += 1; c.close()
+        if (took := time.monotonic() - start - t) > 0.5:
+            slow.append((round(t, 3), round(took, 3)))
+    except OSError as e:
+        errors.append((round(t, 3), type(e).__name__))
+print(json.dumps({"served": seen, "errors": errors, "slow": slow, "requests": n}))
 """
 
 
@@ -100,10 +132,12 @@ def frr_snippet(
     classes: int = 0,
     pools: list[dict] | None = None,
     uplinks: dict | None = None,
+    drain: bool = True,
 ) -> str:
     """What the NixOS module appends to services.frr.config, from its pure Nix function; ``pools`` as the
-    module passes them (name, prefixes, bgp attributes); ``uplinks`` as frr.nix takes it (None: null)."""
-    args = f"prefixes = {nix_list(prefixes)}; asn = {asn}; classes = {classes};"
+    module passes them (name, prefixes, bgp attributes); ``uplinks`` as frr.nix takes it (None: null);
+    ``drain``: the drain entry, as the module renders it by default."""
+    args = f"prefixes = {nix_list(prefixes)}; asn = {asn}; classes = {classes}; drain = {str(drain).lower()};"
     if pools:
         args += f" pools = builtins.fromJSON {json.dumps(json.dumps(pools))};"
     if uplinks is not None:
@@ -386,9 +420,13 @@ class Lab:
         router_bfd: bool = False,
         switch: bool = False,
         cluster: bool = True,
+        drain_seconds: int = 0,
         log=print,
     ) -> None:  # type: ignore[no-untyped-def]
         self.n = nodes
+        self.drain_seconds = drain_seconds
+        """The agents' --drain-seconds (their FRR config has the drain entry whatever it is, as the module
+        renders it by default)."""
         if uplinks is None and os.environ.get("L3LB_LAB_UPLINKS") == "1":
             uplinks, router_bfd = {}, True  # to try any lab test on the rendered uplinks config
         self.frr_pools = frr_pools
@@ -520,6 +558,10 @@ class Lab:
                 NAMESPACE,
                 "--address-lifetime",
                 str(self.address_lifetime),
+                "--drain-seconds",
+                str(self.drain_seconds),
+                "--log-level",
+                "debug",  # "handled ..." lines: what a test waits for before it asserts an absence
                 *weighted,
             )
         node = LabNode(name, i, ns, Frr(ns, self.workdir / f"frr-{name}"), uplink, argv)
@@ -619,18 +661,26 @@ exit
     def node(self, name: str) -> LabNode:
         return next(n for n in self.nodes if n.name == name)
 
-    def create_service(self, name: str = "echo", ip: str = f"{VIP},{VIP6}", policy: str = "Local") -> None:
+    def create_service(
+        self,
+        name: str = "echo",
+        ip: str = f"{VIP},{VIP6}",
+        policy: str = "Local",
+        annotations: dict[str, str] | None = None,
+        selector: dict[str, str] | None = None,
+    ) -> None:
         """A LoadBalancer Service asking for ``ip`` (both families by default: a dual-stack Service)."""
         create_lb_service(
             self.core,
             NAMESPACE,
             name,
-            selector=APP,
+            selector=selector or APP,
             policy=policy,
             ips=ip,
             port=HTTP_PORT,
             target_port=HTTP_PORT,
             families=["IPv4", "IPv6"] if "," in ip else None,
+            annotations=annotations,
         )
 
     def set_ready(self, node: str, ready: bool) -> None:
@@ -674,6 +724,55 @@ exit
     def cordon(self, node: str, on: bool = True) -> None:
         cordon(self.core, node, on)
 
+    def drain(self, node: str, on: bool = True) -> None:
+        """``kubectl annotate node NODE l3lb.io/drain=true`` (off: ``l3lb.io/drain-``)."""
+        set_node_annotation(self.core, node, "l3lb.io/drain", "true" if on else None)
+
+    def wait_handled(self, node: str, what: str, since: int = 0, timeout: float = 15.0) -> None:
+        """Waits until the agent on ``node`` has acted on a message (its debug line "handled ... <what>"),
+        looking in its log from offset ``since`` (``len(agent_log())`` before the change)."""
+        n = self.node(node)
+        wait_for(
+            lambda: any("handled" in line and what in line for line in n.agent_log()[since:].splitlines()),
+            timeout=timeout,
+            what=f"{node}'s agent to handle {what}",
+        )
+
+    def router_honours_graceful_shutdown(self, on: bool) -> None:
+        """FRR lowers LOCAL_PREF to 0 by itself for a path it receives over eBGP with GRACEFUL_SHUTDOWN
+        (bgp_update() in bgpd/bgp_route.c, after the inbound route-map). Off: the router's inbound
+        route-maps delete the community first, as a router that does not honour it would ignore it; the
+        routes are then asked for again (route refresh)."""
+        cmds = ["configure terminal", "bgp community-list standard GSHUT seq 5 permit graceful-shutdown"]
+        for rm in ("FROM-NODES", "FROM-NODES6"):
+            cmds += [f"route-map {rm} permit 10", f"{'no ' if on else ''}set comm-list GSHUT delete", "exit"]
+        cmds += ["end", "clear bgp ipv4 unicast * soft in", "clear bgp ipv6 unicast * soft in"]
+        self.router_frr.vtysh(*cmds)
+
+    def router_paths(self, ip: str = VIP) -> dict[str, dict[str, Any]]:
+        """The router's BGP paths to ``ip`` by node: {"localpref", "community", "multipath", "best"}."""
+        v6 = ":" in ip
+        host = f"{ip}/{128 if v6 else 32}"
+        data = self.router_frr.vtysh_json(f"show bgp {'ipv6' if v6 else 'ipv4'} unicast {host} json")
+        names = {n.uplink: n.name for n in self.nodes}
+        out = {}
+        for p in data.get("paths") or []:
+            peer = p.get("peer", {}).get("interface") or p.get("peer", {}).get("hostname", "?")
+            out[names.get(peer, peer)] = {
+                "localpref": p.get("locPrf", p.get("localpref")),
+                "community": (p.get("community") or {}).get("string", ""),
+                "multipath": bool(p.get("multipath")),
+                "best": bool((p.get("bestpath") or {}).get("overall")),
+            }
+        return out
+
+    def requests(self, ip: str, seconds: float, rate: float = 20.0) -> subprocess.Popen:
+        """A client that makes ``rate`` HTTP requests a second to ``ip`` for ``seconds``, each on a new
+        connection, in the background; ``requests_result`` reads what it saw."""
+        return self.client.popen(
+            [PY, "-c", REQUESTS, ip, str(HTTP_PORT), str(seconds), str(rate)], "requests"
+        )
+
     def signal_agent(self, node: str, sig: signal.Signals) -> int | None:
         n = self.node(node)
         assert n.agent is not None
@@ -687,8 +786,9 @@ exit
         return [n.name for n in self.nodes if self.held(n.name, ip)]
 
     def held(self, node: str, ip: str = VIP) -> set[str]:
-        """The interfaces of ``node`` that hold ``ip``: ``lo`` and, with weight classes, ``l3lbwN``."""
-        devs = {"lo", *(f"l3lbw{w}" for w in range(1, self.weight_classes + 1))}
+        """The interfaces of ``node`` that hold ``ip``: ``lo``, ``l3lbdrain`` and, with weight classes,
+        ``l3lbwN``."""
+        devs = {"lo", "l3lbdrain", *(f"l3lbw{w}" for w in range(1, self.weight_classes + 1))}
         links = json.loads(ip_json(self.node(node).ns, "addr", "show") or "[]")
         return {
             link["ifname"]
@@ -748,6 +848,16 @@ exit
         if "--vty-socket" not in args and args[0] in ("status", "check"):
             argv += ["--vty-socket", str(n.frr.dir)]
         return n.ns.run(argv, check=check)
+
+    def requests_result(self, proc: subprocess.Popen) -> dict[str, Any]:
+        """{"served": {node: count}, "errors": [[seconds since its start, error]], "slow": [[seconds since
+        its start, seconds it took]] of those that took over 0.5 s,
+        "requests": n}."""
+        proc.wait(120)
+        self.client.procs.remove(proc)
+        assert self.client.logdir is not None
+        log = self.client.logdir / f"{self.client.name}-requests.log"
+        return dict(json.loads(log.read_text().strip().splitlines()[-1]))
 
     def curl(self, ip: str = VIP, flows: int = 1) -> Counter[str]:
         """``flows`` HTTP requests from the client, each on a new connection (a new source port)."""

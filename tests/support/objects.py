@@ -13,17 +13,16 @@ def svc_obj(
     svc_type: str = "LoadBalancer",
     ns: str = "default",
     ann: str | None = None,
+    hold: str | None = None,
 ) -> dict:
     spec = {"type": svc_type, "externalTrafficPolicy": policy}
     if lb_class:
         spec["loadBalancerClass"] = lb_class
+    annotations = {"l3lb.io/load-balancer-ips": ann} if ann is not None else {}
+    if hold is not None:
+        annotations["l3lb.io/announce-hold-down"] = hold
     return {
-        "metadata": {
-            "namespace": ns,
-            "name": name,
-            "uid": f"uid-{name}",
-            "annotations": {"l3lb.io/load-balancer-ips": ann} if ann is not None else {},
-        },
+        "metadata": {"namespace": ns, "name": name, "uid": f"uid-{name}", "annotations": annotations},
         "spec": spec,
         "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}},
     }
@@ -45,10 +44,19 @@ def slice_obj(
 
 
 def node_obj(
-    *, ready: bool = True, labels: dict | None = None, unschedulable: bool = False, taints: list | None = None
+    *,
+    ready: bool = True,
+    labels: dict | None = None,
+    unschedulable: bool = False,
+    taints: list | None = None,
+    annotations: dict | None = None,
+    deleting: bool = False,
 ) -> dict:
+    meta: dict = {"name": "n1", "labels": labels or {}, "annotations": annotations or {}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     return {
-        "metadata": {"name": "n1", "labels": labels or {}},
+        "metadata": meta,
         "spec": {"unschedulable": unschedulable, "taints": taints or []},
         "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }

@@ -4,9 +4,11 @@ from outside the agents:
 
 - I1: no address outside the prefix, or not host-length, is ever changed except by the soak itself
   (netlink events of every node, followed as they happen);
-- I2: after each fault, within a bound stated per fault kind, each node's lo and the router's next hops
-  equal what the API says (an oracle written here, independent of l3lb's own decision code), and the
-  client reaches every announced Service on a node that should announce it;
+- I2: after each fault, within a bound stated per fault kind, each node's lo (and its class and drain
+  interfaces) and the router's next hops equal what the API says (an oracle written here, independent of
+  l3lb's own decision code: a node announces unless its agent is down, it is excluded by label, tainted
+  ToBeDeletedByClusterAutoscaler, being deleted or annotated l3lb.io/drain; cordons and Ready are no
+  reason), and the client reaches every announced Service on a node that should announce it;
 - I3: no IP is ever on two Services except by the sharing rules, and a live Service's IP never moves unless
   the soak changed its request, type or class (the API, polled twice a second);
 - I4: no agent exits unless the soak stopped it, and /healthz never fails (no fault here lasts long enough
@@ -17,9 +19,13 @@ can delete that interface under them (``class-interface-delete``); ``monitor-los
 netlink monitor buffer from outside (its socket, taken with pidfd_getfd) and floods it with address
 changes until the kernel drops notifications, and removes one of the agent's addresses in that flood.
 
+The agents drain for DRAIN seconds: ``drain`` and ``undrain`` annotate a node and take the annotation away,
+and a SIGTERM drains before the agent exits; a draining address sits on ``l3lbdrain`` until then, which
+convergence waits out. A cordon changes nothing any more.
+
 Faults are injected one at a time, each followed by its convergence; many leave state behind (agents down,
-nodes cordoned, the apiserver down, addresses added by hand), so they mix. ``bench/soak.py`` runs it for
-minutes; ``tests/lab/test_soak.py`` for a minute in ``make test``.
+nodes cordoned or drained, the apiserver down, addresses added by hand), so they mix. ``bench/soak.py`` runs
+it for minutes; ``tests/lab/test_soak.py`` for a minute in ``make test``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from kubelet import (
     create_pod,
     delete_pod_now,
     lease_holder,
+    set_node_annotation,
     set_node_label,
     set_pod_ready,
 )
@@ -61,6 +68,9 @@ SEEDS = pytest.StashKey[list[str]]()
 """The soaks' tables (with their seeds) of a pytest session, printed at its end by tests/conftest.py."""
 OTHER_CLASS = "example.com/other"
 EXCLUDE = "node.kubernetes.io/exclude-from-external-load-balancers"
+DRAIN_ANNOTATION = "l3lb.io/drain"
+DRAIN = 2
+"""The agents' --drain-seconds."""
 SHARE = "l3lb.io/allow-shared-ip"
 REQUEST = "l3lb.io/load-balancer-ips"
 MAX_SERVICES = 6
@@ -196,6 +206,8 @@ class Soak:
         self._conflicts: dict[str, float] = {}  # IP -> when two Services were first seen on it
         self.started_at = {n.name: time.monotonic() for n in lab.nodes}
         self._names = (f"s{i}" for i in range(10_000))
+        self.drained: set[str] = set()
+        """Nodes the soak annotated l3lb.io/drain=true."""
         self.disturbed: str | None = None
         """The node whose own addresses the last fault removed (class interface, monitor flood): the time
         to converge counts even if the agent had repaired it by the first look, and includes its
@@ -265,6 +277,7 @@ class Soak:
             ("pod-delete", 1.5, self.do_pod_delete),
             ("cordon", 1, self.do_cordon),
             ("exclude", 1, self.do_exclude),
+            ("drain", 0.8, self.do_drain),
             ("frr-restart", 0.5, self.do_frr_restart),
         ]
         if len(self.services) < MAX_SERVICES:
@@ -285,6 +298,8 @@ class Soak:
             ]
         if self.agent_down:
             options.append(("agent-start", 2, self.do_agent_start))
+        if self.drained:
+            options.append(("undrain", 1.5, self.do_undrain))
         if running:
             options += [
                 ("hand-add-inside", 0.7, self.do_hand_add_inside),
@@ -503,9 +518,9 @@ class Soak:
         """Deletes a weight-class interface (its addresses go with it): the agent makes it again. A node
         whose class interfaces hold addresses (a Local Service's, with a ready pod there) is chosen first."""
         running = self._running()
-        holding = [n for n in running if set(self._ours(n).values()) - {"lo"}]
+        holding = [n for n in running if set(self._ours(n).values()) - {"lo", "l3lbdrain"}]
         node = self._node(holding or running)
-        used = sorted(set(self._ours(node).values()) - {"lo"})
+        used = sorted(set(self._ours(node).values()) - {"lo", "l3lbdrain"})
         dev = used[0] if used else f"l3lbw{self.rng.randrange(1, CLASSES + 1)}"
         held = sum(d == dev for d in self._ours(node).values())
         self.lab.node(node).ns.run(["ip", "link", "del", dev], check=False)
@@ -557,6 +572,19 @@ class Soak:
         cordon(self.core, node, on)
         return f"{node} {'cordoned' if on else 'uncordoned'}"
 
+    def do_drain(self) -> str:
+        """kubectl annotate node N l3lb.io/drain=true: its addresses drain from l3lbdrain, then go."""
+        node = self._node(sorted({n.name for n in self.lab.nodes} - self.drained) or None)
+        set_node_annotation(self.core, node, DRAIN_ANNOTATION, "true")
+        self.drained.add(node)
+        return f"{node} drained"
+
+    def do_undrain(self) -> str:
+        node = self._node(sorted(self.drained))
+        set_node_annotation(self.core, node, DRAIN_ANNOTATION, None)
+        self.drained.discard(node)
+        return f"{node} undrained"
+
     def do_exclude(self) -> str:
         node = self._node()
         labels = self.core.read_node(node).metadata.labels or {}
@@ -600,7 +628,7 @@ class Soak:
     def _ours(self, node: str) -> dict[str, str]:
         """Host-length addresses inside the prefix on ``node``'s lo and weight-class interfaces, each with
         its interface."""
-        devs = {"lo", *(f"l3lbw{w}" for w in range(1, CLASSES + 1))}
+        devs = {"lo", "l3lbdrain", *(f"l3lbw{w}" for w in range(1, CLASSES + 1))}
         out = {}
         for link in json.loads(ip_json(self.lab.node(node).ns, "addr", "show") or "[]"):
             if link["ifname"] not in devs:
@@ -630,16 +658,16 @@ class Soak:
         slices = self.disc.list_namespaced_endpoint_slice(NAMESPACE).items
         eligible = set()
         for node in self.core.list_node().items:
-            ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
             labels = node.metadata.labels or {}
             taints = node.spec.taints or []
+            drain = (node.metadata.annotations or {}).get(DRAIN_ANNOTATION)
             if (
-                ready
-                and not node.spec.unschedulable
-                and EXCLUDE not in labels
+                labels.get(EXCLUDE, "false").lower() in ("false", "f", "0")  # Go's ParseBool, as 1.34+
                 and not any(t.key == "ToBeDeletedByClusterAutoscaler" for t in taints)
+                and node.metadata.deletion_timestamp is None
+                and drain not in ("true", "True", "TRUE", "t", "T", "1")
                 and node.metadata.name not in self.agent_down
-            ):
+            ):  # neither Ready nor a cordon: Kubernetes' load balancers keep such nodes, and so does l3lb
                 eligible.add(node.metadata.name)
         ready_on: dict[str, set[str]] = defaultdict(set)
         for s in slices:
@@ -866,7 +894,13 @@ def shrink_monitor_buffer(pid: int) -> None:
 
 
 def run_soak(seed: int, duration: float, nodes: int = 3, lifetime: int = 6, log=print) -> Report:  # type: ignore[no-untyped-def]
-    with Lab(nodes, address_lifetime=lifetime, weight_classes=CLASSES, log=lambda m: log("  " + m)) as lab:
+    with Lab(
+        nodes,
+        address_lifetime=lifetime,
+        weight_classes=CLASSES,
+        drain_seconds=DRAIN,
+        log=lambda m: log("  " + m),
+    ) as lab:
         soak = Soak(lab, seed, log)
         report = soak.run(duration)
         with contextlib.suppress(Exception):

@@ -9,6 +9,7 @@ import itertools
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,7 @@ class ScriptedInbox(Inbox):
         assert len(self.waits) < 100_000, "the loop spins without waiting"
         if not self._messages:
             if not self.script:
-                self.stopping = True
+                self.stop()
                 return []
             t, _, step = self.script[0]
             if t > self.clock.now + timeout:
@@ -77,7 +78,7 @@ class Rig:
 
 def make_agent(present: tuple[str, ...] = (), config: Config = CFG) -> Rig:
     clock = Clock()
-    table = MemoryTable(clock, ("lo", *config.class_interfaces))
+    table = MemoryTable(clock, ("lo", *config.extra_interfaces))
     for ip in present:
         table.set(ip, 0)
     inbox = ScriptedInbox(clock)
@@ -442,7 +443,7 @@ def watch():  # a watch thread keeping the inbox busy
 threading.Thread(target=watch, daemon=True).start()
 signal.signal(signal.SIGALRM, lambda *_: agent.stop())
 for _ in range(2000):
-    agent.inbox.stopping = False
+    agent.inbox.take_stop()
     signal.setitimer(signal.ITIMER_REAL, 0.0005)
     agent.run()
 print("stopped 2000 times")
@@ -508,3 +509,231 @@ def test_weighted_local_ips_go_to_their_weight_class_and_move_deleting_first() -
     assert weight("l3lb_address_weight", {"ip": "10.0.100.8"}) is None, "Cluster IPs on lo carry no weight"
     assert rig.agent.metrics.registry.get_sample_value("l3lb_netlink_repairs_total") == 0
     assert rig.agent.placement.moved == {}, "moves older than WEIGHT_HOLD are forgotten"
+
+
+# ---- hold-down and drain: timers that end on their own, with the loop woken then
+
+
+def ops_log(rig: Rig) -> list[tuple[float, str, str, str]]:
+    """Every request the table gets, as (time, "set"|"del", ip, interface)."""
+    ops: list[tuple[float, str, str, str]] = []
+    real_set, real_remove = rig.table.set, rig.table.remove
+
+    def logged_set(ip: str, lifetime: int, interface: str = "lo") -> None:
+        ops.append((rig.clock.now, "set", ip, interface))
+        real_set(ip, lifetime, interface)
+
+    def logged_remove(ip: str, interface: str = "lo") -> None:
+        ops.append((rig.clock.now, "del", ip, interface))
+        real_remove(ip, interface)
+
+    rig.table.set, rig.table.remove = logged_set, logged_remove  # type: ignore[method-assign]
+    return ops
+
+
+def adds_and_removals(
+    ops: list[tuple[float, str, str, str]], since: float = 0, until: float = float("inf")
+) -> list[tuple[float, str, str]]:
+    """What changed on the interfaces from ``since`` to before ``until`` (renewals left out: a set of what
+    is there already). The script's end is a stop, which drains: tests look before it."""
+    out, where = [], {}
+    for t, op, ip, interface in ops:
+        if op == "set" and where.get(ip) == interface:
+            continue
+        where[ip] = interface if op == "set" else None
+        if since <= t < until:
+            out.append((t, op, interface))
+    return out
+
+
+def sample(rig: Rig, name: str) -> float:
+    """A metric's value, 0 when it has none; ``name`` as Prometheus writes it: 'a_total{reason="x"}'."""
+    name, _, labels = name.partition("{")
+    pairs = dict(p.split("=", 1) for p in labels.rstrip("}").split(",") if p)
+    found = rig.agent.metrics.registry.get_sample_value(name, {k: v.strip('"') for k, v in pairs.items()})
+    return found or 0.0
+
+
+HELD = Config(prefixes=CFG.prefixes, node_name="n1", address_lifetime=60, announce_hold_down=10.0)
+
+
+def test_the_hold_down_announces_only_what_lasts_and_wakes_the_loop_when_it_ends() -> None:
+    """--announce-hold-down 10: a pod flapping every 2 s for a minute is never announced (each flip that
+    ended a hold-down early is counted), and once it stays ready its IP goes out exactly 10 s after, woken
+    by the timer and not by a resync; withdrawals never wait."""
+    rig = make_agent(config=HELD)
+    ops = ops_log(rig)
+    rig.inbox.at(1000, lists(rig.agent, services=[WEB], slices=[]))
+    flip = [slice_obj("s", "web", [("n1", ready, False)]) for ready in (True, False)]
+    for k in range(30):  # ready at 1001, not ready at 1003, ready at 1005, ...
+        rig.inbox.at(1001 + 2 * k, lambda k=k: rig.agent.sink(SLICES, "SET", slice_e(flip[k % 2])))
+    rig.inbox.at(1061, lambda: rig.agent.sink(SLICES, "SET", slice_e(flip[0])))  # and stays ready
+    rig.inbox.at(1075, lambda: rig.agent.sink(SLICES, "SET", slice_e(flip[1])))
+    rig.inbox.at(1075.001, lambda: None)
+    rig.agent.run()
+    assert adds_and_removals(ops) == [(1071.0, "set", "lo"), (1075.0, "del", "lo")]
+    assert sample(rig, "l3lb_suppressed_announcements_total") == 15
+    assert rig.inbox.waits.count(0.0) < 10, "the loop waited for the timer, it did not poll"
+
+
+def test_an_annotation_overrides_the_hold_down_and_what_is_out_already_is_not_held_down() -> None:
+    """The Service's own 2s wins over the agents' 10s. An IP that is on lo at start is adopted, not held
+    down; one removed by someone else is put back at once (a repair, not an announcement)."""
+    rig = make_agent((VIP,), config=HELD)
+    ops = ops_log(rig)
+    api = svc_obj("api", ["10.0.100.8"], policy="Cluster", hold="2s")
+    api_ready = slice_obj("a", "api", [("n2", True, False)])
+    rig.inbox.at(1000, lists(rig.agent, services=[WEB], slices=[WEB_READY]))
+    rig.inbox.at(1001, lambda: rig.agent.sink(SERVICES, "SET", service_entry(api)))
+    rig.inbox.at(1001, lambda: rig.agent.sink(SLICES, "SET", slice_e(api_ready)))
+
+    def someone_deletes() -> None:
+        rig.table.remove(VIP)
+        netlink(rig.agent, "del", VIP)
+
+    rig.inbox.at(1005, someone_deletes)
+    rig.inbox.at(1005.001, lambda: None)
+    rig.agent.run()
+    changes = [(t, op, ip) for t, op, ip, _ in ops if (t, op) != (1000, "set") or ip != VIP]
+    assert (1003.0, "set", "10.0.100.8") in changes and all(t >= 1003 for t, _, ip in changes if ip != VIP)
+    assert (1005.0, "set", VIP) in changes, "repaired at once"
+    assert VIP in rig.table.dump() and sample(rig, "l3lb_netlink_repairs_total") == 1
+
+
+DRAINING = Config(prefixes=CFG.prefixes, node_name="n1", address_lifetime=9, drain_seconds=30)
+
+
+def drain_node(rig: Rig, value: str | None) -> Callable[[], None]:
+    annotations = {} if value is None else {"l3lb.io/drain": value}
+    return lambda: rig.agent.sink(NODE, "SET", node_entry(node_obj(annotations=annotations)))
+
+
+def test_a_drained_node_advertises_from_the_drain_interface_then_withdraws() -> None:
+    """l3lb.io/drain=true: the IP moves to l3lbdrain (the delete first, in one batch), is renewed there,
+    and goes exactly drain-seconds later; the gauge of when says so meanwhile. Undrained, the next time,
+    it comes back to lo at once."""
+    rig = make_agent(config=DRAINING)
+    ops = ops_log(rig)
+    rig.inbox.at(1000, lists(rig.agent, services=[WEB], slices=[WEB_READY]))
+    rig.inbox.at(1010, drain_node(rig, "true"))
+    seen: dict[str, object] = {}
+    rig.inbox.at(
+        1020, lambda: seen.setdefault("gauge", sample(rig, f'l3lb_drain_until_seconds{{ip="{VIP}"}}'))
+    )
+    rig.inbox.at(1050, drain_node(rig, None))
+    rig.inbox.at(1060, drain_node(rig, "true"))
+    rig.inbox.at(1070, drain_node(rig, "false"))
+    rig.inbox.at(1070.001, lambda: None)
+    rig.agent.run()
+    assert adds_and_removals(ops, until=1070.001) == [
+        (1000.0, "set", "lo"),
+        (1010.0, "del", "lo"),
+        (1010.0, "set", "l3lbdrain"),
+        (1040.0, "del", "l3lbdrain"),  # drained: gone
+        (1050.0, "set", "lo"),  # undrained: back
+        (1060.0, "del", "lo"),
+        (1060.0, "set", "l3lbdrain"),
+        (1070.0, "del", "l3lbdrain"),  # undrained before the end: back at once
+        (1070.0, "set", "lo"),
+    ]
+    renewed = [t for t, op, _, i in ops if op == "set" and i == "l3lbdrain" and t < 1040]
+    assert len(renewed) > 5 and max(b - a for a, b in itertools.pairwise(renewed)) < 9, "renewed there"
+    assert 29 < float(seen["gauge"]) - time.time() <= 30, "when it goes (set at 1010), in Unix time"
+    assert sample(rig, 'l3lb_drains_total{reason="nodeDraining"}') == 2
+    assert sample(rig, 'l3lb_withdrawals_total{reason="nodeDraining"}') == 1
+    assert sample(rig, "l3lb_weight_moves_total") == 0
+
+
+def test_a_reason_that_is_not_graceful_withdraws_a_draining_ip_at_once() -> None:
+    rig = make_agent(config=DRAINING)
+    ops = ops_log(rig)
+    rig.inbox.at(1000, lists(rig.agent, services=[WEB], slices=[WEB_READY]))
+    rig.inbox.at(1010, drain_node(rig, "true"))
+    gone = slice_obj("s", "web", [("n1", False, False)])
+    rig.inbox.at(1015, lambda: rig.agent.sink(SLICES, "SET", slice_e(gone)))
+    rig.inbox.at(1015.001, lambda: None)
+    rig.agent.run()
+    assert adds_and_removals(ops, since=1001, until=1015.001) == [
+        (1010.0, "del", "lo"),
+        (1010.0, "set", "l3lbdrain"),
+        (1015.0, "del", "l3lbdrain"),
+    ]
+    assert not rig.agent.timers.draining
+
+
+def test_undrained_with_a_hold_down_it_drains_on_until_the_hold_down_ends() -> None:
+    """Back from a drain counts as an announcement: with a hold-down it stays on l3lbdrain (routers keep
+    preferring the others) until the hold-down ends, then moves to lo."""
+    config = Config(
+        prefixes=CFG.prefixes, node_name="n1", address_lifetime=9, drain_seconds=30, announce_hold_down=5.0
+    )
+    rig = make_agent((VIP,), config=config)
+    ops = ops_log(rig)
+    rig.inbox.at(1000, lists(rig.agent, services=[WEB], slices=[WEB_READY]))
+    rig.inbox.at(1010, drain_node(rig, "true"))
+    rig.inbox.at(1020, drain_node(rig, None))
+    rig.inbox.at(1025.001, lambda: None)
+    rig.agent.run()
+    assert adds_and_removals(ops, since=1001, until=1025.001) == [
+        (1010.0, "del", "lo"),
+        (1010.0, "set", "l3lbdrain"),
+        (1025.0, "del", "l3lbdrain"),
+        (1025.0, "set", "lo"),
+    ]
+
+
+def test_a_stop_drains_first_and_a_second_one_ends_the_drain() -> None:
+    """SIGTERM with --drain-seconds 30: the loop goes on while the IP drains from l3lbdrain and ends when
+    the drain is over (the daemon then withdraws what is left); a second SIGTERM ends it at once. With
+    nothing held, or --drain-seconds 0, a stop ends the loop at once, as before."""
+    for second in (None, 1012.0):
+        rig = make_agent(config=DRAINING)
+        ops = ops_log(rig)
+        rig.inbox.at(1000, lists(rig.agent, services=[WEB], slices=[WEB_READY]))
+        rig.inbox.at(1005, rig.agent.stop)
+        if second is not None:
+            rig.inbox.at(second, rig.agent.stop)
+        rig.inbox.at(1100, lambda: None)  # never reached: the loop ends first
+        rig.agent.run()
+        assert adds_and_removals(ops, since=1001)[:2] == [(1005.0, "del", "lo"), (1005.0, "set", "l3lbdrain")]
+        assert rig.clock.now == (1035.0 if second is None else second)
+        assert (VIP in rig.table.dump()) is (second is not None), "after a full drain, withdrawn by the loop"
+    for config, present in ((CFG, (VIP,)), (DRAINING, ())):
+        rig = make_agent(present, config=config)
+        rig.inbox.at(1000, lists(rig.agent, services=[WEB], slices=[WEB_READY] if present else []))
+        rig.inbox.at(1005, rig.agent.stop)
+        rig.inbox.at(1100, lambda: None)
+        rig.agent.run()
+        assert rig.clock.now == 1005.0
+
+
+class NodeEvents(Events):
+    def event(
+        self, key: tuple[str, str], uid: str, kind: str, reason: str, message: str, involved: str = "Service"
+    ) -> None:
+        self.seen.append((kind, reason, f"{involved}/{key[1]}", message))
+
+
+def test_an_unreadable_drain_annotation_is_a_warning_once_and_no_drain(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = make_agent(config=DRAINING)
+    events = rig.agent.report.events = NodeEvents()
+    rig.inbox.at(1000, lists(rig.agent, services=[WEB], slices=[WEB_READY]))
+    rig.inbox.at(1001, drain_node(rig, "yes"))
+    rig.inbox.at(
+        1002,
+        lambda: rig.agent.sink(
+            NODE, "SET", node_entry(node_obj(annotations={"l3lb.io/drain": "yes"}, labels={"x": "y"}))
+        ),
+    )
+    rig.inbox.at(1003, drain_node(rig, "please"))
+    seen: dict[str, str] = {}
+    rig.inbox.at(1003.001, lambda: seen.setdefault("where", rig.table.dump()[VIP].interface))
+    with caplog.at_level(logging.WARNING, logger="l3lb"):
+        rig.agent.run()
+    assert seen["where"] == "lo", "no drain, no flap"
+    warnings = [e for e in events.seen if e[0] == "Warning"]
+    assert [(k, r, who) for k, r, who, _ in warnings] == [("Warning", "InvalidAnnotation", "Node/n1")] * 2
+    assert "'yes' is neither true nor false" in warnings[0][3] and "'please'" in warnings[1][3]
+    assert sum("l3lb.io/drain" in r.getMessage() for r in caplog.records) == 2

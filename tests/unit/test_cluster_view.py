@@ -59,13 +59,24 @@ def slice_obj(name: str, svc: str, family: str, endpoints: list[tuple[str, bool,
     }
 
 
-def node_obj(name: str, ready: bool, excluded: bool, cordoned: bool, edge: bool) -> dict:
+def node_obj(
+    name: str, ready: bool, excluded: bool, cordoned: bool, edge: bool, going: str | None = None
+) -> dict:
+    """``going``: the l3lb.io/drain annotation, the autoscaler's taint or a deletionTimestamp (issue #20)."""
     labels = {"edge": "y"} if edge else {}
     if excluded:
         labels["node.kubernetes.io/exclude-from-external-load-balancers"] = ""
+    meta: dict = {"name": name, "labels": labels}
+    spec: dict = {"unschedulable": cordoned}
+    if going == "drain":
+        meta["annotations"] = {"l3lb.io/drain": "true"}
+    elif going == "taint":
+        spec["taints"] = [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]
+    elif going == "deleting":
+        meta["deletionTimestamp"] = "2026-12-05T00:00:00Z"
     return {
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"unschedulable": cordoned},
+        "metadata": meta,
+        "spec": spec,
         "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
 
@@ -94,6 +105,7 @@ event = st.one_of(
         st.booleans(),
         st.booleans(),
         st.booleans(),
+        st.sampled_from([None, "drain", "taint", "deleting"]),
     ),
     st.tuples(st.just("delnode"), st.sampled_from(NODE_NAMES)),
 )
@@ -178,3 +190,8 @@ def test_a_change_marks_only_what_it_can_change() -> None:
     assert view.take_dirty() == set(), "nothing the decision reads"
     view.record(WatchEvent(NODES, "SET", node_entry(node_obj("n1", True, False, False, True)), 0.0))
     assert view.take_dirty() == {("ns", n) for n in SVC_NAMES}, "its pools changed: every Service"
+    cordoned = node_obj("n1", False, False, True, True)
+    view.record(WatchEvent(NODES, "SET", node_entry(cordoned), 0.0))
+    assert view.take_dirty() == set(), "neither a cordon nor Ready is a reason (issue #20)"
+    view.record(WatchEvent(NODES, "SET", node_entry(node_obj("n1", False, False, True, True, "drain")), 0.0))
+    assert view.take_dirty() == {("ns", n) for n in SVC_NAMES}, "a drain: every Service"

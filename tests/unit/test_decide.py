@@ -10,26 +10,36 @@ from hypothesis import strategies as st
 from objects import node_obj, slice_obj, svc_obj
 
 from l3lb.config import Config, parse_prefixes
-from l3lb.model import Node, parse_node, parse_requested, parse_service, parse_slice
+from l3lb.model import Node, is_ours, parse_duration, parse_node, parse_requested, parse_service, parse_slice
 from l3lb.netlink.tables import MemoryTable, Present
 from l3lb.node.decide import (
+    AGENT_STOPPING,
+    GRACEFUL,
     LOCAL_READY,
     NO_LOCAL_READY,
     NO_READY,
     NODE_CORDONED,
+    NODE_DELETING,
+    NODE_DRAINING,
+    NODE_EXCLUDED,
     NODE_MISSING,
+    NODE_TO_BE_DELETED,
     OUTSIDE_PREFIX,
     READY,
     Counts,
+    combine,
     decide,
     decide_service,
     node_reason,
+    unselected_pools,
 )
 from l3lb.node.plan import plan
 from l3lb.node.tracker import Tracker
 
 CFG = Config(prefixes=parse_prefixes(["10.0.100.0/24", "fd00:100::/64"]), node_name="n1")
-NODE_OK = Node("n1", ready=True, excluded=False, cordoned=False, to_be_deleted=False)
+NODE_OK = Node("n1")
+EXCLUDE = "node.kubernetes.io/exclude-from-external-load-balancers"
+TAINT = [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]
 
 
 # ---- config and parsing
@@ -75,21 +85,84 @@ def test_slice_counts_only_ready_non_terminating_endpoints() -> None:
     assert (s.service, s.ready, s.local_ready) == (("default", "web"), 3, 2)
 
 
-def test_node_eligibility() -> None:
-    assert node_reason(None) == NODE_MISSING
-    assert node_reason(parse_node(node_obj())) is None
-    assert node_reason(parse_node(node_obj(ready=False))) == "nodeNotReady"
+@pytest.mark.parametrize(
+    ("node", "reason"),
+    [
+        (None, NODE_MISSING),
+        ({}, None),
+        # KEP-3458: the Ready condition is no reason (the service controller stopped following it in 1.27).
+        ({"ready": False}, None),
+        # The exclude label's value as cloud-provider's nodeIncludedPredicate reads it since 1.34.
+        ({"labels": {EXCLUDE: "true"}}, NODE_EXCLUDED),
+        ({"labels": {EXCLUDE: "True"}}, NODE_EXCLUDED),
+        ({"labels": {EXCLUDE: ""}}, NODE_EXCLUDED),
+        ({"labels": {EXCLUDE: "karpenter"}}, NODE_EXCLUDED),
+        ({"labels": {EXCLUDE: "false"}}, None),
+        ({"labels": {EXCLUDE: "0"}}, None),
+        ({"labels": {EXCLUDE: "F"}}, None),
+        # A cordon is no reason by default (Kubernetes since 1.19; MetalLB #2470, reverted in #2715).
+        ({"unschedulable": True}, None),
+        ({"taints": TAINT}, NODE_TO_BE_DELETED),
+        ({"deleting": True}, NODE_DELETING),
+        ({"annotations": {"l3lb.io/drain": "true"}}, NODE_DRAINING),
+        ({"annotations": {"l3lb.io/drain": "1"}}, NODE_DRAINING),
+        ({"annotations": {"l3lb.io/drain": "false"}}, None),
+        ({"annotations": {"l3lb.io/drain": "yes"}}, None),
+        # First match wins: what withdraws at once before what drains.
+        ({"deleting": True, "labels": {EXCLUDE: "true"}}, NODE_DELETING),
+        ({"labels": {EXCLUDE: "true"}, "annotations": {"l3lb.io/drain": "true"}}, NODE_EXCLUDED),
+    ],
+)
+def test_node_eligibility(node: dict | None, reason: str | None) -> None:
+    assert node_reason(None if node is None else parse_node(node_obj(**node)), CFG) == reason
+
+
+def test_a_cordon_withdraws_only_with_withdraw_on_cordon() -> None:
+    cordoned = parse_node(node_obj(unschedulable=True))
+    assert node_reason(cordoned, CFG) is None
+    old = Config(prefixes=CFG.prefixes, node_name="n1", withdraw_on_cordon=True)
+    assert node_reason(cordoned, old) == NODE_CORDONED
+    assert node_reason(parse_node(node_obj(unschedulable=True, taints=TAINT)), old) == NODE_TO_BE_DELETED
+
+
+def test_an_unreadable_drain_annotation_is_a_note_and_no_drain() -> None:
+    node = parse_node(node_obj(annotations={"l3lb.io/drain": "yes"}))
+    assert not node.drain
+    ((reason, message),) = node.notes
+    assert reason == "InvalidAnnotation"
     assert (
-        node_reason(
-            parse_node(node_obj(labels={"node.kubernetes.io/exclude-from-external-load-balancers": ""}))
-        )
-        == "nodeExcluded"
+        message.startswith("l3lb.io/drain: 'yes' is neither true nor false") and "does not drain" in message
     )
-    assert node_reason(parse_node(node_obj(unschedulable=True))) == NODE_CORDONED
-    assert (
-        node_reason(parse_node(node_obj(taints=[{"key": "ToBeDeletedByClusterAutoscaler"}])))
-        == "nodeToBeDeleted"
-    )
+    assert parse_node(node_obj(annotations={"l3lb.io/drain": "false"})).notes == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10s", 10.0), ("1m30s", 90.0), ("500ms", 0.5), ("0", 0.0), ("1.5h", 5400.0), ("2us", 2e-6)],
+)
+def test_durations_as_go_reads_them(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["10", "-10s", "", "s", "10sec", "ten seconds", "1m-5s"])
+def test_what_is_not_a_duration(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+def test_the_hold_down_annotation_and_its_bad_values() -> None:
+    assert parse_service(svc_obj("web", [], hold="10s")).hold_down == 10.0
+    assert parse_service(svc_obj("web", [])).hold_down is None
+    bad = parse_service(svc_obj("web", [], hold="-5s"))
+    assert bad.hold_down is None
+    ((reason, message),) = bad.notes
+    assert reason == "InvalidAnnotation"
+    assert "l3lb.io/announce-hold-down: '-5s' is not a duration" in message
+    assert "--announce-hold-down applies" in message
+    svc = parse_service(svc_obj("web", ["10.0.100.5"], policy="Cluster", hold="garbage"))
+    held = Config(prefixes=CFG.prefixes, node_name="n1", announce_hold_down=7.0)
+    assert decide_service(svc, Counts(1, 0), None, held).hold_down == 7.0, "the default applies"
+    svc = parse_service(svc_obj("web", ["10.0.100.5"], policy="Cluster", hold="2s"))
+    assert decide_service(svc, Counts(1, 0), None, held).hold_down == 2.0, "the annotation wins"
 
 
 # ---- the decision
@@ -113,6 +186,11 @@ def test_decide_service(policy: str, counts: Counts, announce: bool, reason: str
         ("192.0.2.1",),
     )
     assert decide_service(svc, counts, NODE_CORDONED, CFG).announce is False
+    # A graceful reason drains what would be announced, and only that.
+    for why in (NODE_DRAINING, NODE_TO_BE_DELETED, NODE_DELETING, AGENT_STOPPING):
+        d = decide_service(svc, counts, why, CFG)
+        assert (d.announce, d.reason, d.draining) == (False, why, announce)
+    assert decide_service(svc, counts, NODE_EXCLUDED, CFG).draining is False, "excluded: withdrawn at once"
 
 
 def test_ips_outside_the_prefix_are_never_announced() -> None:
@@ -140,8 +218,23 @@ def test_the_weight_of_an_ip_is_its_local_ready_endpoints() -> None:
     counts = {a.key: Counts(3, 3), b.key: Counts(5, 2), c.key: Counts(4, 4)}
     out = decide({a.key: a, b.key: b, c.key: c}, counts, NODE_OK, CFG)
     assert out["10.0.100.5"].weight == 3 and out["10.0.100.6"].weight == 0
-    cordoned = parse_node(node_obj(unschedulable=True))
-    assert decide({a.key: a}, counts, cordoned, CFG)["10.0.100.5"].weight == 0
+    draining = parse_node(node_obj(annotations={"l3lb.io/drain": "true"}))
+    assert decide({a.key: a}, counts, draining, CFG)["10.0.100.5"].weight == 0
+
+
+def test_a_shared_ip_drains_while_a_sharer_would_announce_it_and_takes_the_shortest_hold_down() -> None:
+    a = parse_service(svc_obj("a", ["10.0.100.5"], policy="Cluster", hold="10s"))
+    b = parse_service(svc_obj("b", ["10.0.100.5"], policy="Cluster", hold="3s"))
+    both = {a.key: Counts(1, 0), b.key: Counts(1, 0)}
+    out = decide({a.key: a, b.key: b}, both, NODE_OK, CFG)["10.0.100.5"]
+    assert out.announce and out.hold_down == 3.0
+    out = decide({a.key: a, b.key: b}, {a.key: Counts(1, 0)}, NODE_OK, CFG)["10.0.100.5"]
+    assert out.announce and out.hold_down == 10.0, "only the announcing ones count"
+    draining = parse_node(node_obj(annotations={"l3lb.io/drain": "true"}))
+    out = decide({a.key: a, b.key: b}, {b.key: Counts(1, 0)}, draining, CFG)["10.0.100.5"]
+    assert (out.announce, out.draining, out.reason) == (False, True, NODE_DRAINING)
+    out = decide({a.key: a, b.key: b}, {}, draining, CFG)["10.0.100.5"]
+    assert (out.announce, out.draining) == (False, False), "nothing to drain: nothing would be announced"
 
 
 def test_an_ip_listed_twice_in_status_is_one_ip() -> None:
@@ -171,6 +264,7 @@ event = st.one_of(
         st.sampled_from(["Local", "Cluster"]),
         st.sampled_from([None, "l3lb.io/l3lb", "other"]),
         st.sampled_from(["LoadBalancer", "ClusterIP"]),
+        st.sampled_from([None, "5s", "1m", "bad"]),
     ),
     st.tuples(st.just("delsvc"), st.sampled_from(SVC_NAMES)),
     st.tuples(
@@ -183,8 +277,21 @@ event = st.one_of(
         ),
     ),
     st.tuples(st.just("delslice"), st.sampled_from(["s1", "s2", "s3", "s4"])),
-    st.tuples(st.just("node"), st.sampled_from([None, "ok", "notready", "cordoned"])),
+    st.tuples(
+        st.just("node"),
+        st.sampled_from([None, "ok", "notready", "cordoned", "draining", "tainted", "deleting", "excluded"]),
+    ),
+    st.tuples(st.just("stop")),
 )
+NODES = {
+    "ok": {},
+    "notready": {"ready": False},
+    "cordoned": {"unschedulable": True},
+    "draining": {"annotations": {"l3lb.io/drain": "true"}},
+    "tainted": {"taints": TAINT},
+    "deleting": {"deleting": True},
+    "excluded": {"labels": {EXCLUDE: "true"}},
+}
 
 
 @settings(max_examples=300, deadline=None)
@@ -194,8 +301,8 @@ def test_incremental_tracker_matches_the_full_decision(events: list) -> None:
     raw_services: dict = {}
     for ev in events:
         if ev[0] == "svc":
-            _, name, ips, policy, cls, typ = ev
-            obj = svc_obj(name, ips, policy=policy, lb_class=cls, svc_type=typ)
+            _, name, ips, policy, cls, typ, hold = ev
+            obj = svc_obj(name, ips, policy=policy, lb_class=cls, svc_type=typ, hold=hold)
             raw_services[("default", name)] = parse_service(obj)
             t.set_service(parse_service(obj))
         elif ev[0] == "delsvc":
@@ -207,13 +314,10 @@ def test_incremental_tracker_matches_the_full_decision(events: list) -> None:
             t.set_slice(("default", ev[1]), parse_slice(obj, "n1"))
         elif ev[0] == "delslice":
             t.delete_slice(("default", ev[1]))
+        elif ev[0] == "stop":
+            t.set_stopping()
         else:
-            kind = ev[1]
-            t.set_node(
-                None
-                if kind is None
-                else parse_node(node_obj(ready=kind != "notready", unschedulable=kind == "cordoned"))
-            )
+            t.set_node(None if ev[1] is None else parse_node(node_obj(**NODES[ev[1]])))
         t.update()
         per_family: dict = {}
         for s in t.slices.values():
@@ -226,9 +330,26 @@ def test_incremental_tracker_matches_the_full_decision(events: list) -> None:
             counts[svc] = Counts(max(old.ready, c.ready), max(old.local_ready, c.local_ready))
         counts = {k: c for k, c in counts.items() if c.ready or c.local_ready}
         full = decide(raw_services, counts, t.node, CFG)
+        if t.stopping:
+            full = _stopping(raw_services, counts, t.node)
         assert t.announced == {ip for ip, d in full.items() if d.announce}
         assert {ip: t.explain(ip) for ip in t.by_ip} == full
         assert t.weights == {ip: d.weight for ip, d in full.items() if d.announce and d.weight}
+        assert t.holds == {ip: d.hold_down for ip, d in full.items() if d.announce and d.hold_down}
+        assert t.draining == {ip for ip, d in full.items() if d.draining}
+
+
+def _stopping(services: dict, counts: dict, node: Node | None) -> dict:
+    """The full decision of an agent that stops: agentStopping, unless the node withdraws at once anyway."""
+    why = node_reason(node, CFG)
+    why = AGENT_STOPPING if why is None or why in GRACEFUL else why
+    by_ip: dict = {}
+    for key, svc in services.items():
+        if is_ours(svc, CFG):
+            d = decide_service(svc, counts.get(key, Counts()), why, CFG, unselected_pools(node, CFG))
+            for ip in d.ips:
+                by_ip.setdefault(ip, {})[key] = d
+    return combine(by_ip, CFG)
 
 
 # ---- the address plan (property)

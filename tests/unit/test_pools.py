@@ -356,7 +356,7 @@ def test_new_addresses_only_from_a_pool_the_service_may_use(batch: list[Service]
 
 
 def node(labels: dict[str, str]) -> Node:
-    return Node("n1", True, False, False, False, tuple(sorted(labels.items())))
+    return Node("n1", labels=tuple(sorted(labels.items())))
 
 
 def test_only_nodes_the_pool_selects_announce_its_ips() -> None:
