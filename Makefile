@@ -30,12 +30,14 @@ unit:
 	$(PY) -m pytest -q -p no:cacheprovider -m "not cluster and not root"
 
 # Benchmarks (root): the agent at scale (a sweep of cluster sizes, quiet and under churn), the allocator,
-# convergence through FRR (a pod's readiness, a change of weights, a drain), l3lb next to a direct BGP
-# speaker at the same router (hop by hop), and a 10-minute chaos soak. Results in bench/results/.
+# the leader's Service conditions under endpoint churn, convergence through FRR (a pod's readiness, a change
+# of weights, a drain), l3lb next to a direct BGP speaker at the same router (hop by hop), and a 10-minute
+# chaos soak. Results in bench/results/.
 bench:
 	@$(SETUP) bench
 	$(PY) bench/agent.py --sweep
 	$(PY) bench/allocation.py
+	$(PY) bench/conditions.py
 	$(PY) bench/convergence.py
 	$(PY) bench/weights.py
 	$(PY) bench/drain.py

@@ -11,6 +11,12 @@ comes back). Run as root::
 
     .venv/bin/python bench/agent.py [--services 1000] [--nodes 100] [--events 200] [--churn 200]
     .venv/bin/python bench/agent.py --sweep        # 1k, 2.5k, 10k Services; quiet and under churn at each
+    .venv/bin/python bench/agent.py --follower     # an agent that is not the allocator's leader
+
+The one agent is the allocator's leader, which also keeps every Service's conditions: it waits until their
+first pass is written before it measures, so that pass is not in the figures (every further change of a
+measured Service's Announced condition is). ``--follower`` gives the allocator's Lease to another holder
+first, so the agent measured is what every other node runs: no allocator, no conditions.
 
 Each point prints: initial sync (agent start -> every address on lo), event -> address p50/p99, CPU per
 1,000 events, RSS, the mean duration of a periodic full sync, and the agent's API reads per event.
@@ -20,6 +26,7 @@ Each point prints: initial sync (agent start -> every address on lo), event -> a
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import itertools
 import json
 import multiprocessing
@@ -45,6 +52,7 @@ from stats import pct  # noqa: E402
 from testenv import ControlPlane, interrupt_on_sigterm  # noqa: E402
 
 from l3lb.k8s.api import Api  # noqa: E402
+from l3lb.k8s.leader import LEASE_NAME  # noqa: E402
 
 ENDPOINTS_PER_SLICE = 10
 NS = "bench"
@@ -266,7 +274,32 @@ def all_added(watcher: AddressEvents, expected: set[str], timeout: float) -> flo
     return watcher.wait_until(done, timeout)
 
 
-def run_point(services: int, nodes: int, events: int, churn_rate: float) -> dict:
+def hold_lease_elsewhere(api_client: client.ApiClient) -> None:
+    """The allocator's Lease, held for an hour by another agent (so the measured one never leads)."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    client.CoordinationV1Api(api_client).create_namespaced_lease(
+        "kube-system",
+        {
+            "metadata": {"name": LEASE_NAME},
+            "spec": {"holderIdentity": "another-agent", "leaseDurationSeconds": 3600, "renewTime": now},
+        },
+    )
+
+
+def conditions_written(ns: NetNS, services: int, timeout: float = 300) -> float:
+    """Seconds until the leader's first pass of conditions is written (none to write: 0)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        text = agent_metrics(ns)
+        written = re.findall(r'^l3lb_condition_writes_total\{outcome="written"\} (\S+)$', text, re.M)
+        backlog = re.findall(r"^l3lb_condition_backlog (\S+)$", text, re.M)
+        if not backlog or (float(backlog[0]) == 0 and written and float(written[0]) >= services):
+            return time.monotonic() - t0
+        time.sleep(1)
+    raise RuntimeError(f"the leader's conditions were not written in {timeout:.0f} s")
+
+
+def run_point(services: int, nodes: int, events: int, churn_rate: float, follower: bool = False) -> dict:
     layout = Layout(services, nodes)
     with (
         tempfile.TemporaryDirectory(prefix="l3lb-bench-") as tmp,
@@ -304,11 +337,16 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float) -> dict
                     "--log-level",
                     "warning",
                 ]
+                if follower:
+                    hold_lease_elsewhere(api)
                 agent = ns.popen(argv, "agent")
                 initial = all_added(watcher, expected, timeout=300) - t0
                 if ns.host_addresses() != expected:  # and nothing else: checked once, not polled
                     raise SystemExit("the agent's addresses are not the expected ones")
                 time.sleep(12)  # past the first periodic full sync and its renewals
+                if not follower:
+                    waited = conditions_written(ns, services)
+                    print(f"  the leader's conditions written {waited:.0f} s after that", flush=True)
                 rss0, _, idle0 = proc_stats(agent.pid)
                 time.sleep(20)  # two periodic full syncs and their renewals, and nothing else
                 idle_cpu = (proc_stats(agent.pid)[2] - idle0) / 20
@@ -540,6 +578,7 @@ def main() -> int:
         "--churn", type=float, default=200.0, help="writes/s elsewhere for the churn run (0: none)"
     )
     ap.add_argument("--sweep", action="store_true", help=f"every point of {SWEEP}, then the table and a PNG")
+    ap.add_argument("--follower", action="store_true", help="another agent holds the allocator's Lease")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     interrupt_on_sigterm()
@@ -550,7 +589,7 @@ def main() -> int:
     points = []
     for n in sizes:
         print(f"{n:,} Services on {args.nodes} nodes", flush=True)
-        points.append(run_point(n, args.nodes, args.events, args.churn))
+        points.append(run_point(n, args.nodes, args.events, args.churn, args.follower))
         print(json.dumps(points[-1], indent=2), flush=True)
     print()
     print_table(points)

@@ -10,22 +10,26 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import click
 
+from .conditions.keeper import Keeper
 from .config import Config
 from .ipam.allocator import Allocator
 from .ipam.pools import fingerprint
 from .k8s.api import EX_TEMPFAIL, Api, KubeconfigStale, wait_for_client
+from .k8s.conditions import ConditionWriter
 from .k8s.events import EventRecorder
 from .k8s.leader import LeaderElector
 from .k8s.watch import Reflector, Sink
 from .k8s.writer import StatusWriter
 from .metrics import HealthServer, Metrics
-from .model import SERVICES, WatchEvent, watched
+from .model import SERVICES, SLICES, WatchEvent, node_entry, slice_by_node_entry, watched
 from .netlink.tables import InterfaceMissing, MemoryTable, NetlinkTable
 from .node.agent import Agent
+from .node.cluster import NODES, SLICES_BY_NODE
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -74,10 +78,17 @@ class ApiSide:
             writer = StatusWriter(api, lease_namespace=self.lease_namespace)
             allocator = Allocator(config, writer, events, metrics, lease_namespace=self.lease_namespace)
             writer.on_written = allocator.written
+            # The conditions: the allocator hands each Service and its decision to the keeper, which watches
+            # every Node and slice while leading and asks a paced writer of its own.
+            conditions = ConditionWriter(api, lease_namespace=self.lease_namespace)
+            keeper = Keeper(config, conditions, events, metrics, lambda sink: self.leader_watches(api, sink))
+            conditions.on_written = keeper.written
+            allocator.on_assigned = keeper.on_assigned
 
             def on_leader(leader: bool) -> None:
                 metrics.leader.set(1 if leader else 0)
                 allocator.on_leader(leader)
+                keeper.on_leader(leader)
 
             mine = fingerprint(config.pools)
             reported: list[tuple[str, str]] = []
@@ -103,12 +114,14 @@ class ApiSide:
             self.elector = LeaderElector(
                 api, self.lease_namespace, config.node_name, on_leader, fingerprint=mine, on_holder=on_holder
             )
-            writer.may_write = self.elector.is_leader
+            writer.may_write = conditions.may_write = self.elector.is_leader
             agent.report.events = events
             self.allocator = allocator
             events.start(self.stop)
             writer.start(self.stop)
             allocator.start(self.stop)
+            conditions.start(self.stop)
+            keeper.start(self.stop)
             self.elector.start(self.stop)
         else:  # decide as a leader would and log it (l3lb/ipam/dryrun.py)
             from .ipam.dryrun import DryRunWriter
@@ -130,6 +143,25 @@ class ApiSide:
         agent.watched = self.reflectors
         for r in self.reflectors:
             r.start(self.stop)
+
+    def leader_watches(self, api: Api, sink: Sink) -> Callable[[], None]:
+        """The watches only the leader runs, for the conditions: every Node, and every EndpointSlice with its
+        ready endpoints per node. Returns what stops them (at the end of the term)."""
+        slices, selectors = watched(self.config.node_name)[SLICES][:2]
+        term = threading.Event()
+        reflectors = [
+            Reflector(NODES, api, "/api/v1/nodes", node_entry, sink),
+            Reflector(SLICES_BY_NODE, api, slices, slice_by_node_entry, sink, selectors=selectors),
+        ]
+        for r in reflectors:
+            r.start(term)
+
+        def stop() -> None:
+            term.set()
+            for r in reflectors:
+                r.stop()
+
+        return stop
 
     def sink(self, resource: str) -> Sink:
         """Where a watch delivers: the agent's inbox, and for Services the allocator's as well (one event,

@@ -113,6 +113,17 @@ class Metrics:
         self.allocations = Counter(
             "l3lb_allocations_total", "IPs written to Services' status by this agent as leader.", registry=r
         )
+        self.condition_writes = Counter(
+            "l3lb_condition_writes_total",
+            "Writes of Services' conditions by this agent as leader, by outcome (written, conflict, ...).",
+            ["outcome"],
+            registry=r,
+        )
+        self.condition_backlog = Gauge(
+            "l3lb_condition_backlog",
+            "Services whose conditions this agent, as leader, has yet to write (paced, at most 20 a second).",
+            registry=r,
+        )
         self.last_sync = Gauge(
             "l3lb_last_sync_timestamp_seconds", "Unix time of the last successful sync.", registry=r
         )

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+CONDITION_PREFIX = "l3lb.io/"
+"""Service conditions of this prefix are the leader's (``l3lb/conditions/``); others belong to others."""
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 AUTOSCALER_TAINT = "ToBeDeletedByClusterAutoscaler"
 DRAIN_ANNOTATION = "l3lb.io/drain"
@@ -95,6 +97,20 @@ def canonical_ip(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Condition:
+    """One entry of ``status.conditions`` (metav1.Condition)."""
+
+    type: str
+    status: str
+    """"True" or "False"."""
+    reason: str
+    message: str
+    observed_generation: int = 0
+    last_transition_time: str = field(default="", compare=False)
+    """RFC 3339; it changes only when ``status`` does, so it is no part of what the condition says."""
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     key: Key
     uid: str
@@ -134,6 +150,12 @@ class Service:
     ``--announce-hold-down`` applies)."""
     resource_version: str = field(default="", compare=False)
     """For conditional status writes; not part of the value, so that a bump alone is no change."""
+    generation: int = field(default=0, compare=False)
+    """``metadata.generation``, for the conditions' observedGeneration; not part of the value either. The
+    1.35 apiserver sets none on Services (0 here), so none is written."""
+    conditions: tuple[Condition, ...] = field(default=(), compare=False)
+    """Our entries of ``status.conditions`` (type ``l3lb.io/...``), as the leader compares them with what
+    it would write; not part of the value, so that writing them changes nothing for the agents."""
 
 
 def is_ours(svc: Service, config: Config) -> bool:
@@ -187,6 +209,25 @@ def parse_service(obj: dict[str, Any]) -> Service:
         notes=read.notes + hold_note,
         hold_down=hold_down,
         resource_version=meta.get("resourceVersion") or "",
+        generation=int(meta.get("generation") or 0),
+        conditions=_conditions((obj.get("status") or {}).get("conditions") or []),
+    )
+
+
+def _conditions(entries: list[dict[str, Any]]) -> tuple[Condition, ...]:
+    """Ours only. The texts are interned: many Services carry the same message (every Cluster Service
+    announced by the same nodes), and every agent holds them."""
+    return tuple(
+        Condition(
+            sys.intern(c["type"]),
+            sys.intern(c.get("status") or ""),
+            sys.intern(c.get("reason") or ""),
+            sys.intern(c.get("message") or ""),
+            int(c.get("observedGeneration") or 0),
+            sys.intern(c.get("lastTransitionTime") or ""),
+        )
+        for c in entries
+        if str(c.get("type") or "").startswith(CONDITION_PREFIX)
     )
 
 
@@ -255,6 +296,34 @@ def parse_slice(obj: dict[str, Any], node_name: str) -> SliceSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class SliceByNode:
+    """What one EndpointSlice contributes to the view of every node: its ready, non-terminating endpoints
+    in all and per node (the leader's conditions; an agent keeps only its own node's, ``SliceSummary``)."""
+
+    service: Key | None
+    ready: int
+    by_node: tuple[tuple[str, int], ...]
+    """(node name, ready endpoints there), sorted, nodes without any left out."""
+    family: str = "IPv4"
+
+
+def parse_slice_by_node(obj: dict[str, Any]) -> SliceByNode:
+    meta = obj.get("metadata") or {}
+    svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    per_node: dict[str, int] = {}
+    for ep in obj.get("endpoints") or []:
+        if serving(ep):
+            node = sys.intern(ep.get("nodeName") or "")
+            per_node[node] = per_node.get(node, 0) + 1
+    return SliceByNode(
+        service=(sys.intern(meta.get("namespace") or ""), sys.intern(svc)) if svc else None,
+        ready=sum(per_node.values()),
+        by_node=tuple(sorted(per_node.items())),
+        family=sys.intern(obj.get("addressType") or "IPv4"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
     """What decides whether this node announces at all (``node.decide.node_reason``). Its Ready condition is
     not kept: since KEP-3458 (GA in 1.30) Kubernetes' service controller no longer takes a NotReady node
@@ -317,6 +386,10 @@ def slice_entry(node_name: str) -> Callable[[dict[str, Any]], tuple[Key, SliceSu
 
 def node_entry(obj: dict[str, Any]) -> tuple[Key, Node]:
     return key_of(obj), parse_node(obj)
+
+
+def slice_by_node_entry(obj: dict[str, Any]) -> tuple[Key, SliceByNode]:
+    return key_of(obj), parse_slice_by_node(obj)
 
 
 SERVICES, SLICES, NODE = "services", "endpointslices", "node"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and etcd from the Go module proxy, once per version,
-# into a cache outside the work tree (default ~/.cache/l3lb-testenv, override with L3LB_TESTENV_CACHE).
+# Builds kube-apiserver, kube-controller-manager, kubectl and etcd from the Go module proxy, once per
+# version, into a cache outside the work tree (default ~/.cache/l3lb-testenv, override with
+# L3LB_TESTENV_CACHE).
 # Rebuilds only what is missing for the versions pinned in tests/versions.env and prints the cache
 # directory on stdout. Progress goes to stderr, one line per step; the Go tool's own output goes to
 # build.log in the cache, which the error message names when a step fails.
@@ -41,9 +42,11 @@ step() {
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-build_kube() {
-  local stage_ver ldflags
-  mkdir "$work/kube" && cd "$work/kube"
+# A module that requires k8s.io/kubernetes at $KUBE_VERSION, in $work/$1, with the given commands as tools.
+kube_module() {
+  local dir=$work/$1 stage_ver
+  shift
+  mkdir "$dir" && cd "$dir"
   stage_ver=v0.${KUBE_VERSION#v1.}
   {
     echo "module l3lb.local/kubebuild"
@@ -51,20 +54,35 @@ build_kube() {
     echo "require k8s.io/kubernetes $KUBE_VERSION"
     for m in $staging; do echo "replace k8s.io/$m => k8s.io/$m $stage_ver"; done
   } >go.mod
-  step "downloading the Kubernetes $KUBE_VERSION modules" \
-    go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
-    "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION"
-  ldflags="-s -w"
+  step "downloading the Kubernetes $KUBE_VERSION modules ($*)" \
+    go get -tool $(for cmd in "$@"; do echo "k8s.io/kubernetes/cmd/$cmd@$KUBE_VERSION"; done)
+}
+
+kube_ldflags() {
+  local ldflags="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitTreeState=clean"
     ldflags+=" -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2)"
   done
+  echo "$ldflags"
+}
+
+build_kube() {
+  kube_module kube kube-apiserver kube-controller-manager
   mkdir -p "$kube_dir.tmp"
   for cmd in kube-apiserver kube-controller-manager; do
     step "building $cmd $KUBE_VERSION" \
-      go build -trimpath -ldflags "$ldflags" -o "$kube_dir.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+      go build -trimpath -ldflags "$(kube_ldflags)" -o "$kube_dir.tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd"
   done
   rm -rf "$kube_dir" && mv "$kube_dir.tmp" "$kube_dir"
+}
+
+# kubectl, beside the control plane: the tests show Services' conditions as users see them.
+build_kubectl() {
+  kube_module kubectl kubectl
+  step "building kubectl $KUBE_VERSION" \
+    go build -trimpath -ldflags "$(kube_ldflags)" -o "$kube_dir/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
+  mv "$kube_dir/kubectl.tmp" "$kube_dir/kubectl"
 }
 
 build_etcd() {
@@ -78,7 +96,7 @@ build_etcd() {
 }
 
 if [ ! -x "$etcd_dir/etcd" ] || [ ! -x "$kube_dir/kube-apiserver" ] ||
-  [ ! -x "$kube_dir/kube-controller-manager" ]; then
+  [ ! -x "$kube_dir/kube-controller-manager" ] || [ ! -x "$kube_dir/kubectl" ]; then
   command -v go >/dev/null || {
     echo "control plane: go not found; install Go 1.24 or newer (https://go.dev/dl) to build it" >&2
     exit 1
@@ -87,5 +105,6 @@ if [ ! -x "$etcd_dir/etcd" ] || [ ! -x "$kube_dir/kube-apiserver" ] ||
   echo "control plane: building what is missing into $cache (first time only, about 5 min on 2 cores)" >&2
   [ -x "$etcd_dir/etcd" ] || build_etcd
   [ -x "$kube_dir/kube-apiserver" ] && [ -x "$kube_dir/kube-controller-manager" ] || build_kube
+  [ -x "$kube_dir/kubectl" ] || build_kubectl
 fi
 echo "$cache"

@@ -33,7 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 def _binaries_built() -> bool:
     v = versions()
     kube, etcd = cache_dir() / f"kube-{v['KUBE_VERSION']}", cache_dir() / f"etcd-{v['ETCD_VERSION']}"
-    return all(p.exists() for p in (kube / "kube-apiserver", kube / "kube-controller-manager", etcd / "etcd"))
+    return all(
+        p.exists()
+        for p in (kube / "kube-apiserver", kube / "kube-controller-manager", kube / "kubectl", etcd / "etcd")
+    )
 
 
 # What each marker needs, checked once per session: a test whose needs are not met skips itself with the
@@ -44,7 +47,7 @@ REQUIREMENTS: dict[str, tuple[Callable[[], bool], str]] = {
         lambda: os.geteuid() == 0 and all(shutil.which(t) for t in ("ip", "socat")),
         "needs root with ip and socat (network namespaces)",
     ),
-    "cluster": (_binaries_built, "needs the control plane binaries (make test builds them)"),
+    "cluster": (_binaries_built, "needs the control plane binaries and kubectl (make test builds them)"),
     "frr": (lambda: (FRR / "zebra").exists() and shutil.which("vtysh") is not None, "needs FRR (Debian frr)"),
     "nix": (
         lambda: shutil.which("nix-instantiate") is not None and (REPO / "nixos").is_dir(),

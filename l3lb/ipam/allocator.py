@@ -57,6 +57,27 @@ class Recorder(Protocol):
     def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> object: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """A LoadBalancer Service as the leader last saw it and, if it is ours, what the last run decided for it:
+    what its conditions are written from (``Allocator.on_assigned``)."""
+
+    svc: Service
+    ours: bool
+    ips: tuple[str, ...] = ()
+    """What its status.loadBalancer.ingress should hold."""
+    conflicts: tuple[tuple[str, str], ...] = ()
+    """(reason, message) of each warning of the run about it, and StatusConflict while the leader yields."""
+    writing: bool = False
+    """A status write of it (an allocation, a takeover) that the watch has not shown yet."""
+
+
+YIELDED = (
+    f"another controller keeps rewriting status.loadBalancer.ingress; l3lb does not write it for "
+    f"{YIELD_FOR / 60:.0f} minutes"
+)
+
+
 @dataclass(slots=True)
 class Retry:
     """A Service whose last status write did not land: written again at ``at``, or as soon as the watch
@@ -99,6 +120,11 @@ class Allocator:
         self._reported: dict[Key, tuple[str, ...]] = {}
         self._in_flight: set[Key] = set()
         """Keys whose last write the watch has not shown yet."""
+        self.on_assigned: Callable[[dict[Key, Assigned | None], bool], None] | None = None
+        """While leading, told after each step the Services whose object or decision changed (None: gone
+        from the watch); after the first run of a term, every Service, with True."""
+        self._decided: dict[Key, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {}
+        self._handed: dict[Key, Assigned] = {}
 
     # ---- inputs (other threads)
     def offer(self, event: WatchEvent) -> None:
@@ -150,8 +176,14 @@ class Allocator:
     ) -> None:
         """Records ``events`` and how writes went, follows a change of leadership, and allocates if we lead
         and anything changed, a retry is due, or the resync. The loop's body; tests call it directly."""
+        changed = relisted = False
+        touched: set[Key] = set()
         for e in events:
-            self._record(e, leader)
+            changed |= self._record(e, leader)
+            if e.kind == "REPLACE":
+                relisted = True
+            else:
+                touched.add(e.value[0])
         now = self.clock()
         dirty = self._outcome(outcomes, now)
         if leader != self._leading:
@@ -163,14 +195,21 @@ class Allocator:
                 self._in_flight.clear()
                 self._reported.clear()
                 self._retries.clear()
+                self._decided.clear()
+                self._handed.clear()
                 return
             log.info("leading the allocator: %d LoadBalancer Services", len(self.services))
             dirty = True
+            self._handed.clear()
         due = any(r.at <= now for r in self._retries.values()) or now >= self._resync_at
-        if self._leading and (events or dirty or due):
+        ran = self._leading and (changed or dirty or due)
+        if ran:
             self.allocate_now()
-            if events and log.isEnabledFor(logging.DEBUG):
-                log.debug("handled %s", "; ".join(map(str, events[:20])))
+        if self._leading and self.on_assigned is not None:
+            everything = ran or relisted
+            self._hand_over(self.services.keys() | self._handed.keys() if everything else touched)
+        if self._leading and events and log.isEnabledFor(logging.DEBUG):
+            log.debug("handled %s", "; ".join(map(str, events[:20])))
 
     def _outcome(self, outcomes: Iterable[tuple[Key, str, str]], now: float) -> bool:
         """Follows how writes went; True when one calls for deciding again."""
@@ -188,38 +227,41 @@ class Allocator:
                 dirty = True
         return dirty
 
-    def _record(self, e: WatchEvent, leader: bool) -> None:
+    def _record(self, e: WatchEvent, leader: bool) -> bool:
+        """Records one event; True when it may change a decision: the Service's value changed (not only its
+        resourceVersion or conditions, which the leader's own writes change), or a write of it waits for
+        a newer version."""
         if e.kind == "REPLACE":
             self.services = dict(e.value)
             for gone in self._written.keys() - self.services.keys():
                 del self._written[gone]
                 self._in_flight.discard(gone)
-            return
+            return True
         key, svc = e.value
         if e.kind == "DELETE":
-            self.services.pop(key, None)
             self._written.pop(key, None)
             self._in_flight.discard(key)
-            return
+            return self.services.pop(key, None) is not None
+        old = self.services.get(key)
         self.services[key] = svc
-        if leader:
-            self._observe(svc)
+        overwritten = leader and self._observe(svc)
+        return old != svc or key in self._retries or overwritten
 
-    def _observe(self, svc: Service) -> None:
+    def _observe(self, svc: Service) -> bool:
         """Follows our writes landing, and notices a status that is neither what we wrote nor empty, soon
-        after we wrote it: a fight."""
+        after we wrote it: a fight. True when what we wrote was overwritten."""
         written = self._written.get(svc.key)
         if written is None:
-            return
+            return False
         if svc.ingress_ips == written[0]:
             self._in_flight.discard(svc.key)
-            return
+            return False
         if not svc.ingress_ips:
-            return
+            return False
         self._in_flight.discard(svc.key)  # overwritten: the next run decides again
         now = self.clock()
         if now - written[1] > FIGHT_WINDOW:
-            return
+            return True
         fights = [t for t in self._fights.get(svc.key, []) if now - t < FIGHT_WINDOW] + [now]
         self._fights[svc.key] = fights
         if len(fights) >= FIGHTS_TO_YIELD and svc.key not in self._yielded:
@@ -231,6 +273,7 @@ class Allocator:
                 "active? Disable it or give the Service a loadBalancerClass"
             )
             self._report(svc, STATUS_CONFLICT, message)
+        return True
 
     def allocate_now(self) -> None:
         """One run over the full state."""
@@ -280,6 +323,39 @@ class Allocator:
         for key in list(self._reported):
             if key not in by_key:
                 del self._reported[key]
+        if self.on_assigned is not None:
+            yielded = ((STATUS_CONFLICT, YIELDED),)
+            self._decided = {
+                key: (
+                    result.ips.get(key, ()),
+                    (*by_key.get(key, ()), *(yielded if key in self._yielded else ())),
+                )
+                for key in ours
+            }
+
+    def _hand_over(self, keys: Iterable[Key]) -> None:
+        """Tells ``on_assigned`` which of these Services changed: their object (a new version, if only of its
+        conditions) or what was decided for them; all of them the first time in a term."""
+        assert self.on_assigned is not None
+        everything = not self._handed
+        changes: dict[Key, Assigned | None] = {}
+        for key in keys:
+            svc, before = self.services.get(key), self._handed.get(key)
+            if svc is None:
+                if self._handed.pop(key, None) is not None:
+                    changes[key] = None
+                continue
+            decided = self._decided.get(key)
+            if not is_ours(svc, self.config):
+                now = Assigned(svc, False)
+            elif decided is None:
+                continue  # ours since the last run: the next one decides it
+            else:
+                now = Assigned(svc, True, *decided, writing=key in self._in_flight)
+            if before is None or before.svc is not svc or before != now:
+                self._handed[key] = changes[key] = now
+        if changes or everything:
+            self.on_assigned(changes, everything)
 
     def _release_not_ours(self, now: float) -> None:
         """Status that our group of agents wrote (managedFields: our field manager) with IPs of our

@@ -224,6 +224,14 @@ class Api:
             self.request("PATCH", url_path, body=body, content_type="application/merge-patch+json", **kw).data
         )
 
+    def strategic_merge_patch(self, url_path: str, body: Any, **kw: Any) -> Any:
+        """Lists with a merge key (``status.conditions``: ``type``) are merged entry by entry."""
+        return json.loads(
+            self.request(
+                "PATCH", url_path, body=body, content_type="application/strategic-merge-patch+json", **kw
+            ).data
+        )
+
     def apply(self, url_path: str, body: Any, **kw: Any) -> Any:
         """Server-side apply (``query`` carries fieldManager and force)."""
         return json.loads(

@@ -73,6 +73,7 @@ def binaries() -> dict[str, Path]:
         "etcd": cache / f"etcd-{v['ETCD_VERSION']}" / "etcd",
         "kube-apiserver": cache / f"kube-{v['KUBE_VERSION']}" / "kube-apiserver",
         "kube-controller-manager": cache / f"kube-{v['KUBE_VERSION']}" / "kube-controller-manager",
+        "kubectl": cache / f"kube-{v['KUBE_VERSION']}" / "kubectl",
     }
     if not all(p.exists() for p in paths.values()):
         build = HERE.parents[1] / "setup" / "build-control-plane.sh"

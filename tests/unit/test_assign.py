@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from l3lb.config import Config, parse_prefixes
-from l3lb.ipam.allocator import Allocator
+from l3lb.ipam.allocator import Allocator, Assigned
 from l3lb.ipam.assign import (
     INVALID_IPS,
     IP_IN_USE,
@@ -321,3 +321,57 @@ def test_status_we_wrote_on_a_service_no_longer_ours_is_cleared_from_full_state(
     everything = [(s.key, s) for s in (mine, theirs, other_group, outside)]
     allocator.step([WatchEvent("services", "REPLACE", everything, 0.0)], leader=True)
     assert writer.writes == [("mine", (), "7")]
+
+
+def test_a_new_version_that_changes_nothing_decided_runs_nothing() -> None:
+    """A Service whose new version differs only in what the allocator does not decide from (its
+    resourceVersion, its conditions: what the leader's own condition writes change) costs no run over the
+    full state; a value that changed does. But a write that met a conflict is made again at once at the
+    newer version, whatever changed in it."""
+    allocator, writer = make_allocator()
+    a = dataclasses.replace(svc("a"), resource_version="1")
+    allocator.step(sets(a), leader=True)
+    assert writer.writes == [("a", ("10.0.100.1",), "1")]
+    allocator.step([], leader=True, outcomes=[(a.key, CONFLICT, "1")])
+    assert len(writer.writes) == 1, "the same version: waits for a newer one"
+    allocator.step(sets(dataclasses.replace(a, resource_version="2")), leader=True)
+    assert writer.writes[-1] == ("a", ("10.0.100.1",), "2"), "a newer version: written at once"
+    allocator.step([], leader=True, outcomes=[(a.key, WRITTEN, "2")])
+    landed = dataclasses.replace(
+        a, ingress_ips=("10.0.100.1",), resource_version="3", status_managers=("l3lb/kube-system",)
+    )
+    allocator.step(sets(landed), leader=True)
+    runs = allocator.runs
+    allocator.step(sets(dataclasses.replace(landed, resource_version="4")), leader=True)
+    assert allocator.runs == runs, "nothing it decides from changed"
+    allocator.step(sets(dataclasses.replace(landed, resource_version="5", labels=(("x", "y"),))), leader=True)
+    assert allocator.runs == runs + 1
+    assert len(writer.writes) == 2
+
+
+def test_the_leader_hands_each_service_and_its_decision_to_the_conditions_as_it_changes() -> None:
+    """Everything when a term starts; then only the Services whose object or decision changed, a new
+    version alone included (the conditions are written conditional on it), without a run for that."""
+    allocator, _ = make_allocator()
+    handed: list[tuple[dict, bool]] = []
+    allocator.on_assigned = lambda changes, everything: handed.append((dict(changes), everything))
+    a = dataclasses.replace(svc("a"), resource_version="1")
+    other = dataclasses.replace(svc("b"), load_balancer_class="someone-else")
+    allocator.step(sets(a, other), leader=False)
+    assert handed == [], "not while it does not lead"
+    allocator.step([], leader=True)
+    ((changes, everything),) = handed
+    assert everything and changes[a.key].ours and changes[a.key].ips == ("10.0.100.1",)
+    assert not changes[other.key].ours
+    newer = dataclasses.replace(a, resource_version="2")
+    runs = allocator.runs
+    allocator.step(sets(newer), leader=True)
+    assert allocator.runs == runs and handed[-1] == (
+        {a.key: Assigned(newer, True, ("10.0.100.1",), writing=True)},
+        False,
+    )
+    allocator.step(sets(dataclasses.replace(newer, request_error="bad")), leader=True)
+    (got,) = handed[-1][0].values()
+    assert got.ips == () and got.conflicts[0][0] == INVALID_IPS
+    allocator.step([WatchEvent("services", "DELETE", (a.key, a), 0.0)], leader=True)
+    assert handed[-1] == ({a.key: None}, False)
