@@ -106,25 +106,25 @@ def test_announced_counts_large_groups_and_stays_bounded() -> None:
     many = [(f"n{i:03d}", "noLocalReadyEndpoint", False) for i in range(30)]
     c = announced(service(), ann(*[(f"a{i}", "localReadyEndpoints", True) for i in range(12)], *many))
     assert c.message.startswith("announced by 12 nodes; not by 30 nodes (noLocalReadyEndpoint); ")
-    long = [("x" * 250 + str(i), "nodeNotReady", False) for i in range(5)]
+    long = [("x" * 250 + str(i), "nodeExcluded", False) for i in range(5)]
     c = announced(service(), ann(("a", "readyEndpoints", True), *long))
-    assert len(c.message) <= MAX_MESSAGE and "not by 5 nodes (nodeNotReady)" in c.message
+    assert len(c.message) <= MAX_MESSAGE and "not by 5 nodes (nodeExcluded)" in c.message
 
 
 def test_announced_false_gives_the_services_reason_before_the_nodes() -> None:
     c = announced(
         service(),
         ann(
-            ("a", "nodeNotReady", False),
-            ("b", "nodeNotReady", False),
+            ("a", "nodeExcluded", False),
+            ("b", "nodeExcluded", False),
             ("c", "noReadyEndpoint", False),
-            node_reasons={"nodeNotReady"},
+            node_reasons={"nodeExcluded"},
         ),
     )
     assert (c.status, c.reason) == ("False", "NoReadyEndpoint")
-    assert c.message.startswith("announced by no node: a, b (nodeNotReady), c (noReadyEndpoint)")
-    c = announced(service(), ann(("a", "nodeNotReady", False), node_reasons={"nodeNotReady"}))
-    assert c.reason == "NodeNotReady"
+    assert c.message.startswith("announced by no node: a, b (nodeExcluded), c (noReadyEndpoint)")
+    c = announced(service(), ann(("a", "nodeExcluded", False), node_reasons={"nodeExcluded"}))
+    assert c.reason == "NodeExcluded"
     assert announced(service(), ann()).reason == "NoNodes"
     partly = announced(service(), ann(("a", "readyEndpoints", True), unannounced=("10.0.100.200",)))
     assert (partly.status, partly.reason) == ("False", "NodeNotSelected")
