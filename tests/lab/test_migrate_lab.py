@@ -59,12 +59,25 @@ def lab(frr_lab: Lab) -> Iterator[Lab]:
     finally:
         for node in frr_lab.nodes:
             node.ns.run(["ip", "link", "del", OLD], check=False)
+            if node.name in ("node1", "node2"):
+                old_network(frr_lab, node.name, False)
             if node.agent is not None and node.agent.poll() is None:
                 frr_lab.signal_agent(node.name, signal.SIGTERM)
             node.argv = argv[node.name]
             node.start_agent()
         with contextlib.suppress(client.ApiException):
             frr_lab.core.delete_namespaced_service("shop", NAMESPACE)
+
+
+def old_network(lab: Lab, name: str, on: bool) -> None:
+    """The old controller's announcement of SHOP from ``name``, on or off."""
+    node = lab.node(name)
+    node.frr.vtysh(
+        "configure terminal",
+        f"router bgp {node.asn}",
+        "address-family ipv4 unicast",
+        f"{'' if on else 'no '}network {SHOP}/32",
+    )
 
 
 def with_config(argv: list[str], pools: Path) -> list[str]:
@@ -132,6 +145,9 @@ def test_from_metallb_to_l3lb_without_renumbering_or_a_window(lab: Lab, tmp_path
         ip("-n", ns, "link", "set", OLD, "up")
         ip("-n", ns, "link", "set", f"{OLD}p", "up")
         ip("-n", ns, "addr", "add", f"{SHOP}/32", "dev", OLD)
+        # Announced as MetalLB's FRR mode does, a network statement (the host route on metallb0 is its RIB
+        # entry: import-check); l3lb's redistribution takes only its own interfaces' routes.
+        old_network(lab, name, True)
     established = lab.routes.wait_for(SHOP, {"node1", "node2"}, start)
     client = Client(lab, SHOP)
     client.start()

@@ -271,7 +271,8 @@ def test_uplinks_text_is_accepted_whole_by_a_real_frr(workdir: Path, case: str) 
 def test_without_uplinks_the_output_is_unchanged() -> None:
     """``uplinks = null`` is the same as no ``uplinks``: the redistribution alone, no session of any kind."""
     plain = frr_snippet(["10.0.100.0/24", "fd00:100::/64"], 65101, 2)
-    args = 'prefixes = [ "10.0.100.0/24" "fd00:100::/64" ]; asn = 65101; classes = 2; uplinks = null;'
+    args = 'prefixes = [ "10.0.100.0/24" "fd00:100::/64" ]; asn = 65101; classes = 2; drain = true; '
+    args += "uplinks = null;"
     assert nix_eval(f"import ./nixos/frr.nix {{ {args} }}") == plain
     assert "UPLINKS" not in plain and "neighbor" not in plain and "bfd" not in plain
 
