@@ -28,7 +28,7 @@ sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO / "tests")]
 
 from lab import VIP, Lab  # noqa: E402
 from netns import NetNS, enter_netns  # noqa: E402
-from stats import pct  # noqa: E402
+from stats import against_floor  # noqa: E402
 from testenv import interrupt_on_sigterm  # noqa: E402
 
 EVENTS = ("add", "ECMP add", "partial withdraw", "full withdraw")
@@ -143,14 +143,7 @@ def main() -> int:
     heads = ("floor p50", "floor p99", "l3lb p50", "l3lb p99")
     print(f"\n{'event':18s}" + "".join(f"{h:>10s}" for h in heads) + f"{'added p50':>11s}")
     for event in EVENTS:
-        f, lb = results["floor"][event], results["l3lb"][event]
-        row = {
-            "floor_p50": pct(f, 50),
-            "floor_p99": pct(f, 99),
-            "l3lb_p50": pct(lb, 50),
-            "l3lb_p99": pct(lb, 99),
-        }
-        row["added_p50"] = row["l3lb_p50"] - row["floor_p50"]
+        row = against_floor(results["floor"][event], results["l3lb"][event])
         summary[event] = {k: round(v, 1) for k, v in row.items()}
         print(
             f"{event:18s}"

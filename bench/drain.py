@@ -27,7 +27,7 @@ sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO / "tests")]
 from kubelet import set_node_label  # noqa: E402
 from lab import Lab  # noqa: E402
 from netns import ip  # noqa: E402
-from stats import pct  # noqa: E402
+from stats import against_floor  # noqa: E402
 from testenv import interrupt_on_sigterm  # noqa: E402
 
 WEB = "10.0.100.6"
@@ -141,14 +141,7 @@ def main() -> int:
         + "".join(f"{h:>11s}" for h in ("floor p50", "floor p99", "l3lb p50", "l3lb p99", "added p50"))
     )
     for event in ("drain", "undrain"):
-        f, lb = results["floor"][event], results["l3lb"][event]
-        row = {
-            "floor_p50": pct(f, 50),
-            "floor_p99": pct(f, 99),
-            "l3lb_p50": pct(lb, 50),
-            "l3lb_p99": pct(lb, 99),
-        }
-        row["added_p50"] = row["l3lb_p50"] - row["floor_p50"]
+        row = against_floor(results["floor"][event], results["l3lb"][event])
         summary[event] = {k: round(v, 1) for k, v in row.items()}
         print(f"{event:10s}" + "".join(f"{row[k]:11.1f}" for k in row))
     print(

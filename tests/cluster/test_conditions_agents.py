@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import urllib3
-from agents import Lab, SimNode
+from agents import Lab, SimNode, status_all_argv
 from kubelet import create_pod, lease_holder, set_node_label, set_pod_ready, wait_for
 from kubernetes.watch.watch import iter_resp_lines
 from test_allocation import ingress
@@ -87,21 +87,7 @@ def write_pools(lab: Lab) -> Path:
 
 
 def status_all(node: SimNode, lab: Lab, *args: str) -> dict[str, dict[str, Any]]:
-    out = node.ns.run(
-        [
-            *node.argv[:3],
-            "status",
-            "--all",
-            *args,
-            "--kubeconfig",
-            str(lab.kubeconfig),
-            "--load-balancer-class",
-            lab.lb_class,
-            "--no-default-class",
-            "-o",
-            "json",
-        ]
-    )
+    out = node.ns.run([*status_all_argv(node, lab, *args), "-o", "json"])
     return {r["service"].split("/")[1]: r for r in json.loads(out.stdout)["services"]}
 
 

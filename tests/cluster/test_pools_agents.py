@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from agents import Lab, SimNode, wait_addresses
+from agents import Lab, SimNode, status_all_argv, wait_addresses
 from kubelet import create_pod, lease_holder, set_node_label, wait_for
 from test_allocation import events, wait_ingress
 
@@ -90,22 +90,8 @@ def test_pools_select_services_and_nodes(lab: Lab) -> None:
     assert took < 1.0, f"withdrawn {took:.2f} s after the label changed"
 
     # The cluster-wide view, from the API alone, with the agents' own decision code.
-    out = a.ns.run(
-        [
-            *a.argv[:3],
-            "status",
-            "--all",
-            "--config",
-            str(config),
-            "--kubeconfig",
-            str(lab.kubeconfig),
-            "--load-balancer-class",
-            lab.lb_class,
-            "--no-default-class",
-            "-o",
-            "json",
-        ]
-    )
+    argv = status_all_argv(a, lab, "--config", str(config))
+    out = a.ns.run([*argv, "-o", "json"])
     rows = {r["service"].split("/")[1]: r for r in json.loads(out.stdout)["services"]}
     ours = {a.name, b.name}
 
@@ -120,7 +106,7 @@ def test_pools_select_services_and_nodes(lab: Lab) -> None:
     assert view("public") == ("edge", [b.name], {a.name: "nodeNotSelected"})
     assert view("plain") == ("internal", [a.name, b.name], {})
     assert view("exposed") == ("-", [], {a.name: "noIngressIP", b.name: "noIngressIP"})
-    text = a.ns.run([arg for arg in out.args[4:] if arg not in ("-o", "json")]).stdout
+    text = a.ns.run(argv).stdout
     line = next(x for x in text.splitlines() if "/public " in x)
     assert line.split()[1:3] == ["edge", lab.ip(1)] and f"{a.name} (nodeNotSelected)" in line, text
 

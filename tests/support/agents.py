@@ -210,3 +210,18 @@ def wait_addresses(node: SimNode, expected: set[str], timeout: float = 15.0) -> 
             f"{node.name} holds {sorted(node.addresses())}, expected {sorted(expected)}; "
             f"agent log:\n{node.log()[-3000:]}"
         ) from None
+
+
+def status_all_argv(node: SimNode, lab: Lab, *args: str) -> list[str]:
+    """``l3lb status --all`` as run on ``node`` for the lab's Services (add ``-o json`` for the rows)."""
+    return [
+        *node.argv[:3],
+        "status",
+        "--all",
+        *args,
+        "--kubeconfig",
+        str(lab.kubeconfig),
+        "--load-balancer-class",
+        lab.lb_class,
+        "--no-default-class",
+    ]
