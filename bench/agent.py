@@ -13,10 +13,11 @@ comes back). Run as root::
     .venv/bin/python bench/agent.py --sweep        # 1k, 2.5k, 10k Services; quiet and under churn at each
     .venv/bin/python bench/agent.py --follower     # an agent that is not the allocator's leader
 
-The one agent is the allocator's leader, which also keeps every Service's conditions: it waits until their
-first pass is written before it measures, so that pass is not in the figures (every further change of a
-measured Service's Announced condition is). ``--follower`` gives the allocator's Lease to another holder
-first, so the agent measured is what every other node runs: no allocator, no conditions.
+The one agent is the allocator's leader, which also keeps every Service's conditions (in a worker process
+it starts: its CPU is counted with the agent's, its RSS apart as ``worker_rss_mib``): the benchmark waits
+until their first pass is written before it measures, so that pass is not in the figures (every further
+change of a measured Service's Announced condition is). ``--follower`` gives the allocator's Lease to
+another holder first, so the agent measured is what every other node runs: no allocator, no conditions.
 
 Each point prints: initial sync (agent start -> every address on lo), event -> address p50/p99, CPU per
 1,000 events, RSS, the mean duration of a periodic full sync, and the agent's API reads per event.
@@ -157,13 +158,33 @@ def setup(core: client.CoreV1Api, disc: client.DiscoveryV1Api, layout: Layout) -
         list(pool.map(one, range(layout.services)))
 
 
-def proc_stats(pid: int) -> tuple[float, float, float]:
-    """(RSS MiB, peak RSS MiB, CPU seconds) of a process."""
+def descendants(pid: int) -> list[int]:
+    """The processes a process started that still run (the leader's conditions worker), recursively."""
+    out = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in map(int, children.read_text().split()):
+            out += [child, *descendants(child)]
+    return out
+
+
+def _one(pid: int) -> tuple[float, float, float]:
     status = Path(f"/proc/{pid}/status").read_text()
     kb = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith("Vm")}
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024, cpu
+
+
+def proc_stats(pid: int) -> tuple[float, float, float]:
+    """(RSS MiB, peak RSS MiB, CPU seconds) of the agent's process, the CPU with that of the processes it
+    started (the leader's conditions worker: its work is the agent's too)."""
+    rss, hwm, cpu = _one(pid)
+    return rss, hwm, cpu + sum(_one(child)[2] for child in descendants(pid))
+
+
+def worker_rss(pid: int) -> float:
+    """RSS MiB of the processes the agent started (on the leader, its conditions worker)."""
+    return sum(_one(child)[0] for child in descendants(pid))
 
 
 def agent_requests(audit: Path, since: float, until: float) -> dict[str, int]:
@@ -365,6 +386,7 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float, followe
                     time.sleep(1)
                     full1 = full_syncs(ns)
                 rss1, hwm, _ = proc_stats(agent.pid)
+                rss_worker = worker_rss(agent.pid)
                 ns.stop(agent)
                 quiet = results["quiet"]
                 wall0, wall1 = quiet.pop("_wall")
@@ -392,6 +414,7 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float, followe
         "idle_cpu_percent": round(idle_cpu * 100, 2),
         "rss_mib": round(rss1, 1),
         "peak_rss_mib": round(hwm, 1),
+        "worker_rss_mib": round(rss_worker, 1),
         "agent_reads_per_event": round(
             sum(v for k, v in reqs.items() if k.split()[0] in ("get", "list") and "leases" not in k)
             / quiet["events"],
