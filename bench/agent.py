@@ -27,11 +27,13 @@ Each point prints: initial sync (agent start -> every address on lo), event -> a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import itertools
 import json
 import multiprocessing
 import os
+import queue
 import re
 import signal
 import sys
@@ -180,6 +182,11 @@ def proc_stats(pid: int) -> tuple[float, float, float]:
     started (the leader's conditions worker: its work is the agent's too)."""
     rss, hwm, cpu = _one(pid)
     return rss, hwm, cpu + sum(_one(child)[2] for child in descendants(pid))
+
+
+def worker_cpu(pid: int) -> float:
+    """CPU seconds of the processes the agent started (on the leader, its conditions worker)."""
+    return sum(_one(child)[2] for child in descendants(pid))
 
 
 def worker_rss(pid: int) -> float:
@@ -448,6 +455,7 @@ def measure(
     if writers:
         time.sleep(2)
     _, _, cpu0 = proc_stats(pid)
+    worker0 = worker_cpu(pid)
     inside0 = event_to_apply(ns)
     churn0, t0 = done.value, time.monotonic()
     ms: list[float] = []
@@ -465,21 +473,25 @@ def measure(
             ms.append((watcher.wait(kind, layout.ip(i), start) - start) * 1000)
     wall1 = time.time()
     _, _, cpu1 = proc_stats(pid)
+    worker1 = worker_cpu(pid)
     elapsed = time.monotonic() - t0
     churned = done.value - churn0
-    seen: dict[str, list[float]] = {}
-    while not delivered.empty():
-        name, at = delivered.get()
-        seen.setdefault(name, []).append(at)
-    # a write the other watcher never saw delivered counts as 60 s
-    delivery_ms = [
-        (min((t for t in seen.get(n, ()) if t >= s), default=s + 60) - s) * 1000 for n, s in writes
-    ]
     inside = {le: n - inside0.get(le, 0) for le, n in event_to_apply(ns).items()}
     stop.set()
     for w in writers:
         w.join()
+    # The churn has stopped: what the other watcher received is all in the queue within moments (its
+    # feeder thread flushes as it goes; empty() alone could end the reading before that).
+    seen: dict[str, list[float]] = {}
+    with contextlib.suppress(queue.Empty):
+        while True:
+            name, at = delivered.get(timeout=1.0)
+            seen.setdefault(name, []).append(at)
     observer.terminate()
+    # a write the other watcher never saw delivered counts as 60 s
+    delivery_ms = [
+        (min((t for t in seen.get(n, ()) if t >= s), default=s + 60) - s) * 1000 for n, s in writes
+    ]
     if any(w.exitcode for w in writers):
         raise RuntimeError("a churn writer failed (its traceback is above): the figures would be wrong")
     return {
@@ -504,6 +516,8 @@ def measure(
         "churn_writes_per_s": round(churned / elapsed, 1),
         # CPU of the agent over the window, per 1,000 measured events (under churn it includes the churn's)
         "cpu_s_per_1000_events": round((cpu1 - cpu0) / len(ms) * 1000, 2),
+        # of which the leader's conditions worker
+        "worker_cpu_s_per_1000_events": round((worker1 - worker0) / len(ms) * 1000, 2),
         "_wall": (wall0, wall1),
     }
 
