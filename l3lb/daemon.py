@@ -1,5 +1,5 @@
 """Wiring of the daemon: the interface, the API client, the watches, the writer, the health server and
-systemd notification around one Agent loop, and the orderly stop.
+systemd notification around one Agent loop, the conditions worker while leading, and the orderly stop.
 
 The node side starts first and never waits for the API: the agent adopts what is on the interface, tells
 systemd it is ready, and keeps it (renewing lifetimes) while the API side connects in a thread of its own,
@@ -53,7 +53,6 @@ class ApiSide:
         self.stop = stop
         self.log_setup = log_setup
         """(level, format): the conditions worker logs as the agent does."""
-        self.kubeconfig: str | None = None
         self.reflectors: list[Reflector] = []
         self.elector: LeaderElector | None = None
         self.allocator: Allocator | None = None
@@ -63,7 +62,6 @@ class ApiSide:
         """EX_TEMPFAIL when the kubeconfig copy is unusable: the daemon then exits for a restart."""
 
     def connect(self, kubeconfig: str | None) -> None:
-        self.kubeconfig = kubeconfig
         try:
             api_client = wait_for_client(kubeconfig, self.stop)
         except KubeconfigStale as err:
@@ -78,9 +76,10 @@ class ApiSide:
             return
         if api_client is None:
             return  # stopping
-        self.start(Api(api_client))
+        self.start(Api(api_client), kubeconfig)
 
-    def start(self, api: Api) -> None:
+    def start(self, api: Api, kubeconfig: str | None) -> None:
+        """``kubeconfig``: what ``api`` was loaded from, which the conditions worker loads too."""
         config, agent, metrics = self.config, self.agent, self.metrics
         if not config.dry_run:
             # The allocator decides and the writer writes, only while the election says we lead.
@@ -91,7 +90,7 @@ class ApiSide:
             # The conditions: while leading, a worker process of their own (l3lb/conditions/worker.py)
             # is handed each Service and the allocator's decision for it.
             level, fmt = self.log_setup
-            setup = Setup(config, self.kubeconfig, self.lease_namespace, level, fmt)
+            setup = Setup(config, kubeconfig, self.lease_namespace, level, fmt)
             conditions = Link(setup, metrics, lambda: elector.valid_until)
             allocator.on_assigned = conditions.on_assigned
 
