@@ -14,9 +14,10 @@ comes back). Run as root::
     .venv/bin/python bench/agent.py --follower     # an agent that is not the allocator's leader
 
 The one agent is the allocator's leader, which also keeps every Service's conditions (in a worker process
-it starts: its CPU is counted with the agent's, its RSS apart as ``worker_rss_mib``): the benchmark waits
-until their first pass is written before it measures, so that pass is not in the figures (every further
-change of a measured Service's Announced condition is). ``--follower`` gives the allocator's Lease to
+it starts: its CPU is counted with the agent's, its memory apart, as ``worker_rss_mib`` and, without the
+shared libraries it maps as the agent does, ``worker_private_mib``): the benchmark waits until their first
+pass is written before it measures, so that pass is not in the figures (every further change of a measured
+Service's Announced condition is). ``--follower`` gives the allocator's Lease to
 another holder first, so the agent measured is what every other node runs: no allocator, no conditions.
 
 Each point prints: initial sync (agent start -> every address on lo), event -> address p50/p99, CPU per
@@ -190,8 +191,19 @@ def worker_cpu(pid: int) -> float:
 
 
 def worker_rss(pid: int) -> float:
-    """RSS MiB of the processes the agent started (on the leader, its conditions worker)."""
+    """RSS MiB of the processes the agent started (on the leader, its conditions worker), with the pages of
+    shared libraries that it maps as the agent does, which ``worker_private`` leaves out."""
     return sum(_one(child)[0] for child in descendants(pid))
+
+
+def worker_private(pid: int) -> float:
+    """MiB of the pages only the agent's worker holds: what it adds to the machine's memory."""
+    total = 0
+    for child in descendants(pid):
+        for line in Path(f"/proc/{child}/smaps_rollup").read_text().splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 def agent_requests(audit: Path, since: float, until: float) -> dict[str, int]:
@@ -393,7 +405,7 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float, followe
                     time.sleep(1)
                     full1 = full_syncs(ns)
                 rss1, hwm, _ = proc_stats(agent.pid)
-                rss_worker = worker_rss(agent.pid)
+                rss_worker, private_worker = worker_rss(agent.pid), worker_private(agent.pid)
                 ns.stop(agent)
                 quiet = results["quiet"]
                 wall0, wall1 = quiet.pop("_wall")
@@ -422,6 +434,7 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float, followe
         "rss_mib": round(rss1, 1),
         "peak_rss_mib": round(hwm, 1),
         "worker_rss_mib": round(rss_worker, 1),
+        "worker_private_mib": round(private_worker, 1),
         "agent_reads_per_event": round(
             sum(v for k, v in reqs.items() if k.split()[0] in ("get", "list") and "leases" not in k)
             / quiet["events"],

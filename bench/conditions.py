@@ -47,6 +47,7 @@ from agent import (  # noqa: E402
     churn,
     proc_stats,
     setup,
+    worker_private,
     worker_rss,
 )
 from kubernetes import client, config, utils  # noqa: E402
@@ -317,6 +318,7 @@ def main() -> int:
                     ),
                 ]
                 rss, rss_worker = proc_stats(agent.pid)[0], worker_rss(agent.pid)
+                private_worker = worker_private(agent.pid)
                 ns.stop(agent)
         finally:
             relay.close()
@@ -326,6 +328,7 @@ def main() -> int:
         **first,
         "agent_rss_mib": round(rss, 1),
         "worker_rss_mib": round(rss_worker, 1),
+        "worker_private_mib": round(private_worker, 1),
         "phases": phases,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
