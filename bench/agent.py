@@ -13,10 +13,12 @@ comes back). Run as root::
     .venv/bin/python bench/agent.py --sweep        # 1k, 2.5k, 10k Services; quiet and under churn at each
     .venv/bin/python bench/agent.py --follower     # an agent that is not the allocator's leader
 
-The one agent is the allocator's leader, which also keeps every Service's conditions: it waits until their
-first pass is written before it measures, so that pass is not in the figures (every further change of a
-measured Service's Announced condition is). ``--follower`` gives the allocator's Lease to another holder
-first, so the agent measured is what every other node runs: no allocator, no conditions.
+The one agent is the allocator's leader, which also keeps every Service's conditions (in a worker process
+it starts: its CPU is counted with the agent's, its memory apart, as ``worker_rss_mib`` and, without the
+shared libraries it maps as the agent does, ``worker_private_mib``): the benchmark waits until their first
+pass is written before it measures, so that pass is not in the figures (every further change of a measured
+Service's Announced condition is). ``--follower`` gives the allocator's Lease to
+another holder first, so the agent measured is what every other node runs: no allocator, no conditions.
 
 Each point prints: initial sync (agent start -> every address on lo), event -> address p50/p99, CPU per
 1,000 events, RSS, the mean duration of a periodic full sync, and the agent's API reads per event.
@@ -26,11 +28,13 @@ Each point prints: initial sync (agent start -> every address on lo), event -> a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import itertools
 import json
 import multiprocessing
 import os
+import queue
 import re
 import signal
 import sys
@@ -157,13 +161,49 @@ def setup(core: client.CoreV1Api, disc: client.DiscoveryV1Api, layout: Layout) -
         list(pool.map(one, range(layout.services)))
 
 
-def proc_stats(pid: int) -> tuple[float, float, float]:
-    """(RSS MiB, peak RSS MiB, CPU seconds) of a process."""
+def descendants(pid: int) -> list[int]:
+    """The processes a process started that still run (the leader's conditions worker), recursively."""
+    out = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in map(int, children.read_text().split()):
+            out += [child, *descendants(child)]
+    return out
+
+
+def _one(pid: int) -> tuple[float, float, float]:
     status = Path(f"/proc/{pid}/status").read_text()
     kb = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith("Vm")}
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024, cpu
+
+
+def proc_stats(pid: int) -> tuple[float, float, float]:
+    """(RSS MiB, peak RSS MiB, CPU seconds) of the agent's process, the CPU with that of the processes it
+    started (the leader's conditions worker: its work is the agent's too)."""
+    rss, hwm, cpu = _one(pid)
+    return rss, hwm, cpu + sum(_one(child)[2] for child in descendants(pid))
+
+
+def worker_cpu(pid: int) -> float:
+    """CPU seconds of the processes the agent started (on the leader, its conditions worker)."""
+    return sum(_one(child)[2] for child in descendants(pid))
+
+
+def worker_rss(pid: int) -> float:
+    """RSS MiB of the processes the agent started (on the leader, its conditions worker), with the pages of
+    shared libraries that it maps as the agent does, which ``worker_private`` leaves out."""
+    return sum(_one(child)[0] for child in descendants(pid))
+
+
+def worker_private(pid: int) -> float:
+    """MiB of the pages only the agent's worker holds: what it adds to the machine's memory."""
+    total = 0
+    for child in descendants(pid):
+        for line in Path(f"/proc/{child}/smaps_rollup").read_text().splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    return total / 1024
 
 
 def agent_requests(audit: Path, since: float, until: float) -> dict[str, int]:
@@ -365,6 +405,7 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float, followe
                     time.sleep(1)
                     full1 = full_syncs(ns)
                 rss1, hwm, _ = proc_stats(agent.pid)
+                rss_worker, private_worker = worker_rss(agent.pid), worker_private(agent.pid)
                 ns.stop(agent)
                 quiet = results["quiet"]
                 wall0, wall1 = quiet.pop("_wall")
@@ -392,6 +433,8 @@ def run_point(services: int, nodes: int, events: int, churn_rate: float, followe
         "idle_cpu_percent": round(idle_cpu * 100, 2),
         "rss_mib": round(rss1, 1),
         "peak_rss_mib": round(hwm, 1),
+        "worker_rss_mib": round(rss_worker, 1),
+        "worker_private_mib": round(private_worker, 1),
         "agent_reads_per_event": round(
             sum(v for k, v in reqs.items() if k.split()[0] in ("get", "list") and "leases" not in k)
             / quiet["events"],
@@ -425,6 +468,7 @@ def measure(
     if writers:
         time.sleep(2)
     _, _, cpu0 = proc_stats(pid)
+    worker0 = worker_cpu(pid)
     inside0 = event_to_apply(ns)
     churn0, t0 = done.value, time.monotonic()
     ms: list[float] = []
@@ -442,21 +486,25 @@ def measure(
             ms.append((watcher.wait(kind, layout.ip(i), start) - start) * 1000)
     wall1 = time.time()
     _, _, cpu1 = proc_stats(pid)
+    worker1 = worker_cpu(pid)
     elapsed = time.monotonic() - t0
     churned = done.value - churn0
-    seen: dict[str, list[float]] = {}
-    while not delivered.empty():
-        name, at = delivered.get()
-        seen.setdefault(name, []).append(at)
-    # a write the other watcher never saw delivered counts as 60 s
-    delivery_ms = [
-        (min((t for t in seen.get(n, ()) if t >= s), default=s + 60) - s) * 1000 for n, s in writes
-    ]
     inside = {le: n - inside0.get(le, 0) for le, n in event_to_apply(ns).items()}
     stop.set()
     for w in writers:
         w.join()
+    # The churn has stopped: what the other watcher received is all in the queue within moments (its
+    # feeder thread flushes as it goes; empty() alone could end the reading before that).
+    seen: dict[str, list[float]] = {}
+    with contextlib.suppress(queue.Empty):
+        while True:
+            name, at = delivered.get(timeout=1.0)
+            seen.setdefault(name, []).append(at)
     observer.terminate()
+    # a write the other watcher never saw delivered counts as 60 s
+    delivery_ms = [
+        (min((t for t in seen.get(n, ()) if t >= s), default=s + 60) - s) * 1000 for n, s in writes
+    ]
     if any(w.exitcode for w in writers):
         raise RuntimeError("a churn writer failed (its traceback is above): the figures would be wrong")
     return {
@@ -481,6 +529,8 @@ def measure(
         "churn_writes_per_s": round(churned / elapsed, 1),
         # CPU of the agent over the window, per 1,000 measured events (under churn it includes the churn's)
         "cpu_s_per_1000_events": round((cpu1 - cpu0) / len(ms) * 1000, 2),
+        # of which the leader's conditions worker
+        "worker_cpu_s_per_1000_events": round((worker1 - worker0) / len(ms) * 1000, 2),
         "_wall": (wall0, wall1),
     }
 

@@ -47,6 +47,8 @@ from agent import (  # noqa: E402
     churn,
     proc_stats,
     setup,
+    worker_private,
+    worker_rss,
 )
 from kubernetes import client, config, utils  # noqa: E402
 from netns import ApiRelay, NetNS  # noqa: E402
@@ -315,7 +317,8 @@ def main() -> int:
                         **common,
                     ),
                 ]
-                rss = proc_stats(agent.pid)[0]
+                rss, rss_worker = proc_stats(agent.pid)[0], worker_rss(agent.pid)
+                private_worker = worker_private(agent.pid)
                 ns.stop(agent)
         finally:
             relay.close()
@@ -324,6 +327,8 @@ def main() -> int:
         "nodes": args.nodes,
         **first,
         "agent_rss_mib": round(rss, 1),
+        "worker_rss_mib": round(rss_worker, 1),
+        "worker_private_mib": round(private_worker, 1),
         "phases": phases,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """Wiring of the daemon: the interface, the API client, the watches, the writer, the health server and
-systemd notification around one Agent loop, and the orderly stop.
+systemd notification around one Agent loop, the conditions worker while leading, and the orderly stop.
 
 The node side starts first and never waits for the API: the agent adopts what is on the interface, tells
 systemd it is ready, and keeps it (renewing lifetimes) while the API side connects in a thread of its own,
@@ -10,26 +10,24 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import click
 
-from .conditions.keeper import Keeper
+from .conditions.link import JOIN, Link
+from .conditions.worker import Setup
 from .config import Config
 from .ipam.allocator import Allocator
 from .ipam.pools import fingerprint
 from .k8s.api import EX_TEMPFAIL, Api, KubeconfigStale, wait_for_client
-from .k8s.conditions import ConditionWriter
 from .k8s.events import EventRecorder
 from .k8s.leader import LeaderElector
 from .k8s.watch import Reflector, Sink
 from .k8s.writer import StatusWriter
 from .metrics import HealthServer, Metrics
-from .model import SERVICES, SLICES, WatchEvent, node_entry, slice_by_node_entry, watched
+from .model import SERVICES, WatchEvent, watched
 from .netlink.tables import InterfaceMissing, MemoryTable, NetlinkTable
 from .node.agent import Agent
-from .node.cluster import NODES, SLICES_BY_NODE
 from .systemd import Notifier
 
 log = logging.getLogger(__name__)
@@ -40,16 +38,26 @@ class ApiSide:
     (unless dry-run) the writer, the allocator and the election."""
 
     def __init__(
-        self, config: Config, agent: Agent, metrics: Metrics, lease_namespace: str, stop: threading.Event
+        self,
+        config: Config,
+        agent: Agent,
+        metrics: Metrics,
+        lease_namespace: str,
+        stop: threading.Event,
+        log_setup: tuple[str, str] = ("info", "text"),
     ) -> None:
         self.config = config
         self.agent = agent
         self.metrics = metrics
         self.lease_namespace = lease_namespace
         self.stop = stop
+        self.log_setup = log_setup
+        """(level, format): the conditions worker logs as the agent does."""
         self.reflectors: list[Reflector] = []
         self.elector: LeaderElector | None = None
         self.allocator: Allocator | None = None
+        self.conditions: Link | None = None
+        self._threads: list[threading.Thread] = []
         self.exit_code = 0
         """EX_TEMPFAIL when the kubeconfig copy is unusable: the daemon then exits for a restart."""
 
@@ -68,9 +76,10 @@ class ApiSide:
             return
         if api_client is None:
             return  # stopping
-        self.start(Api(api_client))
+        self.start(Api(api_client), kubeconfig)
 
-    def start(self, api: Api) -> None:
+    def start(self, api: Api, kubeconfig: str | None) -> None:
+        """``kubeconfig``: what ``api`` was loaded from, which the conditions worker loads too."""
         config, agent, metrics = self.config, self.agent, self.metrics
         if not config.dry_run:
             # The allocator decides and the writer writes, only while the election says we lead.
@@ -78,17 +87,17 @@ class ApiSide:
             writer = StatusWriter(api, lease_namespace=self.lease_namespace)
             allocator = Allocator(config, writer, events, metrics, lease_namespace=self.lease_namespace)
             writer.on_written = allocator.written
-            # The conditions: the allocator hands each Service and its decision to the keeper, which watches
-            # every Node and slice while leading and asks a paced writer of its own.
-            conditions = ConditionWriter(api, lease_namespace=self.lease_namespace)
-            keeper = Keeper(config, conditions, events, metrics, lambda sink: self.leader_watches(api, sink))
-            conditions.on_written = keeper.written
-            allocator.on_assigned = keeper.on_assigned
+            # The conditions: while leading, a worker process of their own (l3lb/conditions/worker.py)
+            # is handed each Service and the allocator's decision for it.
+            level, fmt = self.log_setup
+            setup = Setup(config, kubeconfig, self.lease_namespace, level, fmt)
+            conditions = Link(setup, metrics, lambda: elector.valid_until)
+            allocator.on_assigned = conditions.on_assigned
 
             def on_leader(leader: bool) -> None:
                 metrics.leader.set(1 if leader else 0)
                 allocator.on_leader(leader)
-                keeper.on_leader(leader)
+                conditions.on_leader(leader)
 
             mine = fingerprint(config.pools)
             reported: list[tuple[str, str]] = []
@@ -111,17 +120,17 @@ class ApiSide:
                     ("", config.node_name), config.node_name, "Warning", "PoolsMismatch", message, "Node"
                 )
 
-            self.elector = LeaderElector(
+            self.elector = elector = LeaderElector(
                 api, self.lease_namespace, config.node_name, on_leader, fingerprint=mine, on_holder=on_holder
             )
-            writer.may_write = conditions.may_write = self.elector.is_leader
+            writer.may_write = self.elector.is_leader
             agent.report.events = events
             self.allocator = allocator
+            self.conditions = conditions
             events.start(self.stop)
             writer.start(self.stop)
             allocator.start(self.stop)
-            conditions.start(self.stop)
-            keeper.start(self.stop)
+            self._threads.append(conditions.start(self.stop))
             self.elector.start(self.stop)
         else:  # decide as a leader would and log it (l3lb/ipam/dryrun.py)
             from .ipam.dryrun import DryRunWriter
@@ -144,25 +153,6 @@ class ApiSide:
         for r in self.reflectors:
             r.start(self.stop)
 
-    def leader_watches(self, api: Api, sink: Sink) -> Callable[[], None]:
-        """The watches only the leader runs, for the conditions: every Node, and every EndpointSlice with its
-        ready endpoints per node. Returns what stops them (at the end of the term)."""
-        slices, selectors = watched(self.config.node_name)[SLICES][:2]
-        term = threading.Event()
-        reflectors = [
-            Reflector(NODES, api, "/api/v1/nodes", node_entry, sink),
-            Reflector(SLICES_BY_NODE, api, slices, slice_by_node_entry, sink, selectors=selectors),
-        ]
-        for r in reflectors:
-            r.start(term)
-
-        def stop() -> None:
-            term.set()
-            for r in reflectors:
-                r.stop()
-
-        return stop
-
     def sink(self, resource: str) -> Sink:
         """Where a watch delivers: the agent's inbox, and for Services the allocator's as well (one event,
         parsed once, for both)."""
@@ -178,6 +168,11 @@ class ApiSide:
         return both
 
     def close(self) -> None:
+        """After ``stop`` is set: the conditions worker ends first (nothing written after the Lease goes)."""
+        if self.conditions is not None:
+            self.conditions.wake()
+        for thread in self._threads:
+            thread.join(JOIN + 1)
         if self.elector is not None:
             self.elector.release()
         for r in self.reflectors:
@@ -190,6 +185,7 @@ def serve(
     listen: tuple[str, int] | None,
     lease_namespace: str = "kube-system",
     received: list[int] | None = None,
+    log_setup: tuple[str, str] = ("info", "text"),
 ) -> None:
     """Runs the agent until SIGTERM or SIGINT. ``received``: signals that arrived before (while loading).
     Exits with EX_TEMPFAIL, keeping the addresses, when the kubeconfig credential cannot be used."""
@@ -228,7 +224,7 @@ def serve(
             ) from None
         health.start()
         log.info("metrics and health on http://%s:%d/ (metrics, healthz, readyz)", listen[0], health.port)
-    api_side = ApiSide(config, agent, metrics, lease_namespace, stop)
+    api_side = ApiSide(config, agent, metrics, lease_namespace, stop, log_setup)
     threading.Thread(target=api_side.connect, args=(kubeconfig,), name="api-connect", daemon=True).start()
     agent.run()
     log.info("received %s, stopping", " and ".join(signal.Signals(n).name for n in received) or "stop")

@@ -11,7 +11,9 @@
 # Stopping: with `drainSeconds` the agent first advertises what it holds with GRACEFUL_SHUTDOWN for that
 # long, then withdraws it and releases its Lease; TimeoutStopSec leaves it those seconds and 20 more (the
 # withdrawal and the Lease's release take well under one; the rest is for a loaded machine), after which
-# systemd would SIGKILL it and the addresses would stay until their lifetime ends.
+# systemd would SIGKILL it and the addresses would stay until their lifetime ends. KillMode=mixed: systemd's
+# SIGTERM goes to the agent alone, not to the conditions worker it runs while it leads (it still leads while
+# it drains, and stops the worker itself before it releases its Lease); the final SIGKILL, if any, to both.
 { execStart, credentials, allowedIPs ? null, watchdogSec ? 30, timeoutStartSec ? 30, drainSeconds ? 0 }:
 (if allowedIPs == null then { } else { IPAddressDeny = "any"; IPAddressAllow = allowedIPs; })
 // {
@@ -25,6 +27,7 @@
   SuccessExitStatus = 75;
   TimeoutStartSec = timeoutStartSec;
   TimeoutStopSec = 20 + drainSeconds;
+  KillMode = "mixed";
 
   DynamicUser = true;
   LoadCredential = credentials;

@@ -322,7 +322,7 @@ def run(
         f" weighted ({config.weight_classes} classes)" if config.weight_classes else "",
         " withdraw-on-cordon" if config.withdraw_on_cordon else "",
     )
-    serve(config, kubeconfig, listen, lease_namespace, received=early)
+    serve(config, kubeconfig, listen, lease_namespace, received=early, log_setup=(log_level, log_format))
 
 
 @cli.command()

@@ -1,4 +1,5 @@
-"""The leader's keeper of the Services' conditions, in a thread of its own.
+"""The leader's keeper of the Services' conditions, in a thread of the conditions worker (``worker.py``), a
+process that runs only while this agent leads.
 
 Its inputs: from the allocator, each LoadBalancer Service as the watch shows it with what the allocator
 decided for it (``Assigned``, only the changed ones; all of them when a term starts), and while this agent
@@ -11,8 +12,9 @@ status changes). No API read per event; a new leader computes the same text and 
 nothing changed.
 
 A write that met a conflict (the Service changed since the decision) is decided again from the newer
-version when the watch brings it, never written again at the version it was decided on; any other failure
-is decided again after a backoff of its own (1 s doubling to 60 s), never at once.
+version when the watch brings it, never written again at the version it was decided on; any other failure,
+and a write held back because the lease was not valid at that moment, is decided again after a backoff of
+its own (1 s doubling to 60 s), never at once.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from ..config import Config
 from ..ipam.allocator import Assigned
 from ..k8s.conditions import REJECTED, Request
 from ..k8s.watch import Sink
-from ..k8s.writer import CONFLICT, DENIED, FAILED, WRITTEN
-from ..metrics import Metrics
+from ..k8s.writer import CONFLICT, DENIED, FAILED, NOT_LEADING, WRITTEN
 from ..model import Condition, Key, Service, WatchEvent, fmt_key, is_ours
 from ..node.cluster import NODES, SLICES_BY_NODE, ClusterView
 from .compose import TYPES, allocated, announced
@@ -53,6 +54,14 @@ class Recorder(Protocol):
     def event(self, key: Key, uid: str, kind: str, reason: str, message: str) -> object: ...
 
 
+class Tally(Protocol):
+    """Where the keeper counts its writes (by outcome) and its backlog: the agent's metrics, which the
+    worker reports to (``worker.py``)."""
+
+    def written(self, outcome: str) -> None: ...
+    def backlog(self, pending: int) -> None: ...
+
+
 StartWatches = Callable[[Sink], Callable[[], None]]
 """Starts the leader's watches (NODES, SLICES_BY_NODE) delivering to the sink; returns what stops them."""
 
@@ -69,7 +78,7 @@ class Keeper:
         config: Config,
         writer: Writer,
         events: Recorder,
-        metrics: Metrics,
+        tally: Tally,
         start_watches: StartWatches,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -78,7 +87,7 @@ class Keeper:
         self.config = config
         self.writer = writer
         self.events = events
-        self.metrics = metrics
+        self.tally = tally
         self.start_watches = start_watches
         self.clock = clock
         self.wall = wall
@@ -187,7 +196,7 @@ class Keeper:
                     len(self.view.nodes),
                     len(self._asked) - asked,
                 )
-        self.metrics.condition_backlog.set(self.writer.backlog)
+        self.tally.backlog(self.writer.backlog)
         if handled and log.isEnabledFor(logging.DEBUG):
             more = f"; and {len(handled) - 20} more" if len(handled) > 20 else ""
             log.debug("handled %s%s", "; ".join(handled[:20]), more)
@@ -252,7 +261,7 @@ class Keeper:
             self.writer.write(key, Request((), tuple(c.type for c in a.svc.conditions), "", a.svc.uid))
 
     def _written(self, key: Key, outcome: str, request: Request, landed: str) -> None:
-        self.metrics.condition_writes.labels(outcome).inc()
+        self.tally.written(outcome)
         if outcome == WRITTEN:
             self._retries.pop(key, None)
             if landed and request.resource_version and key in self.assigned:
@@ -264,7 +273,7 @@ class Keeper:
         if outcome == CONFLICT:
             self._stale[key] = request.resource_version
             self._dirty.add(key)  # the newer version may be here already
-        elif outcome in (FAILED, DENIED, REJECTED):
+        elif outcome in (FAILED, DENIED, REJECTED, NOT_LEADING):
             r = self._retries.get(key) or Retry(0.0)
             r.at = self.clock() + r.backoff.next()
             self._retries[key] = r

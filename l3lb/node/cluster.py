@@ -53,6 +53,8 @@ class ClusterView:
         self.services: dict[Key, Service] = {}
         self.slices: dict[Key, SliceByNode] = {}
         self.nodes: dict[str, Eligibility] = {}
+        self._names: list[str] | None = None
+        """``nodes``' names, sorted (None: to sort again, after a node came or went)."""
         self._ready: dict[Key, dict[str, int]] = {}
         """Per Service, per address family: its ready endpoints."""
         self._local: dict[Key, dict[str, dict[str, int]]] = {}
@@ -89,11 +91,14 @@ class ClusterView:
     def set_node(self, node: Node) -> None:
         seen = (node_reason(node, self.config), unselected_pools(node, self.config))
         if self.nodes.get(node.name) != seen:
+            if node.name not in self.nodes:
+                self._names = None
             self.nodes[node.name] = seen
             self._all_dirty = True
 
     def delete_node(self, name: str) -> None:
         if self.nodes.pop(name, None) is not None:
+            self._names = None
             self._all_dirty = True
 
     def replace_nodes(self, nodes: Iterable[Node]) -> None:
@@ -152,21 +157,27 @@ class ClusterView:
         """Every node's decision for one Service of ours, as its agent makes it: the ready endpoints of each
         address family counted apart, the most of any family taken (the agents' Tracker does the same)."""
         svc = self.services[key]
-        families = self._local.get(key, {})
+        local_by_node: dict[str, int] = {}  # the nodes with ready endpoints (few); any other has none
+        for family in self._local.get(key, {}).values():
+            for name, n in family.items():
+                if n > local_by_node.get(name, 0):
+                    local_by_node[name] = n
         ready = max(self._ready.get(key, {}).values(), default=0)
-        decided: dict[tuple[Eligibility, int], ServiceDecision] = {}
+        # Nodes alike in what the decision reads decide alike: one decision per (eligibility, local count).
+        decided: dict[tuple[Eligibility, int], tuple[ServiceDecision, str, bool]] = {}
+        if self._names is None:
+            self._names = sorted(self.nodes)
         nodes = []
-        for name in sorted(self.nodes):
-            seen = self.nodes[name]
-            local = max((f.get(name, 0) for f in families.values()), default=0)
-            d = decided.get((seen, local))
-            if d is None:
-                why, unselected = seen
+        for name in self._names:
+            group = (self.nodes[name], local_by_node.get(name, 0))
+            one = decided.get(group)
+            if one is None:
+                (why, unselected), local = group
                 d = decide_service(svc, Counts(ready, local), why, self.config, unselected)
-                decided[(seen, local)] = d
-            nodes.append((name, d.reason, any(d.announces(ip) for ip in d.ips)))
-        ips = next(iter(decided.values())).ips if decided else ()
-        covered = {ip for d in decided.values() for ip in d.ips if d.announces(ip)}
+                one = decided[group] = (d, d.reason, any(d.announces(ip) for ip in d.ips))
+            nodes.append((name, one[1], one[2]))
+        ips = next(iter(decided.values()))[0].ips if decided else ()
+        covered = {ip for d, _, _ in decided.values() for ip in d.ips if d.announces(ip)}
         return Announcement(
             tuple(nodes),
             tuple(ip for ip in ips if ip not in covered),

@@ -254,9 +254,13 @@ def test_only_changed_conditions_are_written_others_conditions_stay_and_a_new_le
         assert sorted(n for n, _ in writes.seen[1:]) == names
         assert conditions(lab, "s1")["example.com/Checked"]["message"] == "fine"
 
-        # The leader stops; the other one takes over from the Services as they are and writes nothing.
+        # The leader stops, and its conditions worker with it; the other one takes over from the Services as
+        # they are and writes nothing.
         count = len(writes.seen)
+        worker = int(re.findall(r"started the conditions worker \(pid (\d+)\)", first.log())[-1])
+        assert Path(f"/proc/{worker}").exists()
         first.signal(signal.SIGTERM)
+        assert not Path(f"/proc/{worker}").exists(), "the worker ended with its agent"
         second = b if first is a else a
         wait_for(
             lambda: "keeping the conditions of" in second.log(),

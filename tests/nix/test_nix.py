@@ -355,6 +355,7 @@ def test_the_lifecycle_options_reach_the_agent_the_unit_frr_and_the_cli() -> Non
     assert option(argv, "--drain-seconds") == "40" and option(argv, "--announce-hold-down") == "0"
     assert "--withdraw-on-cordon" not in argv
     assert default["unit"]["serviceConfig"]["TimeoutStopSec"] == 60
+    assert default["unit"]["serviceConfig"]["KillMode"] == "mixed", "systemd's SIGTERM to the agent alone"
     assert " match interface l3lbdrain\n set community graceful-shutdown additive" in default["frrConfig"]
     assert default["kernelModules"] == ["dummy"]
     assert default["variables"]["L3LB_DRAIN_SECONDS"] == "40"

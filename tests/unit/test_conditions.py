@@ -22,7 +22,6 @@ from l3lb.ipam.allocator import STATUS_CONFLICT, YIELDED, Assigned
 from l3lb.ipam.assign import UNKNOWN_POOL
 from l3lb.k8s.conditions import REJECTED, ConditionWriter, Request
 from l3lb.k8s.writer import CONFLICT, FAILED, GONE, NOT_LEADING, WRITTEN
-from l3lb.metrics import Metrics
 from l3lb.model import (
     Condition,
     Service,
@@ -278,6 +277,18 @@ class Events:
         self.seen.append(reason)
 
 
+class Tally:
+    def __init__(self) -> None:
+        self.outcomes: list[str] = []
+        self.pending = 0
+
+    def written(self, outcome: str) -> None:
+        self.outcomes.append(outcome)
+
+    def backlog(self, pending: int) -> None:
+        self.pending = pending
+
+
 class Harness:
     """A keeper with fakes: a fake writer, fake watches (their sink kept), a fake clock."""
 
@@ -285,6 +296,7 @@ class Harness:
         self.now = [0.0]
         self.writer = FakeWriter()
         self.events = Events()
+        self.tally = Tally()
         self.sinks: list = []
         self.stopped = 0
 
@@ -296,7 +308,7 @@ class Harness:
             CFG,
             self.writer,
             self.events,
-            Metrics(),
+            self.tally,
             start_watches,
             clock=lambda: self.now[0],
             wall=lambda: self.now[0],
@@ -415,6 +427,20 @@ def test_a_failed_write_is_decided_again_after_a_backoff() -> None:
     assert len(h.writer.asked) == 2
     h.flush([(web.key, REJECTED, "1")])
     assert h.events.seen == ["ConditionsRejected"]
+    assert h.tally.outcomes == [FAILED, REJECTED]
+
+
+def test_a_write_held_back_by_a_lapsed_lease_is_decided_again_after_a_backoff() -> None:
+    """The lease lapsed for a moment (a slow renewal) and was renewed in the same term: the write the writer
+    held back is made after all."""
+    h = Harness()
+    web = service()
+    h.lead(web, slices=(slice_of("web", "a"),))
+    h.flush([(web.key, NOT_LEADING, "1")])
+    assert len(h.writer.asked) == 1
+    h.now[0] += 1.0
+    h.flush()
+    assert len(h.writer.asked) == 2 and h.tally.outcomes == [NOT_LEADING]
 
 
 def test_ours_are_removed_from_a_service_that_is_not_ours_any_more_or_left_the_watch() -> None:
