@@ -6,7 +6,9 @@ Why a process: the JSON of every slice event a second time, every node's decisio
 answer) per changed condition are Python work, and in the agent's process they would take the interpreter
 (the GIL) from its loop, whose event path must be the same on the leader as on every other node.
 
-What the agent sends (``Link``), in order: ``("assigned", changes, everything)``, the allocator's hand-over;
+What the agent sends (``Link``), in order: ``("assigned", part, everything, last)``, the allocator's hand-over
+in parts of at most ``link.CHUNK`` Services (a hand-over of every Service is given to the keeper whole, once
+its last part is here);
 ``("lease", until)``, the monotonic time this term lasts until unless renewed (CLOCK_MONOTONIC is one
 clock for every process of the machine), checked before every write as the agent checks its own status
 writes; ``("stop",)``, after which nothing more is written. The end of the connection (the agent gone)
@@ -30,7 +32,7 @@ from ..k8s.api import Api, wait_for_client
 from ..k8s.conditions import ConditionWriter
 from ..k8s.events import EventRecorder
 from ..k8s.watch import Reflector, Sink
-from ..model import SLICES, node_entry, slice_by_node_entry, watched
+from ..model import SLICES, Key, node_entry, slice_by_node_entry, watched
 from ..node.cluster import NODES, SLICES_BY_NODE
 from .keeper import Keeper
 
@@ -46,6 +48,24 @@ class Setup:
     lease_namespace: str
     log_level: str
     log_format: str
+
+
+class Parts:
+    """Puts the parts of each hand-over together: a part of a hand-over of changes goes to the keeper as it
+    comes, a hand-over of every Service (``everything``) once its last part is here."""
+
+    def __init__(self) -> None:
+        self._every: dict[Key, Any] = {}
+
+    def add(self, part: dict[Key, Any], everything: bool, last: bool) -> tuple[dict[Key, Any], bool] | None:
+        """What to give the keeper's ``on_assigned`` now, if anything."""
+        if not everything:
+            return part, False
+        self._every.update(part)
+        if not last:
+            return None
+        whole, self._every = self._every, {}
+        return whole, True
 
 
 class Reporter:
@@ -135,11 +155,14 @@ def main(setup: Setup, conn: Connection) -> None:
     writer.start(stop)
     keeper.on_leader(True)
     thread = keeper.start(stop)
+    parts = Parts()
     try:
         while True:
             message = conn.recv()
             if message[0] == "assigned":
-                keeper.on_assigned(message[1], message[2])
+                handed = parts.add(*message[1:])
+                if handed is not None:
+                    keeper.on_assigned(*handed)
             elif message[0] == "lease":
                 until[0] = message[1]
             else:  # "stop"

@@ -14,8 +14,8 @@ from pathlib import Path
 import fake_worker
 import pytest
 
-from l3lb.conditions.link import Link
-from l3lb.conditions.worker import Setup
+from l3lb.conditions.link import CHUNK, Link, in_parts
+from l3lb.conditions.worker import Parts, Setup
 from l3lb.config import Config, parse_prefixes
 from l3lb.ipam.allocator import Assigned
 from l3lb.ipam.pools import parse as parse_pools
@@ -85,6 +85,25 @@ def test_no_worker_runs_unless_leading_and_a_term_hands_everything_over(h: Harne
     h.until[0] = 40.0
     h.link.step()
     h.wait(lambda: h.told("lease") == 2)
+
+
+def test_a_large_hand_over_goes_in_parts_that_the_worker_puts_together(h: Harness) -> None:
+    """No message pickles more than CHUNK Services (pickling holds the agent's interpreter); the worker gives
+    the keeper a hand-over of every Service whole, and changes as they come."""
+    h.link.on_leader(True)
+    everyone = {("ns", f"s{i}"): assigned(f"s{i}") for i in range(2 * CHUNK + 50)}
+    h.link.on_assigned(everyone, True)
+    h.link.step()
+    h.wait(lambda: h.told("assigned") == 3)
+    assert h.backlog() == 50, "three parts, the last of 50"
+
+    parts = Parts()
+    messages = in_parts(("assigned", everyone, True))
+    assert [len(m[1]) for m in messages] == [CHUNK, CHUNK, 50] and [m[3] for m in messages] == [0, 0, 1]
+    given = [parts.add(*m[1:]) for m in messages]
+    assert given[:2] == [None, None] and given[2] == (everyone, True)
+    assert parts.add({("ns", "s0"): None}, False, True) == ({("ns", "s0"): None}, False)
+    assert in_parts(("assigned", {}, True)) == [("assigned", {}, True, True)], "no Service: one empty part"
 
 
 def test_a_worker_that_dies_is_started_again_after_a_backoff_with_the_whole_hand_over(h: Harness) -> None:
