@@ -57,7 +57,7 @@ class ApiSide:
         self.elector: LeaderElector | None = None
         self.allocator: Allocator | None = None
         self.conditions: Link | None = None
-        self._threads: list[threading.Thread] = []
+        self._conditions_thread: threading.Thread | None = None
         self.exit_code = 0
         """EX_TEMPFAIL when the kubeconfig copy is unusable: the daemon then exits for a restart."""
 
@@ -130,7 +130,7 @@ class ApiSide:
             events.start(self.stop)
             writer.start(self.stop)
             allocator.start(self.stop)
-            self._threads.append(conditions.start(self.stop))
+            self._conditions_thread = conditions.start(self.stop)
             self.elector.start(self.stop)
         else:  # decide as a leader would and log it (l3lb/ipam/dryrun.py)
             from .ipam.dryrun import DryRunWriter
@@ -169,10 +169,9 @@ class ApiSide:
 
     def close(self) -> None:
         """After ``stop`` is set: the conditions worker ends first (nothing written after the Lease goes)."""
-        if self.conditions is not None:
+        if self.conditions is not None and self._conditions_thread is not None:
             self.conditions.wake()
-        for thread in self._threads:
-            thread.join(JOIN + 1)
+            self._conditions_thread.join(JOIN + 1)
         if self.elector is not None:
             self.elector.release()
         for r in self.reflectors:
