@@ -17,8 +17,8 @@ The one agent is the allocator's leader, which also keeps every Service's condit
 it starts: its CPU is counted with the agent's, its memory apart, as ``worker_rss_mib`` and, without the
 shared libraries it maps as the agent does, ``worker_private_mib``): the benchmark waits until their first
 pass is written before it measures, so that pass is not in the figures (every further change of a measured
-Service's Announced condition is). ``--follower`` gives the allocator's Lease to
-another holder first, so the agent measured is what every other node runs: no allocator, no conditions.
+Service's Announced condition is). ``--follower`` gives the allocator's Lease to another holder first, so
+the agent measured is what every other node runs: no allocator, no conditions.
 
 Each point prints: initial sync (agent start -> every address on lo), event -> address p50/p99, CPU per
 1,000 events, RSS, the mean duration of a periodic full sync, and the agent's API reads per event.
@@ -182,7 +182,7 @@ def proc_stats(pid: int) -> tuple[float, float, float]:
     """(RSS MiB, peak RSS MiB, CPU seconds) of the agent's process, the CPU with that of the processes it
     started (the leader's conditions worker: its work is the agent's too)."""
     rss, hwm, cpu = _one(pid)
-    return rss, hwm, cpu + sum(_one(child)[2] for child in descendants(pid))
+    return rss, hwm, cpu + worker_cpu(pid)
 
 
 def worker_cpu(pid: int) -> float:
